@@ -1,0 +1,198 @@
+"""Wiring for `warmfront run`: the one place that knows balancer/, pools/ and config/ together.
+
+Data flows one way: pools publish their members → a routing table is built and swapped into the
+proxy → the proxy writes counters → history and metrics read them. The proxy never waits on the
+control loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from balancer.admin import admin_needs_token, make_admin_app, status_sources
+from balancer.history import History
+from balancer.logs import configure_logging
+from balancer.metrics import make_registry
+from balancer.proxy import Proxy, make_ssl_context
+from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+from config.models import Config, Pool, Route, RoutingConfig
+from pools.backends.process import ProcessBackend
+from pools.backends.static import StaticBackend
+from pools.manager import PoolManager
+from pools.members import MemberState, MemberView
+
+log = structlog.get_logger("warmfront")
+
+
+class StartupError(Exception):
+    """warmfront cannot start as configured (the message says why)."""
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def static_config(servers: list[tuple[str, int]]) -> Config:
+    """`warmfront run --to HOST:PORT ...`: one static pool, one catch-all route, no files."""
+    pool = Pool(backend="static", servers=[f"{h}:{p}" for h, p in servers])
+    routing = RoutingConfig(routes=[Route(name="default", pool="default", type="default")])
+    return Config(routing=routing, pools={"default": pool})
+
+
+class App:
+    def __init__(self, cfg: Config, listen: tuple[str, int] | None = None,
+                 admin: tuple[str, int] | None = None, state_dir: str | None = None):
+        self.cfg = cfg
+        r = cfg.routing
+        self.listen = listen or split_hostport(r.listen)
+        self.admin_addr = admin or split_hostport(r.admin.listen)
+        self.state_dir = Path(state_dir or r.state_dir)
+        self.instance_id = secrets.token_hex(4)
+        self.started = time.time()
+        self.token = os.environ.get(r.admin.token_env) or None
+        if admin_needs_token(self.admin_addr[0]) and not self.token:
+            raise StartupError(f"admin listener {self.admin_addr[0]}:{self.admin_addr[1]} is beyond "
+                               f"loopback: set a bearer token in ${r.admin.token_env}")
+        self.members: dict[str, list[MemberView]] = {name: [] for name in cfg.pools}
+        self.tasks: list[asyncio.Task] = []
+        self.admin_runner: web.AppRunner | None = None
+
+    # ---------------------------------------------------------------- the loop's one-way flow
+    def build_table(self) -> RoutingTable:
+        r = self.cfg.routing
+        pools = {}
+        for name, spec in self.cfg.pools.items():
+            targets = tuple(Target(m.id, m.host, m.port, m.prewarmed)
+                            for m in self.members.get(name, ()) if m.state == MemberState.READY)
+            pools[name] = PoolTargets.from_spec(name, spec, targets)
+        return RoutingTable([CompiledRoute(rt) for rt in r.routes], SourceExtractor(r.sources), pools,
+                            r.preserve_host)
+
+    def on_members(self, pool: str, members: list[MemberView]) -> None:
+        self.members[pool] = list(members)
+        self.proxy.set_table(self.build_table())
+
+    def status(self) -> dict[str, Any]:
+        pools = {}
+        for name, spec in self.cfg.pools.items():
+            members = []
+            for m in self.members.get(name, ()):
+                st = self.proxy.member_stats(m.id)
+                members.append({
+                    "id": m.id, "state": m.state.value, "address": m.address,
+                    "in_flight": st.in_flight if st else 0, "requests": st.requests if st else 0,
+                    "ejected": bool(st and st.ejected_until > self.proxy.now),
+                    "prewarmed": m.prewarmed, "shadow_state": m.shadow_state,
+                })
+            counts: dict[str, int] = {}
+            for m in members:
+                counts[m["state"]] = counts.get(m["state"], 0) + 1
+            pools[name] = {
+                "backend": spec.backend,
+                "capacity": {"min": spec.capacity.min, "max": spec.capacity.max,
+                             "target_utilization": spec.capacity.target_utilization},
+                "shadow": {"state": spec.shadow.state, "size": spec.shadow.size},
+                "counts": counts,
+                "members": members,
+            }
+        return {
+            "instance": self.instance_id,
+            "uptime_s": round(time.time() - self.started, 1),
+            "listen": f"{self.listen[0]}:{self.listen[1]}",
+            "pools": pools,
+            "sources": status_sources(self.history, 86400),
+        }
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        r = self.cfg.routing
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.history = History(self.state_dir / "history.sqlite3", r.history.max_sources, r.history.retention)
+        ssl_ctx = make_ssl_context(r.tls.cert, r.tls.key) if r.tls else None
+        self.proxy = Proxy(self.build_table(), r.timeouts, r.limits, self.history,
+                           scheme=b"https" if ssl_ctx else b"http")
+        registry = make_registry(self.proxy.stats, lambda: self.members)
+        self.admin_runner = web.AppRunner(make_admin_app(self.status, registry, self.token),
+                                          access_log=None, handle_signals=False)
+        await self.admin_runner.setup()
+        await web.TCPSite(self.admin_runner, self.admin_addr[0], self.admin_addr[1]).start()
+        await self.proxy.start(self.listen[0], self.listen[1], ssl_ctx)
+        log.info("proxy.started", listen=f"{self.listen[0]}:{self.listen[1]}",
+                 admin=f"{self.admin_addr[0]}:{self.admin_addr[1]}", tls=bool(ssl_ctx),
+                 state_dir=str(self.state_dir))
+
+        process = ProcessBackend(owner=self.instance_id, log_dir=self.state_dir / "members")
+        static = StaticBackend({n: p for n, p in self.cfg.pools.items() if p.backend == "static"})
+        self.managers: dict[str, PoolManager] = {}
+        for name, spec in self.cfg.pools.items():
+            if spec.backend not in ("process", "static"):
+                raise StartupError(f"pools.{name}.backend: {spec.backend!r} is not available yet "
+                                   "(process and static are)")
+            backend = process if spec.backend == "process" else static
+            self.managers[name] = PoolManager(name, spec, backend, in_flight=self.proxy.in_flight,
+                                              on_change=self.on_members)
+        self.tasks.append(asyncio.create_task(self.history.run(r.history.flush_interval)))
+        for m in self.managers.values():
+            self.tasks.append(asyncio.create_task(m.run()))
+
+    async def stop(self) -> None:
+        """SIGTERM: stop accepting, finish in-flight requests, flush history, stop members."""
+        log.info("proxy.stopping", in_flight=len(self.proxy.active))
+        await self.proxy.stop(grace=max([p.drain_timeout for p in self.cfg.pools.values()] + [5.0]))
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(m.stop_all() for m in self.managers.values()), return_exceptions=True)
+        self.history.close()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+        log.info("proxy.stopped")
+
+
+async def _serve(app: App) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+    except BaseException:
+        await _teardown_partial(app)
+        raise
+    await stop.wait()
+    await app.stop()
+
+
+async def _teardown_partial(app: App) -> None:
+    for t in app.tasks:
+        t.cancel()
+    for m in getattr(app, "managers", {}).values():
+        await m.stop_all()
+    if app.admin_runner is not None:
+        await app.admin_runner.cleanup()
+
+
+def run_forever(cfg: Config, listen=None, admin=None, state_dir=None, log_level: str = "info") -> int:
+    import uvloop
+
+    configure_logging(log_level)
+    try:
+        app = App(cfg, listen, admin, state_dir)
+        uvloop.run(_serve(app))
+    except StartupError as e:
+        print(f"warmfront: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"warmfront: cannot listen: {e}", file=sys.stderr)
+        return 1
+    return 0

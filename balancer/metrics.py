@@ -1,0 +1,74 @@
+"""Prometheus exposition of the data plane's counters, read at scrape time.
+
+The request path only touches `ProxyStats` dicts; this collector turns them into metric families
+when /metrics is scraped, so no prometheus-client object sits on the hot path. Labels stay
+low-cardinality on purpose: per-source numbers live in `History` and /admin/status.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from balancer.stats import LATENCY_BUCKETS, ProxyStats
+from pools.members import MemberState, MemberView
+
+MembersFn = Callable[[], dict[str, list[MemberView]]]
+
+
+class ProxyCollector(Collector):
+    def __init__(self, stats: ProxyStats, members_fn: MembersFn) -> None:
+        self._stats = stats
+        self._members_fn = members_fn
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        requests = CounterMetricFamily(
+            "warmfront_requests", "Requests answered, by pool, request type and status code.",
+            labels=["pool", "type", "code"],
+        )
+        for (pool, rtype, code), n in sorted(stats.requests.items()):
+            requests.add_metric([pool, rtype, str(code)], n)
+        yield requests
+
+        latency = HistogramMetricFamily(
+            "warmfront_upstream_latency_seconds",
+            "Upstream latency per pool: request sent to response head received.",
+            labels=["pool"],
+        )
+        for pool, hist in sorted(stats.latency.items()):
+            buckets, cumulative = [], 0
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), hist.counts):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([pool], buckets, sum_value=hist.total)
+        yield latency
+
+        yield CounterMetricFamily(
+            "warmfront_connections_accepted", "Client connections accepted.",
+            value=stats.connections_accepted,
+        )
+        yield GaugeMetricFamily(
+            "warmfront_connections_open", "Client connections open now.", value=stats.connections_open,
+        )
+
+        members = GaugeMetricFamily(
+            "warmfront_pool_members", "Members per pool and state.", labels=["pool", "state"],
+        )
+        for pool, views in sorted(self._members_fn().items()):
+            # every state is reported, zeros included, so dashboards see a drop to 0 as a value
+            by_state = dict.fromkeys(MemberState, 0)
+            for view in views:
+                by_state[view.state] += 1
+            for state, n in by_state.items():
+                members.add_metric([pool, state.value], n)
+        yield members
+
+
+def make_registry(stats: ProxyStats, members_fn: MembersFn) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(stats, members_fn))
+    return registry

@@ -1,0 +1,900 @@
+"""The request path: HTTP/1.1 reverse proxy on asyncio transports and protocols with httptools.
+
+One `ClientConnection` per downstream connection parses requests; each request becomes an
+`Exchange`; an `UpstreamConnection` (pooled per member, keep-alive) carries it to a member chosen
+from the routing table and parses the response, which is streamed back. Bodies stream both ways
+with flow control (a full write buffer on one side pauses reading on the other), so memory stays
+bounded whatever the body size.
+
+Costs that matter here (see measurements.md): every Python call per request counts; writes to the
+client are coalesced to one per upstream read; timeouts are checked by one sweeper task against a
+coarse clock instead of a timer per request.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import ssl
+from collections import deque
+from http import HTTPStatus
+
+import httptools
+import structlog
+
+from balancer.routing import CompiledRoute, RoutingTable
+from balancer.stats import ProxyStats, UpstreamStats
+from balancer.upstream import Upstream, UpstreamPool
+from config.models import Limits, Timeouts
+
+log = structlog.get_logger("warmfront.balancer")
+
+# RFC 9110 §7.6.1: connection-specific fields are not forwarded (plus headers named in Connection).
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade"})
+X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
+MAX_ATTEMPTS = 3
+BODY_BUFFER_HIGH = 256 * 1024     # request body bytes held while an upstream is not writable
+CLIENT_ABORTED = 499              # nginx's convention for "client closed the connection first"
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to end parsing (HEAD responses, rejected requests)."""
+
+
+class Exchange:
+    """One request/response pair travelling through the proxy."""
+
+    __slots__ = ("client", "method", "url", "version", "headers", "hdrs", "conn_tokens", "chunked",
+                 "content_length", "keep_alive", "upgrade", "route", "pool", "source", "rtype",
+                 "upstream", "uconn", "tried", "body", "body_buffered", "body_done", "sent",
+                 "head_sent", "status", "bytes_in", "bytes_out", "t_start", "t_sent", "latency",
+                 "wait_until", "last_io", "deadline", "done", "error", "resp_mode", "is_head",
+                 "response_complete")
+
+    def __init__(self, client: "ClientConnection"):
+        self.client = client
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.hdrs: dict[bytes, bytes] = {}
+        self.conn_tokens: tuple[bytes, ...] = ()
+        self.chunked = False
+        self.content_length = -1
+        self.upgrade: bytes | None = None
+        self.route: CompiledRoute | None = None
+        self.pool = "-"
+        self.source = ""
+        self.rtype = "-"
+        self.upstream: Upstream | None = None
+        self.uconn: UpstreamConnection | None = None
+        self.tried: tuple[Upstream, ...] = ()
+        self.body: list[bytes] = []        # framed body bytes not yet written upstream
+        self.body_buffered = 0
+        self.body_done = False
+        self.sent = False                  # request head written to an upstream
+        self.head_sent = False             # response head written to the client
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.t_start = 0.0
+        self.t_sent = 0.0
+        self.latency = 0.0
+        self.wait_until = 0.0
+        self.last_io = 0.0
+        self.deadline = 0.0
+        self.done = False
+        self.error = 0                     # status of a request rejected while parsing
+        self.resp_mode = 0                 # 0 length/none, 1 re-chunk, 2 close-delimited
+        self.is_head = False
+        self.response_complete = False
+
+
+class Proxy:
+    """The data plane: listens, routes, forwards. Reads a routing table; writes counters."""
+
+    def __init__(self, table: RoutingTable, timeouts: Timeouts, limits: Limits, history=None,
+                 stats: ProxyStats | None = None, scheme: bytes = b"http"):
+        self.loop = asyncio.get_event_loop()
+        self.table = table
+        self.timeouts = timeouts
+        self.limits = limits
+        self.history = history
+        self.stats = stats or ProxyStats()
+        self.scheme = scheme
+        self.pools: dict[str, UpstreamPool] = {}
+        self.upstreams: dict[str, Upstream] = {}
+        self.clients: set[ClientConnection] = set()
+        self.active: set[Exchange] = set()
+        self.now = self.loop.time()
+        self.closing = False
+        self.servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.Task | None = None
+        self.set_table(table)
+
+    # ------------------------------------------------------------------ control side
+    def set_table(self, table: RoutingTable) -> None:
+        """Swap in a new routing table. Members keep their counters and idle connections."""
+        self.table = table
+        self.header_names = table.header_names
+        now = self.loop.time()
+        seen: set[str] = set()
+        for name, conf in table.pools.items():
+            pool = self.pools.get(name) or UpstreamPool(name)
+            self.pools[name] = pool
+            pool.conf = conf
+            members = []
+            for t in conf.targets:
+                up = self.upstreams.get(t.id)
+                if up is None or (up.host, up.port) != (t.host, t.port):
+                    up = Upstream(t, name, now)
+                    self.upstreams[t.id] = up
+                elif not up.routed:
+                    up.routed = True
+                    up.routable_since = now
+                up.prewarmed = t.prewarmed
+                members.append(up)
+                seen.add(t.id)
+            pool.members = members
+            if members and pool.waiters:
+                waiters, pool.waiters = pool.waiters, []
+                for ex in waiters:
+                    if not ex.done:
+                        ex.client.dispatch(ex)
+        for name in list(self.pools):
+            if name not in table.pools:
+                pool = self.pools.pop(name)
+                for ex in pool.waiters:
+                    ex.client.reply_error(ex, 503)
+        for mid, up in list(self.upstreams.items()):
+            if mid not in seen:
+                up.routed = False
+                up.close_idle()
+                if up.in_flight == 0:
+                    del self.upstreams[mid]
+
+    def member_stats(self, member_id: str) -> UpstreamStats | None:
+        up = self.upstreams.get(member_id)
+        return up.stats() if up else None
+
+    def in_flight(self, member_id: str) -> int:
+        up = self.upstreams.get(member_id)
+        return up.in_flight if up else 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    sock: socket.socket | None = None) -> None:
+        """Listen on host:port with SO_REUSEPORT, the seam for several worker processes."""
+        if sock is not None:
+            server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock,
+                                                   ssl=ssl_context, backlog=2048)
+        else:
+            server = await self.loop.create_server(lambda: ClientConnection(self), host, port,
+                                                   ssl=ssl_context, reuse_port=True, backlog=2048)
+        self.servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep())
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [s for srv in self.servers for s in srv.sockets]
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to `grace`), close the rest."""
+        self.closing = True
+        for srv in self.servers:
+            srv.close()
+        for c in list(self.clients):
+            if not c.queue:
+                c.close()
+        deadline = self.loop.time() + grace
+        while self.active and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for c in list(self.clients):
+            c.close()
+        for up in self.upstreams.values():
+            up.close_idle()
+        if self._sweeper:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def _sweep(self) -> None:
+        """Coarse clock and every timeout: queue wait, connect, upstream silence, total, idle."""
+        t = self.timeouts
+        while True:
+            await asyncio.sleep(0.1)
+            now = self.now = self.loop.time()
+            for ex in list(self.active):
+                if ex.done:
+                    self.active.discard(ex)
+                    continue
+                if ex.upstream is None:
+                    if ex.wait_until and now >= ex.wait_until:
+                        ex.client.reply_error(ex, 503)
+                elif ex.uconn is not None and ex.uconn.connecting:
+                    if now - ex.last_io >= t.connect:
+                        ex.uconn.abort_connect()
+                elif not ex.response_complete and t.read and now - ex.last_io >= t.read:
+                    ex.client.upstream_failed(ex, 504, timeout=True)
+                elif t.total and ex.deadline and now >= ex.deadline:
+                    ex.client.upstream_failed(ex, 504, timeout=True)
+            for c in list(self.clients):
+                if not c.queue and now - c.last_io >= (t.client_idle if c.requests else t.client_header):
+                    c.close()
+
+    # ------------------------------------------------------------------ accounting
+    def finish(self, ex: Exchange) -> None:
+        ex.done = True
+        self.active.discard(ex)
+        status = ex.status or CLIENT_ABORTED
+        self.stats.count(ex.pool, ex.rtype, status)
+        if ex.latency:
+            self.stats.observe_latency(ex.pool, ex.latency)
+        if self.history is not None and ex.route is not None:
+            self.history.record(ex.source, ex.rtype, status, ex.bytes_in, ex.bytes_out,
+                                ex.latency, status == CLIENT_ABORTED)
+
+
+class ClientConnection(asyncio.Protocol):
+    """A downstream connection: parses requests, answers them in order (pipelining)."""
+
+    def __init__(self, proxy: Proxy):
+        self.proxy = proxy
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: deque[Exchange] = deque()   # head is being answered; the rest were pipelined
+        self.cur: Exchange | None = None        # being parsed
+        self.client_ip = ""
+        self.hdr_bytes = 0
+        self.last_io = proxy.now
+        self.requests = 0
+        self.reading_paused = False
+        self.writing_paused = False
+        self.tunnel: UpstreamConnection | None = None
+        self.closed = False
+
+    # ---------------------------------------------------------------- transport events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        self.proxy.clients.add(self)
+        self.proxy.stats.connections_accepted += 1
+        self.proxy.stats.connections_open += 1
+        if self.proxy.closing:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.clients.discard(self)
+        self.proxy.stats.connections_open -= 1
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        for ex in self.queue:
+            if not ex.done:
+                if ex.uconn is not None:
+                    ex.uconn.abandon()
+                self._release(ex)
+                ex.status = 0
+                self.proxy.finish(ex)
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
+        elif self.queue and self.queue[0].uconn is not None:
+            self.queue[0].uconn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+        elif self.queue and self.queue[0].uconn is not None:
+            self.queue[0].uconn.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_io = self.proxy.now
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            ex = self.queue[-1] if self.queue else None
+            if ex is not None and ex.upgrade is not None:
+                rest = data[e.args[0]:]
+                if rest:
+                    ex.body.append(rest)
+                    ex.body_buffered += len(rest)
+                # Nothing more is parsed on this connection: it becomes a tunnel or closes.
+                self.pause_reading()
+        except httptools.HttpParserCallbackError:
+            cur = self.cur
+            if cur is None or not cur.error:
+                log.exception("proxy.request_error")
+            self._reject(cur.error if cur is not None and cur.error else 400)
+        except httptools.HttpParserError:
+            self._reject(400)
+
+    def _reject(self, status: int) -> None:
+        """A request that cannot be parsed or exceeds a limit: answer in order, then close."""
+        ex = self.cur if self.cur is not None and not self.cur.done else Exchange(self)
+        self.cur = None
+        ex.keep_alive = False
+        ex.error = status
+        ex.t_start = self.proxy.loop.time()
+        self.pause_reading()
+        if ex not in self.queue:
+            self.queue.append(ex)
+        if self.queue[0] is ex:
+            self.reply_error(ex, status)
+
+    # ---------------------------------------------------------------- request parser callbacks
+    def on_message_begin(self) -> None:
+        self.cur = Exchange(self)
+        self.hdr_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.cur
+        ex.url += url
+        self.hdr_bytes += len(url)
+        if self.hdr_bytes > self.proxy.limits.max_header_bytes:
+            ex.error = 414
+            raise _StopParsing
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.cur
+        self.hdr_bytes += len(name) + len(value) + 4
+        if self.hdr_bytes > self.proxy.limits.max_header_bytes:
+            ex.error = 431
+            raise _StopParsing
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                ex.conn_tokens += tuple(t.strip().lower() for t in value.split(b","))
+            elif lname == b"transfer-encoding":
+                ex.chunked = True
+            elif lname == b"upgrade":
+                ex.upgrade = value
+            return
+        if lname in X_FORWARDED:
+            ex.hdrs[lname] = value
+            return
+        if lname == b"host":
+            if b"host" in ex.hdrs:
+                ex.error = 400
+                raise _StopParsing
+            ex.hdrs[b"host"] = value
+        elif lname == b"content-length":
+            ex.content_length = int(value)
+        elif lname in self.proxy.header_names:
+            ex.hdrs[lname] = value
+        ex.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.cur
+        proxy = self.proxy
+        p = self.parser
+        ex.method = p.get_method()
+        ex.version = p.get_http_version()
+        ex.keep_alive = p.should_keep_alive() and not proxy.closing
+        ex.is_head = ex.method == b"HEAD"
+        ex.t_start = proxy.loop.time()
+        self.requests += 1
+        if ex.upgrade is not None:
+            if b"upgrade" in ex.conn_tokens:
+                ex.keep_alive = False   # the parser stops at an upgrade: this connection ends with it
+            else:
+                ex.upgrade = None
+        limit = proxy.limits.max_body_bytes
+        if limit and ex.content_length > limit:
+            ex.error = 413
+            raise _StopParsing
+        if ex.conn_tokens:
+            # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+            named = set(ex.conn_tokens) - {b"close", b"keep-alive", b"upgrade"}
+            if named:
+                ex.headers = [(n, v) for n, v in ex.headers if n.lower() not in named]
+        path, _, query = ex.url.partition(b"?")
+        table = proxy.table
+        route = table.match(ex.method, ex.hdrs.get(b"host", b""), path, ex.hdrs)
+        if route is not None:
+            ex.route = route
+            ex.pool = route.pool
+            ex.rtype = route.rtype
+            ex.source = table.sources.extract(path, query, ex.hdrs, self.client_ip)
+        self.queue.append(ex)
+        proxy.active.add(ex)
+        if self.queue[0] is ex:
+            self.start(ex)
+        elif len(self.queue) > 16:
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.cur
+        ex.bytes_in += len(body)
+        ex.last_io = self.proxy.now
+        limit = self.proxy.limits.max_body_bytes
+        if limit and ex.bytes_in > limit:
+            ex.error = 413
+            raise _StopParsing
+        if ex.chunked:
+            body = b"%x\r\n%b\r\n" % (len(body), body)
+        self._send_body(ex, body)
+
+    def on_message_complete(self) -> None:
+        ex = self.cur
+        self.cur = None
+        ex.body_done = True
+        if ex.chunked:
+            self._send_body(ex, b"0\r\n\r\n")
+
+    def _send_body(self, ex: Exchange, data: bytes) -> None:
+        uc = ex.uconn
+        if ex.sent and uc is not None and not uc.connecting and not ex.body and not ex.done:
+            uc.transport.write(data)
+            return
+        ex.body.append(data)
+        ex.body_buffered += len(data)
+        if ex.body_buffered > BODY_BUFFER_HIGH:
+            self.pause_reading()
+
+    # ---------------------------------------------------------------- forwarding
+    def start(self, ex: Exchange) -> None:
+        """Begin answering `ex`, now at the head of the queue."""
+        if ex.error:
+            self.reply_error(ex, ex.error)
+            return
+        if ex.route is None:
+            self.reply_error(ex, 404)
+            return
+        if self.proxy.timeouts.total:
+            ex.deadline = ex.t_start + self.proxy.timeouts.total
+        self.dispatch(ex)
+
+    def dispatch(self, ex: Exchange) -> None:
+        """Pick a member and send; with none ready, wait (bounded) for the control loop."""
+        proxy = self.proxy
+        pool = proxy.pools.get(ex.pool)
+        up = pool.choose(proxy.now, ex.tried) if pool is not None else None
+        if up is None:
+            if pool is not None and ex.tried and pool.members:
+                # Every member was tried: nothing left to retry on.
+                self.reply_error(ex, 502)
+                return
+            if not ex.wait_until:
+                ex.wait_until = proxy.now + proxy.timeouts.queue
+            if pool is not None:
+                pool.waiters.append(ex)
+            else:
+                self.reply_error(ex, 503)
+            return
+        ex.upstream = up
+        ex.tried += (up,)
+        up.in_flight += 1
+        up.requests += 1
+        ex.last_io = proxy.now
+        uc = up.take_idle()
+        if uc is None:
+            uc = UpstreamConnection(proxy, up)
+            uc.connect(ex)
+        else:
+            uc.attach(ex)
+
+    def head_bytes(self, ex: Exchange) -> bytes:
+        """The request head as sent upstream: path byte-exact, hop-by-hop removed, X-Forwarded-*."""
+        proxy = self.proxy
+        parts = [ex.method, b" ", ex.url, b" HTTP/1.1\r\n"]
+        for n, v in ex.headers:
+            parts += (n, b": ", v, b"\r\n")
+        xff = ex.hdrs.get(b"x-forwarded-for")
+        ip = self.client_ip.encode()
+        parts += (b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n",
+                  b"X-Forwarded-Proto: ", proxy.scheme, b"\r\n")
+        host = ex.hdrs.get(b"host")
+        if host is not None:
+            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+        if ex.upgrade is not None:
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", ex.upgrade, b"\r\n")
+        elif ex.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def reply_error(self, ex: Exchange, status: int, retry_after: bool = True) -> None:
+        """A proxy-generated response (4xx/5xx), answered in order on this connection."""
+        if ex.done:
+            return
+        if ex.head_sent:
+            # Part of a response is already out: the only honest signal left is to cut it short.
+            ex.status = ex.status or status
+            self._complete(ex, keep_alive=False)
+            return
+        proxy = self.proxy
+        pool = proxy.pools.get(ex.pool)
+        if pool is not None and ex in pool.waiters:
+            pool.waiters.remove(ex)
+        if self.queue and self.queue[0] is not ex:
+            ex.error = status    # answered when it reaches the head of the queue
+            return
+        body = b"%d %s\n" % (status, REASONS.get(status, b"Error"))
+        keep = ex.keep_alive and ex.body_done and not ex.error
+        extra = b""
+        if status == 503 and retry_after:
+            extra = b"Retry-After: %d\r\n" % max(1, math.ceil(proxy.timeouts.queue))
+        head = b"%sContent-Type: text/plain\r\nContent-Length: %d\r\n%s%s\r\n" % (
+            STATUS_LINES.get(status, b"HTTP/1.1 %d Error\r\n" % status), len(body), extra,
+            b"" if keep else b"Connection: close\r\n")
+        ex.status = status
+        ex.head_sent = True
+        ex.response_complete = True
+        self.write(head if ex.is_head else head + body)
+        self._complete(ex, keep_alive=keep)
+
+    def upstream_failed(self, ex: Exchange, status: int, timeout: bool = False) -> None:
+        """The member failed this exchange: retry where safe, else answer `status`."""
+        uc = ex.uconn
+        up = ex.upstream
+        if uc is not None:
+            uc.abandon()
+        self._release(ex)
+        if up is not None:
+            pool = self.proxy.pools.get(up.pool)
+            if pool is not None:
+                pool.report_failure(up, self.proxy.now)
+        # A retry is safe when nothing reached the member (connect failed), or the request is
+        # idempotent, carried no body and no response byte came back (a stale keep-alive).
+        retry = (not ex.head_sent and len(ex.tried) < MAX_ATTEMPTS and not timeout and
+                 (not ex.sent or (ex.method in IDEMPOTENT and ex.bytes_in == 0 and ex.body_done)))
+        if retry:
+            ex.sent = False   # a buffered body is still in ex.body and goes to the next member
+            self.dispatch(ex)
+            return
+        self.reply_error(ex, status)
+
+    def _release(self, ex: Exchange) -> None:
+        up = ex.upstream
+        if up is not None:
+            up.in_flight -= 1
+            if not up.routed and up.in_flight == 0:
+                self.proxy.upstreams.pop(up.id, None)
+        ex.upstream = None
+        ex.uconn = None
+
+    def response_done(self, ex: Exchange, reusable: bool) -> None:
+        """The upstream response is complete: return its connection, finish the exchange."""
+        uc = ex.uconn
+        up = ex.upstream
+        if uc is not None:
+            uc.ex = None
+            if reusable and ex.body_done and not ex.body and up is not None:
+                up.give_back(uc)
+            else:
+                uc.close()
+        if up is not None:
+            UpstreamPool.report_success(up)
+        self._release(ex)
+        self._complete(ex, keep_alive=ex.keep_alive and ex.body_done and ex.resp_mode != 2)
+
+    def _complete(self, ex: Exchange, keep_alive: bool) -> None:
+        if ex.done:
+            return
+        if ex.uconn is not None:
+            ex.uconn.abandon()
+            self._release(ex)
+        self.proxy.finish(ex)
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        if not keep_alive or self.proxy.closing:
+            self.close()
+            return
+        if self.queue:
+            self.start(self.queue[0])
+        if len(self.queue) <= 16 and (not self.queue or self.queue[-1].body_buffered <= BODY_BUFFER_HIGH):
+            self.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def become_tunnel(self, uc: "UpstreamConnection", ex: Exchange) -> None:
+        """101 Switching Protocols: from here on bytes pass through untouched both ways."""
+        self.tunnel = uc
+        if ex.body:
+            uc.transport.write(b"".join(ex.body))
+            ex.body.clear()
+        self.proxy.finish(ex)
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        self.resume_reading()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A connection to one member; carries one exchange at a time, kept alive between them."""
+
+    def __init__(self, proxy: Proxy, upstream: Upstream):
+        self.proxy = proxy
+        self.upstream = upstream
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.ex: Exchange | None = None
+        self.connecting = False
+        self.out: list[bytes] = []
+        self.keep_alive = True
+        self.tunnel: ClientConnection | None = None
+        self._connect_task: asyncio.Task | None = None
+        self.reading_paused = False
+        self.writing_paused = False
+
+    # ---------------------------------------------------------------- connecting and sending
+    def connect(self, ex: Exchange) -> None:
+        self.ex = ex
+        ex.uconn = self
+        self.connecting = True
+        self._connect_task = self.proxy.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        up = self.upstream
+        try:
+            await self.proxy.loop.create_connection(lambda: self, up.host, up.port)
+        except (OSError, asyncio.CancelledError):
+            self.connecting = False
+            ex = self.ex
+            self.ex = None
+            if ex is not None and not ex.done and ex.uconn is self:
+                ex.client.upstream_failed(ex, 502)
+            return
+        self.connecting = False
+        ex = self.ex
+        if ex is None or ex.done:
+            self.close()
+            return
+        self._send_request(ex)
+
+    def abort_connect(self) -> None:
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+
+    def attach(self, ex: Exchange) -> None:
+        self.ex = ex
+        ex.uconn = self
+        self._send_request(ex)
+
+    def _send_request(self, ex: Exchange) -> None:
+        client = ex.client
+        head = client.head_bytes(ex)
+        ex.sent = True
+        ex.t_sent = self.proxy.loop.time()
+        if ex.body:
+            body, ex.body = ex.body, []
+            ex.body_buffered = 0
+            self.transport.writelines([head, *body])
+            client.resume_reading()
+        else:
+            self.transport.write(head)
+        if self.reading_paused:
+            self.resume_reading()
+
+    # ---------------------------------------------------------------- transport events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.ex
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if ex is None:
+            # Bytes on an idle connection (or after an exchange ended): it cannot be reused.
+            self.close()
+            return
+        ex.last_io = self.proxy.now
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._flush()
+            if ex.status == 101:
+                self.tunnel = ex.client
+                rest = data[e.args[0]:]
+                if rest:
+                    ex.client.write(rest)
+                ex.client.become_tunnel(self, ex)
+                return
+        except httptools.HttpParserCallbackError:
+            # Raised on purpose after the head of a response that has no body (HEAD).
+            self._flush()
+            if self.ex is ex and ex.response_complete:
+                self.parser = httptools.HttpResponseParser(self)
+                ex.client.response_done(ex, reusable=self.keep_alive)
+            elif not ex.done:
+                log.exception("proxy.response_error", member=self.upstream.id)
+                ex.client.upstream_failed(ex, 502)
+            return
+        except httptools.HttpParserError:
+            self._flush()
+            ex.client.upstream_failed(ex, 502)
+            return
+        self._flush()
+        if ex.response_complete and self.ex is ex:
+            ex.client.response_done(ex, reusable=self.keep_alive)
+
+    def _flush(self) -> None:
+        out = self.out
+        if out:
+            ex = self.ex
+            if ex is not None:
+                ex.client.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.tunnel is not None:
+            client, self.tunnel = self.tunnel, None
+            self.upstream.in_flight -= 1
+            if not self.upstream.routed and self.upstream.in_flight == 0:
+                self.proxy.upstreams.pop(self.upstream.id, None)
+            client.tunnel = None
+            client.close()
+            return
+        ex = self.ex
+        if ex is None or ex.done:
+            return
+        self._flush()
+        if ex.head_sent and ex.resp_mode == 2:
+            # A close-delimited body ends when the member closes the connection.
+            ex.response_complete = True
+            ex.client.response_done(ex, reusable=False)
+        elif ex.head_sent and ex.resp_mode == 1 and not ex.response_complete and self._close_delimited:
+            ex.client.write(b"0\r\n\r\n")
+            ex.response_complete = True
+            ex.client.response_done(ex, reusable=False)
+        else:
+            ex.client.upstream_failed(ex, 502)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        ex = self.ex
+        if ex is not None:
+            ex.client.pause_reading()
+        elif self.tunnel is not None:
+            self.tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        ex = self.ex
+        if ex is not None:
+            ex.client.resume_reading()
+        elif self.tunnel is not None:
+            self.tunnel.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def abandon(self) -> None:
+        """Detach from an exchange that ended early: the connection state is unknown, close it."""
+        self.ex = None
+        self.abort_connect()
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # ---------------------------------------------------------------- response parser callbacks
+    _close_delimited = False
+
+    def on_message_begin(self) -> None:
+        self.keep_alive = True
+        self._close_delimited = False
+        self._has_length = False
+        self._chunked = False
+        self.out.append(b"")   # placeholder for the status line and framing headers
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                if b"close" in value.lower():
+                    self.keep_alive = False
+            elif lname == b"transfer-encoding":
+                self._chunked = True
+            elif lname == b"upgrade":
+                self.out.append(b"Upgrade: %s\r\n" % value)
+            return
+        if lname == b"content-length":
+            self._has_length = True
+        self.out.append(b"%s: %s\r\n" % (name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        p = self.parser
+        status = p.get_status_code()
+        client = ex.client
+        if not ex.latency:
+            ex.latency = self.proxy.loop.time() - ex.t_sent
+        if p.get_http_version() == "1.0" or not p.should_keep_alive():
+            self.keep_alive = False
+        out = self.out
+        # out holds: [..., placeholder, header lines...]; the placeholder is the last b"" we put.
+        idx = len(out) - 1 - out[::-1].index(b"")
+        line = STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+        if status < 200:
+            if status == 101:
+                ex.status = 101
+                out[idx] = line
+                out.append(b"Connection: Upgrade\r\n\r\n")
+                return
+            out[idx] = line          # interim (100 Continue, 103 Early Hints): relay as is
+            out.append(b"\r\n")
+            return
+        ex.status = status
+        ex.head_sent = True
+        no_body = ex.is_head or status == 204 or status == 304
+        tail = b"\r\n"
+        client_keep = ex.keep_alive and ex.body_done
+        if no_body or self._has_length:
+            ex.resp_mode = 0
+        elif ex.version == "1.1":
+            ex.resp_mode = 1
+            self._close_delimited = not self._chunked
+            tail = b"Transfer-Encoding: chunked\r\n\r\n"
+        else:
+            ex.resp_mode = 2   # HTTP/1.0 client without a length: the close ends the body
+            client_keep = False
+        if not self._chunked and not self._has_length and not no_body:
+            self.keep_alive = False
+        if not client_keep:
+            ex.keep_alive = False
+            tail = b"Connection: close\r\n" + tail
+        out[idx] = line
+        out.append(tail)
+        if ex.is_head:
+            ex.response_complete = True
+            raise _StopParsing
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        ex.bytes_out += len(body)
+        if ex.resp_mode == 1:
+            self.out.append(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self.out.append(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.ex
+        if ex.status == 0 or (ex.status < 200 and ex.status != 101):
+            return   # end of an interim response; the final one follows
+        if ex.resp_mode == 1:
+            self.out.append(b"0\r\n\r\n")
+        ex.response_complete = True
+
+
+def make_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx

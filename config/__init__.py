@@ -1,0 +1,15 @@
+"""warmfront configuration: the shipped default YAML and its typed models."""
+from config.loader import ConfigError, default_config_dir, json_schema, load_config, load_config_text
+from config.models import Config, Pool, PoolsConfig, RoutingConfig
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Pool",
+    "PoolsConfig",
+    "RoutingConfig",
+    "default_config_dir",
+    "json_schema",
+    "load_config",
+    "load_config_text",
+]

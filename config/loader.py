@@ -1,0 +1,307 @@
+"""Reading routing.yaml and pools.yaml into a `Config`, with errors that point at file:line: key.
+
+Every failure — unreadable file, YAML syntax, duplicate key, wrong type, broken rule — surfaces
+as one `ConfigError` naming the first problem (lowest line) so the CLI can print it and exit 2.
+Lines come from the YAML node tree: each key path maps to the line of its key (or of the list
+item), and a pydantic location is matched to the nearest path present in the file.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from config.models import CONFIG_ERROR, Config, PoolsConfig, RoutingConfig, Strict
+
+ROUTING_FILE = "routing.yaml"
+POOLS_FILE = "pools.yaml"
+
+KeyPath = tuple[Any, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A configuration problem at `file:line`, under the dotted `key` (`-` when no key applies)."""
+
+    def __init__(self, file: str, line: int, key: str, message: str) -> None:
+        super().__init__(f"{file}:{line}: {key}: {message}")
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+
+
+def default_config_dir() -> Path:
+    """The package directory, where the shipped routing.yaml and pools.yaml live."""
+    return Path(__file__).resolve().parent
+
+
+def load_config(directory: str | Path) -> Config:
+    """Read and validate `directory`/routing.yaml and `directory`/pools.yaml."""
+    directory = Path(directory)
+    routing_path, pools_path = directory / ROUTING_FILE, directory / POOLS_FILE
+    config = load_config_text(_read(routing_path), _read(pools_path), str(routing_path), str(pools_path))
+    return config.model_copy(update={"directory": str(directory)})
+
+
+def load_config_text(routing_text: str, pools_text: str,
+                     routing_name: str = ROUTING_FILE, pools_name: str = POOLS_FILE) -> Config:
+    """Validate the two files' contents; the names only label error messages."""
+    routing = _Document.parse(routing_text, routing_name)
+    pools = _Document.parse(pools_text, pools_name)
+    routing_config = routing.validate(RoutingConfig)
+    pools_config = pools.validate(PoolsConfig)
+    try:
+        return Config(routing=routing_config, pools=pools_config.pools)
+    except ValidationError as err:
+        # Cross-file rules locate themselves under `routing` or `pools`: route each to its file.
+        documents = {"routing": (routing, ()), "pools": (pools, ("pools",))}
+
+        def locate(loc: KeyPath) -> tuple[_Document, KeyPath]:
+            document, prefix = documents[loc[0]]
+            return document, prefix + loc[1:]
+        raise _first_error(err, locate) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schemas (draft 2020-12) keyed by file name: `{"routing.yaml": ..., "pools.yaml": ...}`.
+
+    Two schemas because editors (yaml-language-server's `$schema` comment, VS Code's
+    `yaml.schemas`) attach one schema per file; each value is a complete schema on its own.
+    """
+    schemas = {}
+    for file_name, model in ((ROUTING_FILE, RoutingConfig), (POOLS_FILE, PoolsConfig)):
+        schema = model.model_json_schema()
+        schemas[file_name] = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return schemas
+
+
+def _read(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), 0, "-", "file not found") from None
+    except OSError as err:
+        raise ConfigError(str(path), 0, "-", f"cannot read file: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(str(path), line, "-", "not UTF-8 text") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose scalar errors always carry the position of the offending value."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as err:
+            # Explicitly tagged values (`!!int x`, `!!bool maybe`, `2024-02-30`) make SafeLoader's
+            # scalar constructors raise bare ValueError/KeyError/TypeError without a mark.
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.value!r} as {tag}: {err}", node.start_mark) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, path: KeyPath, line: int) -> None:
+        super().__init__(path, line)
+        self.path = path
+        self.line = line
+
+
+class _Document:
+    """One parsed YAML file: its data and the line of every key path in it."""
+
+    def __init__(self, name: str, data: Any, lines: dict[KeyPath, int]) -> None:
+        self.name = name
+        self.data = data
+        self.lines = lines
+
+    @classmethod
+    def parse(cls, text: str, name: str) -> _Document:
+        try:
+            loader = _Loader(text)
+        except yaml.reader.ReaderError as err:
+            # The reader rejects control characters up front, before any mark exists.
+            line = text[:err.position].count("\n") + 1
+            raise ConfigError(name, line, "-", f"invalid YAML: control character U+{err.character:04X} is not allowed") from None
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise ConfigError(name, 1, "-", "file is empty; expected a mapping of keys")
+            lines = _key_lines(node, loader)
+            data = loader.construct_document(node)
+        except _DuplicateKey as err:
+            raise ConfigError(name, err.line, _format_key(err.path), "duplicate key") from None
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark or err.context_mark
+            line = mark.line + 1 if mark else 1
+            where = f" (column {mark.column + 1})" if mark else ""
+            raise ConfigError(name, line, "-", f"invalid YAML: {err.problem or err.context}{where}") from None
+        except RecursionError:
+            raise ConfigError(name, 1, "-", "invalid YAML: nested too deeply") from None
+        finally:
+            loader.dispose()
+        if not isinstance(data, dict):
+            raise ConfigError(name, node.start_mark.line + 1, "-",
+                              f"expected a mapping of keys at the top level, got {_yaml_type(data)}")
+        return cls(name, data, lines)
+
+    def validate(self, model: type[M]) -> M:
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as err:
+            raise _first_error(err, lambda loc: (self, loc)) from None
+
+    def line_of(self, path: KeyPath) -> int:
+        """The line of `path`, or of its nearest ancestor present in the file."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return 1
+
+
+def _key_lines(root: yaml.Node, loader: _Loader) -> dict[KeyPath, int]:
+    """Line of every key path, raising _DuplicateKey on a repeated key (PyYAML keeps the last silently)."""
+    lines: dict[KeyPath, int] = {}
+    visited: set[int] = set()
+    # Aliases share nodes: visiting each node once keeps recursive anchors finite and
+    # "billion laughs" documents linear; paths through an alias resolve to the alias's key.
+    stack: list[tuple[KeyPath, yaml.Node, int]] = [((), root, root.start_mark.line + 1)]
+    while stack:
+        path, node, line = stack.pop()
+        lines.setdefault(path, line)
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, value_node in node.value:
+                # Merge keys (`<<: *defaults`) may be overridden by design; complex keys have no path.
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = loader.construct_object(key_node)
+                key_line = key_node.start_mark.line + 1
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # construct_document reports the unhashable key with its mark
+                if key in seen:
+                    raise _DuplicateKey(path + (key,), key_line)
+                seen.add(key)
+                stack.append((path + (key,), value_node, key_line))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                stack.append((path + (index,), item, item.start_mark.line + 1))
+    return lines
+
+
+def _first_error(err: ValidationError,
+                 locate: Callable[[KeyPath], tuple[_Document, KeyPath]]) -> ConfigError:
+    """The ConfigError for the earliest-line error in `err`; `locate` maps a location to file and key path.
+
+    On a tie, a key the user wrote beats one placed at its parent's line (a missing key): an
+    unknown key beside a missing one is usually the same typo, and the unknown one names it.
+    """
+    found = []
+    for detail in err.errors():
+        document, path = locate(_location(detail))
+        error = ConfigError(document.name, document.line_of(path), _format_key(path), _message(detail))
+        found.append((error.line, path not in document.lines, error))
+    return min(found, key=lambda item: item[:2])[2]
+
+
+def _location(detail: ErrorDetails) -> KeyPath:
+    # `[key]` marks an error in a mapping key itself; the key's line is the path's line.
+    loc = tuple(part for part in detail["loc"] if part != "[key]")
+    if detail["type"] == CONFIG_ERROR:
+        loc += tuple(detail.get("ctx", {}).get("at", ()))
+    return loc
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _format_key(path: KeyPath) -> str:
+    """`pools.web.capacity.max`, `routes[2].pool`; keys that are not plain words are quoted."""
+    text = ""
+    for part in path:
+        if isinstance(part, int) and not isinstance(part, bool):
+            text += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part if isinstance(part, str) else str(part))}]"
+    return text or "-"
+
+
+# Any key valid somewhere in either file is a fair suggestion for a typo.
+_FIELD_NAMES = sorted({name for model in Strict.__subclasses__() for name in model.model_fields})
+
+_TYPE_NAMES = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "string_type": "a string", "bool_type": "true or false", "bool_parsing": "true or false",
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+_BOUNDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"),
+           "less_than_equal": ("le", "<="), "less_than": ("lt", "<")}
+
+
+def _message(detail: ErrorDetails) -> str:
+    kind, ctx = detail["type"], detail.get("ctx", {})
+    if kind in _TYPE_NAMES:
+        return f"must be {_TYPE_NAMES[kind]}, got {_yaml_type(detail['input'])}"
+    if kind in _BOUNDS:
+        name, symbol = _BOUNDS[kind]
+        return f"must be {symbol} {_number(ctx[name])}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        key = str(detail["loc"][-1])
+        close = difflib.get_close_matches(key, [name for name in _FIELD_NAMES if name != key], n=1)
+        return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}, got {detail['input']!r}"
+    if kind == "too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else detail["msg"]
+    if kind == "string_pattern_mismatch":
+        return "must start with /" if ctx.get("pattern") == "^/" else f"must match {ctx.get('pattern')}"
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == CONFIG_ERROR:
+        return detail["msg"]
+    return detail["msg"][:1].lower() + detail["msg"][1:]
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _yaml_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}"
+    return type(value).__name__

@@ -1,0 +1,354 @@
+"""Typed configuration: routing.yaml and pools.yaml validated into pydantic models.
+
+Field names here are the contract with balancer/ and pools/. Durations are floats in seconds,
+sizes ints in bytes, after parsing the units users write (see config.units).
+
+Rules that involve more than one field raise `config_error(at, message)`: the loader appends
+`at` to the failing model's location, so the user is pointed at the key to fix rather than at
+the enclosing section.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from config.units import ByteSize, Cpus, Duration
+
+CONFIG_ERROR = "config"
+
+
+def config_error(at: tuple[str | int, ...], message: str) -> PydanticCustomError:
+    """A validation error located at `at`, relative to the model raising it."""
+    return PydanticCustomError(CONFIG_ERROR, message, {"at": at})
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
+
+
+def _host_port(value: str, *, min_port: int) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not _HOST.fullmatch(host):
+        raise ValueError(f"must be HOST:PORT, e.g. 127.0.0.1:8080 (got {value!r})")
+    if not (port.isascii() and port.isdigit() and min_port <= int(port) <= 65535):
+        raise ValueError(f"port must be a number from {min_port} to 65535 (got {port!r})")
+    return value
+
+
+# Port 0 asks the OS for a free port, which is what tests and ad-hoc runs want for a listener.
+ListenAddress = Annotated[str, AfterValidator(lambda v: _host_port(v, min_port=0))]
+ServerAddress = Annotated[str, AfterValidator(lambda v: _host_port(v, min_port=1))]
+
+
+def _stringify_env(value: Any) -> Any:
+    # `PORT: 8080` and `DEBUG: true` are what people write; the environment only holds strings.
+    if isinstance(value, dict):
+        return {k: _env_str(v) for k, v in value.items()}
+    return value
+
+
+def _env_str(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+EnvVars = Annotated[dict[str, str], BeforeValidator(_stringify_env)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+# ---------------------------------------------------------------- routing.yaml
+class AdminConfig(Strict):
+    """The admin listener: health, metrics, status, dashboard and reload."""
+    listen: ListenAddress = Field(
+        "127.0.0.1:9090", description="HOST:PORT of the admin listener. Default `127.0.0.1:9090`.")
+    token_env: NonEmptyStr = Field(
+        "WARMFRONT_ADMIN_TOKEN",
+        description="Environment variable holding the admin bearer token, required whenever the admin "
+                    "listener is not on loopback. Default `WARMFRONT_ADMIN_TOKEN`.")
+
+
+class TLSConfig(Strict):
+    """TLS for the client-facing listener; omit the section to serve plain HTTP."""
+    cert: NonEmptyStr = Field(description="Path to a PEM certificate chain. Required.")
+    key: NonEmptyStr = Field(description="Path to the PEM private key of `cert`. Required.")
+
+
+class SourceRule(Strict):
+    """Exactly one of the fields is set; rules are tried in order, first non-empty value wins."""
+    header: NonEmptyStr | None = Field(None, description="Take the source from this request header, e.g. `X-Tenant`.")
+    query: NonEmptyStr | None = Field(None, description="Take the source from this query-string parameter.")
+    cookie: NonEmptyStr | None = Field(None, description="Take the source from this cookie.")
+    path_segment: int | None = Field(
+        None, ge=0, description="Take the source from this 0-based `/`-separated path segment.")
+    client_ip: bool | None = Field(None, description="Take the source from the client IP address; set to `true`.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceRule:
+        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise config_error((), "a source rule sets exactly one of "
+                                   "header, query, cookie, path_segment, client_ip "
+                                   f"(got {', '.join(chosen) or 'none'})")
+        if self.client_ip is False:
+            raise config_error(("client_ip",), "must be true; remove the rule to stop using the client IP")
+        return self
+
+
+class Timeouts(Strict):
+    """Time limits on the client and upstream sides of an exchange."""
+    connect: Duration = Field(2.0, description="Upstream TCP connect timeout. Default `2s`.")
+    read: Duration = Field(
+        60.0, description="Longest upstream silence (no bytes) while a response is awaited or streamed. Default `60s`.")
+    total: Duration = Field(0.0, description="Limit on the whole upstream exchange; `0` means none. Default `0`.")
+    queue: Duration = Field(
+        5.0, description="How long a request waits for a ready member before a 503 with Retry-After. Default `5s`.")
+    client_idle: Duration = Field(60.0, description="Idle timeout of a keep-alive client connection. Default `60s`.")
+    client_header: Duration = Field(30.0, description="Time allowed to receive a request head. Default `30s`.")
+
+
+class Limits(Strict):
+    """Size limits on requests, protecting the proxy's memory."""
+    max_header_bytes: ByteSize = Field(
+        65536, ge=1, description="Largest request line plus headers; beyond it the answer is 431. Default `64k`.")
+    max_body_bytes: ByteSize = Field(
+        1024 ** 3, description="Largest request body; beyond it the answer is 413; `0` means unlimited. Default `1g`.")
+
+
+class HistoryConfig(Strict):
+    """Per-minute request counters kept in SQLite for forecasting."""
+    flush_interval: Duration = Field(
+        5.0, gt=0, description="How often in-memory counters are written to SQLite. Default `5s`.")
+    retention: Duration = Field(30 * 86400.0, gt=0, description="How long counters are kept. Default `30d`.")
+    max_sources: int = Field(
+        1000, ge=1, description="Top-K sources kept by name; the rest count as `other`. Default `1000`.")
+
+
+_METHOD = re.compile(r"[A-Z]+")
+
+
+class RouteMatch(Strict):
+    """Conditions a request must meet for the route to apply; all given ones must hold."""
+    host: NonEmptyStr | None = Field(
+        None, description="Exact host (port ignored), or `*.example.com` for a suffix match. Default: any host.")
+    path_prefix: str = Field("/", pattern=r"^/", description="Path prefix, starting with `/`. Default `/`.")
+    methods: list[str] | None = Field(
+        None, min_length=1, description="HTTP methods, case-insensitive, e.g. `[GET, HEAD]`. Default: any method.")
+    headers: dict[str, str] | None = Field(
+        None, description="Headers that must equal the given value; `*` means present. Default: none.")
+
+    @field_validator("methods")
+    @classmethod
+    def _upper_methods(cls, methods: list[str] | None) -> list[str] | None:
+        if methods is None:
+            return None
+        upper = [m.upper() for m in methods]
+        for method in upper:
+            if not _METHOD.fullmatch(method):
+                raise ValueError(f"{method!r} is not an HTTP method")
+        return upper
+
+
+class Route(Strict):
+    """Sends matching requests to a pool and labels them with a request type."""
+    name: NonEmptyStr = Field(description="Unique route name, used in logs and metrics. Required.")
+    match: RouteMatch = Field(default_factory=RouteMatch, description="When the route applies. Default: every request.")
+    pool: NonEmptyStr = Field(description="Name of the pool in pools.yaml that serves the route. Required.")
+    type: NonEmptyStr = Field(
+        "default", description="Request type, the unit of profiling and forecasting. Default `default`.")
+
+
+class RoutingConfig(Strict):
+    """routing.yaml: listeners, traffic sources, limits and routes."""
+    listen: ListenAddress = Field(
+        "127.0.0.1:8080", description="HOST:PORT the proxy accepts clients on; port 0 picks a free one. "
+                                      "Default `127.0.0.1:8080`.")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin listener.")
+    state_dir: NonEmptyStr = Field(
+        "state", description="Directory for request history and runtime state. Default `state`.")
+    tls: TLSConfig | None = Field(None, description="TLS for the client listener. Default: plain HTTP.")
+    sources: list[SourceRule] = Field(
+        default_factory=lambda: [SourceRule(client_ip=True)], min_length=1,
+        description="How a request's traffic source is identified; rules are tried in order. "
+                    "Default `[{client_ip: true}]`.")
+    preserve_host: bool = Field(
+        True, description="Pass the client's Host header upstream instead of the member's address. Default `true`.")
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Time limits.")
+    limits: Limits = Field(default_factory=Limits, description="Request size limits.")
+    history: HistoryConfig = Field(default_factory=HistoryConfig, description="Request history for forecasting.")
+    routes: list[Route] = Field(
+        min_length=1, description="Routes, tried in order; the first match wins. At least one is required.")
+
+    @model_validator(mode="after")
+    def _unique_route_names(self) -> RoutingConfig:
+        seen: set[str] = set()
+        for index, route in enumerate(self.routes):
+            if route.name in seen:
+                raise config_error(("routes", index, "name"), f"duplicate route name {route.name!r}")
+            seen.add(route.name)
+        return self
+
+
+# ---------------------------------------------------------------- pools.yaml
+class HealthCheck(Strict):
+    """Active HTTP health check of each member."""
+    path: str = Field("/healthz", pattern=r"^/", description="Path probed with GET; 2xx is healthy. Default `/healthz`.")
+    interval: Duration = Field(2.0, gt=0, description="Time between checks. Default `2s`.")
+    timeout: Duration = Field(1.0, gt=0, description="Time allowed for one check. Default `1s`.")
+    healthy_threshold: int = Field(
+        1, ge=1, description="Consecutive passes before a member counts as healthy. Default `1`.")
+    unhealthy_threshold: int = Field(
+        3, ge=1, description="Consecutive failures before a member counts as unhealthy. Default `3`.")
+
+
+class Capacity(Strict):
+    """How many routable members the pool may have and how busy each should run."""
+    min: int = Field(1, ge=0, description="Members always kept ready (baseline tier); `0` allows scale to zero. "
+                                          "Default `1`.")
+    max: int = Field(4, ge=1, description="Most members ever ready at once, across all tiers. Default `4`.")
+    target_utilization: float = Field(
+        0.7, gt=0, le=1, description="Share of `concurrency` the planner aims to use per member, in (0, 1]. "
+                                     "Default `0.7`.")
+
+    @model_validator(mode="after")
+    def _max_at_least_min(self) -> Capacity:
+        if self.max < self.min:
+            raise config_error(("max",), f"must be >= min ({self.max} < {self.min})")
+        return self
+
+
+class Shadow(Strict):
+    """Members prepared ahead of forecast need but not routed until activated."""
+    state: Literal["none", "running", "paused", "stopped"] = Field(
+        "none", description="What shadow members are kept as: `running` (instant), `paused`, `stopped` "
+                            "(cheaper, slower to activate) or `none`. Default `none`.")
+    size: int = Field(0, ge=0, description="Shadow members kept prepared and unrouted, ready to activate. Default `0`.")
+
+    @model_validator(mode="after")
+    def _size_needs_state(self) -> Shadow:
+        if self.size > 0 and self.state == "none":
+            raise config_error(("size",), "size > 0 requires state running, paused or stopped")
+        return self
+
+
+class Warmup(Strict):
+    """Requests sent to a new member before it is routable, to fill caches and JITs."""
+    path: str = Field("/", pattern=r"^/", description="Path requested with GET during warm-up. Default `/`.")
+    requests: int = Field(0, ge=0, description="Number of warm-up requests; `0` turns warm-up off. Default `0`.")
+
+
+class Ejection(Strict):
+    """Passive health: members failing live requests are taken out for a growing back-off."""
+    consecutive_failures: int = Field(5, ge=1, description="Failed requests in a row that eject a member. Default `5`.")
+    base_time: Duration = Field(10.0, description="First ejection period; doubles on each repeat. Default `10s`.")
+    max_time: Duration = Field(300.0, description="Longest ejection period. Default `5m`.")
+
+    @model_validator(mode="after")
+    def _max_at_least_base(self) -> Ejection:
+        if self.max_time < self.base_time:
+            raise config_error(("max_time",), "must be >= base_time")
+        return self
+
+
+class DockerSpec(Strict):
+    """Container spec for the `docker` backend."""
+    image: NonEmptyStr = Field(description="Image to run, e.g. `myapp:1.4`. Required.")
+    command: str | None = Field(
+        None, description="Command overriding the image's; `{port}` is replaced by the member's port. "
+                          "Default: the image's.")
+    env: EnvVars = Field(default_factory=dict, description="Extra environment variables. Default: none.")
+    container_port: int | None = Field(
+        None, ge=1, le=65535, description="Port the app listens on inside the container. Default: the member's port.")
+    network: NonEmptyStr = Field(
+        "host", description="`host`, `publish` (map a host port) or a user network name. Default `host`.")
+    cpus: Cpus | None = Field(None, description="CPU limit, e.g. `0.5` or `500m`. Default: unlimited.")
+    memory: ByteSize | None = Field(None, description="Memory limit, e.g. `256m`. Default: unlimited.")
+    on_exit: Literal["keep", "remove"] = Field(
+        "keep", description="Keep a crashed container for inspection or remove it. Default `keep`.")
+
+
+class SwarmSpec(Strict):
+    """Service spec for the `swarm` backend."""
+    image: NonEmptyStr = Field(description="Image the service runs. Required.")
+    service: NonEmptyStr | None = Field(None, description="Swarm service name. Default: `warmfront-<pool>`.")
+    replicas_max: int | None = Field(None, ge=1, description="Cap on service replicas. Default: `capacity.max`.")
+
+
+class Pool(Strict):
+    """A set of interchangeable members serving one request profile, and its capacity rules."""
+    backend: Literal["process", "static", "docker", "swarm"] = Field(
+        "process", description="What runs members: `process` (local processes), `static` (unmanaged servers), "
+                               "`docker` or `swarm`. Default `process`.")
+    command: str | None = Field(
+        None, description="process: command line run per member, split like a shell would; `{port}` is replaced "
+                          "by the member's port.")
+    env: EnvVars = Field(default_factory=dict, description="process: extra environment variables. Default: none.")
+    servers: list[ServerAddress] = Field(
+        default_factory=list, description="static: HOST:PORT of each unmanaged server.")
+    docker: DockerSpec | None = Field(None, description="docker: the container spec.")
+    swarm: SwarmSpec | None = Field(None, description="swarm: the service spec.")
+    concurrency: int = Field(32, ge=1, description="Requests one member serves at once. Default `32`.")
+    health: HealthCheck = Field(default_factory=HealthCheck, description="Active health check.")
+    capacity: Capacity = Field(default_factory=Capacity, description="Member counts and target utilisation.")
+    shadow: Shadow = Field(default_factory=Shadow, description="Pre-warmed, unrouted members.")
+    warmup: Warmup = Field(default_factory=Warmup, description="Warm-up requests for new members.")
+    ejection: Ejection = Field(default_factory=Ejection, description="Passive health ejection.")
+    slow_start: Duration = Field(
+        10.0, description="Ramp-up for members that were not pre-warmed; `0` turns it off. Default `10s`.")
+    startup_timeout: Duration = Field(
+        30.0, gt=0, description="Longest wait from launch to the first passing health check. Default `30s`.")
+    drain_timeout: Duration = Field(
+        30.0, description="Longest wait for in-flight requests before a member is stopped. Default `30s`.")
+    stop_timeout: Duration = Field(5.0, description="Time from SIGTERM to SIGKILL. Default `5s`.")
+
+    @model_validator(mode="after")
+    def _backend_needs_its_section(self) -> Pool:
+        if self.backend == "process":
+            self._check_process_command()
+        elif self.backend == "static" and not self.servers:
+            raise config_error(("servers",), "backend static needs at least one HOST:PORT in servers")
+        elif self.backend == "docker" and self.docker is None:
+            raise config_error(("docker",), "backend docker needs a docker: section with at least an image")
+        elif self.backend == "swarm" and self.swarm is None:
+            raise config_error(("swarm",), "backend swarm needs a swarm: section with at least an image")
+        return self
+
+    def _check_process_command(self) -> None:
+        if not self.command:
+            raise config_error(("command",), "backend process needs a command containing {port}")
+        if "{port}" not in self.command:
+            raise config_error(("command",), "must contain {port}, where the member's port goes")
+        try:
+            shlex.split(self.command)
+        except ValueError as err:
+            raise config_error(("command",), f"cannot be split into arguments: {err}") from None
+
+
+class PoolsConfig(Strict):
+    """pools.yaml: the pools routes can send traffic to."""
+    pools: dict[str, Pool] = Field(min_length=1, description="Pools by name.")
+
+
+class Config(Strict):
+    """Both files, checked against each other."""
+    routing: RoutingConfig
+    pools: dict[str, Pool]
+    directory: str | None = None             # where the YAML was read from; None when loaded from text
+
+    @model_validator(mode="after")
+    def _routes_name_pools(self) -> Config:
+        for index, route in enumerate(self.routing.routes):
+            if route.pool not in self.pools:
+                known = ", ".join(sorted(self.pools)) or "none"
+                raise config_error(("routing", "routes", index, "pool"),
+                                   f"unknown pool {route.pool!r} (pools.yaml defines: {known})")
+        return self

@@ -1,0 +1,98 @@
+"""The interface every backend (process, static, docker, swarm, simulated) offers the control loop.
+
+Instances carry Docker-style labels so ownership works the same everywhere: a warmfront only adopts
+and touches instances labelled `warmfront.managed=true` with its own `warmfront.instance`.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, Protocol
+
+from config.models import Pool
+
+LABEL_MANAGED = "warmfront.managed"
+LABEL_POOL = "warmfront.pool"
+LABEL_INSTANCE = "warmfront.instance"
+
+
+def member_labels(pool: str, owner: str) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_POOL: pool, LABEL_INSTANCE: owner}
+
+
+class InstanceStatus(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"   # stopped on purpose; `start` brings it back on the same address
+    EXITED = "exited"     # ended on its own (crash, kill)
+
+
+@dataclass(slots=True)
+class Instance:
+    id: str
+    pool: str
+    host: str
+    port: int
+    status: InstanceStatus
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEvent:
+    kind: Literal["died"]
+    instance_id: str
+    pool: str
+    exit_code: int | None = None
+
+
+class BackendError(Exception):
+    """The backend refused or failed an operation; the control loop logs it and retries later."""
+
+
+class Backend(Protocol):
+    async def list(self) -> list[Instance]: ...
+    async def launch(self, pool: str, spec: Pool, port: int | None = None) -> Instance: ...
+    async def start(self, instance_id: str) -> None: ...
+    async def pause(self, instance_id: str) -> None: ...
+    async def resume(self, instance_id: str) -> None: ...
+    async def resize(self, instance_id: str, cpus: float | None) -> None: ...
+    async def stop(self, instance_id: str, timeout: float) -> None: ...
+    async def remove(self, instance_id: str) -> None: ...
+    def address(self, instance_id: str) -> tuple[str, int]: ...
+    def events(self) -> "Subscription": ...
+
+
+class Subscription:
+    """One consumer's stream of backend events; registered at creation so nothing published after
+    `events()` returns is missed."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self._hub = hub
+        self._queue: asyncio.Queue[BackendEvent] = asyncio.Queue()
+
+    def __aiter__(self) -> AsyncIterator[BackendEvent]:
+        return self
+
+    async def __anext__(self) -> BackendEvent:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        self._hub._subscribers.discard(self)
+
+
+class EventHub:
+    """Fan-out of backend events: several pool managers may share one backend."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self)
+        self._subscribers.add(sub)
+        return sub
+
+    def publish(self, event: BackendEvent) -> None:
+        for sub in self._subscribers:
+            sub._queue.put_nowait(event)

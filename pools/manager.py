@@ -1,0 +1,308 @@
+"""One pool's control loop: observe the backend, check health, decide (pools.reconciler), act.
+
+The decision is pure; this layer only performs it. Slow operations (boot, warm-up, stop) run as one
+task per member, so the loop never waits on a single member and a member has one operation at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+
+from config.models import Pool
+from pools.backends.base import Backend, BackendError, Instance, InstanceStatus, Subscription
+from pools.health import HealthChecker, HealthTracker
+from pools.members import MemberState, MemberView
+from pools.reconciler import (Action, Activate, Desired, Drain, Launch, ObservedMember, Park, Replace, Retire,
+                              Warm, baseline_desired, decide)
+
+log = structlog.get_logger()
+
+DesiredFn = Callable[[str, Pool, Sequence[ObservedMember]], Desired]
+MAX_BACKOFF = 10.0
+
+
+@dataclass(slots=True, eq=False)
+class _Member:
+    id: str
+    host: str
+    port: int
+    state: MemberState
+    since: float
+    health: HealthTracker
+    shadow_state: str | None = None
+    prewarmed: bool = False
+    task: asyncio.Task | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+class PoolManager:
+    def __init__(self, name: str, spec: Pool, backend: Backend, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 in_flight: Callable[[str], int] = lambda member_id: 0,
+                 on_change: Callable[[str, list[MemberView]], None] = lambda pool, members: None,
+                 desired_fn: DesiredFn = baseline_desired,
+                 checker: HealthChecker | None = None,
+                 interval: float = 0.5) -> None:
+        self.name, self.spec, self.backend = name, spec, backend
+        self.clock, self.in_flight, self.on_change, self.desired_fn = clock, in_flight, on_change, desired_fn
+        self.interval = interval
+        self._checker = checker or HealthChecker()
+        self._owns_checker = checker is None
+        self._static = spec.backend == "static"
+        self._members: dict[str, _Member] = {}
+        self._wake = asyncio.Event()
+        self._run_task: asyncio.Task | None = None
+        self._log = log.bind(pool=name)
+
+    def members(self) -> list[MemberView]:
+        return [MemberView(m.id, self.name, m.host, m.port, m.state, m.prewarmed,
+                           m.shadow_state if m.state is MemberState.SHADOW else None, m.since)
+                for m in self._members.values()]
+
+    async def run(self) -> None:
+        """Reconcile every `interval` and at once on member deaths and finished operations, until cancelled."""
+        self._run_task = asyncio.current_task()
+        events = self.backend.events()
+        helpers = [asyncio.create_task(self._watch(events)), asyncio.create_task(self._health_loop())]
+        backoff = 0.0
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.reconcile()
+                    backoff = 0.0
+                except Exception as e:  # a backend hiccup must not end the loop: back off and look again
+                    backoff = min(max(2 * backoff, self.interval), MAX_BACKOFF)
+                    self._log.warning("pool.backend_error", error=repr(e), retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+        finally:
+            events.close()
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def stop_all(self) -> None:
+        """Stop the loop, then stop and remove every member (static members are left alone)."""
+        run = self._run_task
+        if run is not None and not run.done() and run is not asyncio.current_task():
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+        busy = [m.task for m in self._members.values() if m.busy]
+        for t in busy:
+            t.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+        if not self._static:
+            await asyncio.gather(*(self._remove(m, "shutdown") for m in list(self._members.values())),
+                                 return_exceptions=True)
+        self._members.clear()
+        self._publish()
+        if self._owns_checker:
+            await self._checker.close()
+
+    async def reconcile(self) -> None:
+        """One level-triggered pass: observe the backend, decide, act."""
+        await self._observe()
+        if self._static:
+            return  # static members move only on health checks
+        observed = [ObservedMember(m.id, m.state, m.since, m.shadow_state, self.in_flight(m.id), m.busy)
+                    for m in self._members.values()]
+        actions = decide(self.desired_fn(self.name, self.spec, observed), observed, self.clock())
+        for action in actions:
+            await self._act(action)
+        if actions:
+            counts = {s.value: n for s in MemberState if (n := sum(m.state is s for m in self._members.values()))}
+            self._log.info("pool.reconciled", actions=[_describe(a) for a in actions], members=counts)
+
+    # ------------------------------------------------------------------ observing
+    async def _observe(self) -> None:
+        instances = {i.id: i for i in await self.backend.list() if i.pool == self.name}
+        for inst in instances.values():
+            if inst.id not in self._members:
+                self._adopt(inst)
+        for m in list(self._members.values()):
+            if m.busy or m.state is MemberState.FAILED:
+                continue
+            inst = instances.get(m.id)
+            if inst is None:
+                self._fail(m, "vanished from the backend")
+            elif inst.status is InstanceStatus.EXITED:
+                self._fail(m, "exited")
+
+    def _adopt(self, inst: Instance) -> None:
+        """Take in an instance we did not launch in this run (static servers; members from before a restart)."""
+        m = _Member(inst.id, inst.host, inst.port, MemberState.LAUNCHING, self.clock(),
+                    HealthTracker.for_check(self.spec.health))
+        self._members[m.id] = m
+        if not self._static:
+            self._log.info("member.adopted", member=m.id, status=inst.status.value)
+            if inst.status is InstanceStatus.RUNNING:
+                self._spawn(m, self._boot(m))
+            elif inst.status in (InstanceStatus.PAUSED, InstanceStatus.STOPPED):
+                m.state, m.shadow_state = MemberState.SHADOW, inst.status.value
+            else:
+                m.state = MemberState.FAILED
+        self._publish()
+
+    async def _watch(self, events: Subscription) -> None:
+        async for ev in events:
+            m = self._members.get(ev.instance_id)
+            if ev.pool == self.name and ev.kind == "died" and m is not None:
+                self._fail(m, f"exited with code {ev.exit_code}")
+
+    async def _health_loop(self) -> None:
+        check = self.spec.health
+        while True:
+            targets = [(m, m.state) for m in self._members.values() if not m.busy and self._checked(m)]
+            results = await asyncio.gather(*(self._checker.probe(m.host, m.port, check) for m, _ in targets))
+            for (m, state), ok in zip(targets, results):
+                # The member may have moved on while the probe was out; its result is then stale.
+                if self._members.get(m.id) is m and m.state is state and not m.busy:
+                    self._record_health(m, ok)
+            await asyncio.sleep(check.interval)
+
+    def _checked(self, m: _Member) -> bool:
+        if self._static:
+            return True
+        return m.state is MemberState.READY or (m.state is MemberState.SHADOW and m.shadow_state == "running")
+
+    def _record_health(self, m: _Member, ok: bool) -> None:
+        verdict = m.health.observe(ok)
+        if verdict is True and self._static and m.state is not MemberState.READY:
+            self._set(m, MemberState.READY)
+            self._log.info("member.ready", member=m.id, address=f"{m.host}:{m.port}", prewarmed=False)
+        elif verdict is False:
+            self._fail(m, "failed health checks")
+
+    # ------------------------------------------------------------------ acting
+    async def _act(self, action: Action) -> None:
+        if isinstance(action, Launch):
+            await self._launch()
+            return
+        m = self._members.get(action.member_id)
+        if m is None or m.busy:
+            return
+        match action:
+            case Warm():
+                self._set(m, MemberState.WARMING)
+                self._spawn(m, self._warm(m))
+            case Park(state=state):
+                await self._park(m, state)
+            case Activate():
+                await self._activate(m)
+            case Drain():
+                self._set(m, MemberState.DRAINING)
+                self._log.info("member.draining", member=m.id, in_flight=self.in_flight(m.id))
+            case Retire(reason=reason):
+                self._spawn(m, self._remove(m, reason))
+            case Replace():
+                self._spawn(m, self._remove(m, "failed"))
+
+    async def _launch(self) -> None:
+        inst = await self.backend.launch(self.name, self.spec)
+        m = _Member(inst.id, inst.host, inst.port, MemberState.LAUNCHING, self.clock(),
+                    HealthTracker.for_check(self.spec.health))
+        self._members[m.id] = m
+        self._log.info("member.launched", member=m.id, address=f"{m.host}:{m.port}")
+        self._spawn(m, self._boot(m))
+        self._publish()
+
+    async def _boot(self, m: _Member) -> None:
+        deadline = self.clock() + self.spec.startup_timeout
+        if await self._checker.wait_healthy(m.host, m.port, self.spec.health, deadline, self.clock):
+            m.health = HealthTracker.for_check(self.spec.health, healthy=True)
+        else:
+            self._fail(m, f"not healthy within startup_timeout ({self.spec.startup_timeout}s)")
+
+    async def _warm(self, m: _Member) -> None:
+        try:
+            await self._checker.warm(m.host, m.port, self.spec.warmup, self.spec.startup_timeout)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            self._fail(m, f"warm-up failed: {e!r}")
+            return
+        m.prewarmed = self.spec.warmup.requests > 0
+
+    async def _park(self, m: _Member, state: str) -> None:
+        if m.state is MemberState.SHADOW and m.shadow_state == "stopped":
+            # A stopped member must boot again before it can be a running or paused shadow.
+            await self.backend.start(m.id)
+            self._set(m, MemberState.LAUNCHING)
+            self._spawn(m, self._boot(m))
+            return
+        if state == "paused":
+            await self.backend.pause(m.id)
+        elif m.shadow_state == "paused":
+            await self.backend.resume(m.id)
+        self._set(m, MemberState.SHADOW, shadow_state=state)
+        if state == "stopped":
+            self._spawn(m, self.backend.stop(m.id, self.spec.stop_timeout))
+        self._log.info("member.parked", member=m.id, shadow_state=state, prewarmed=m.prewarmed)
+
+    async def _activate(self, m: _Member) -> None:
+        if m.state is MemberState.SHADOW:
+            self._log.info("member.activated", member=m.id, shadow_state=m.shadow_state)
+            if m.shadow_state == "stopped":
+                # Cold again after a restart: it boots and warms like a new member, counted as pipeline.
+                await self.backend.start(m.id)
+                m.prewarmed = False
+                self._set(m, MemberState.LAUNCHING)
+                self._spawn(m, self._boot(m))
+                return
+            if m.shadow_state == "paused":
+                await self.backend.resume(m.id)
+        self._set(m, MemberState.READY)
+        self._log.info("member.ready", member=m.id, address=f"{m.host}:{m.port}", prewarmed=m.prewarmed)
+
+    async def _remove(self, m: _Member, reason: str) -> None:
+        try:
+            await self.backend.stop(m.id, self.spec.stop_timeout)
+            await self.backend.remove(m.id)
+        except BackendError as e:  # left in its state: the next pass decides to retire it again
+            self._log.warning("member.retire_failed", member=m.id, error=str(e))
+            return
+        if self._members.pop(m.id, None) is not None:
+            m.state = MemberState.RETIRED
+            self._log.info("member.retired", member=m.id, reason=reason)
+            self._publish()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _fail(self, m: _Member, reason: str) -> None:
+        if m.state is MemberState.FAILED or self._members.get(m.id) is not m:
+            return
+        if m.task is not None and m.task is not asyncio.current_task():
+            m.task.cancel()
+        self._set(m, MemberState.FAILED)
+        self._log.warning("member.failed", member=m.id, reason=reason)
+        self._wake.set()
+
+    def _set(self, m: _Member, state: MemberState, shadow_state: str | None = None) -> None:
+        m.state, m.shadow_state, m.since = state, shadow_state, self.clock()
+        self._publish()
+
+    def _spawn(self, m: _Member, op: Coroutine) -> None:
+        m.task = asyncio.create_task(op)
+        m.task.add_done_callback(lambda t: self._finished(m, t))
+
+    def _finished(self, m: _Member, task: asyncio.Task) -> None:
+        self._wake.set()
+        if not task.cancelled() and (e := task.exception()) is not None:
+            self._fail(m, f"operation failed: {e!r}")
+
+    def _publish(self) -> None:
+        self.on_change(self.name, self.members())
+
+
+def _describe(action: Action) -> str:
+    name = type(action).__name__.lower()
+    return f"{name} {action.member_id}" if hasattr(action, "member_id") else name

@@ -1,0 +1,32 @@
+"""What crosses the boundary between pools/ and the rest: members and their states."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class MemberState(StrEnum):
+    LAUNCHING = "launching"   # created, process/container starting, not yet healthy
+    WARMING = "warming"       # healthy, warm-up requests running
+    SHADOW = "shadow"         # warmed, unrouted (running, paused or stopped: see MemberView.shadow_state)
+    READY = "ready"           # routable
+    DRAINING = "draining"     # unrouted, in-flight requests finishing
+    RETIRED = "retired"       # stopped and removed
+    FAILED = "failed"         # died or never became healthy
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """One member as the control loop publishes it to the routing table and the status page."""
+    id: str
+    pool: str
+    host: str
+    port: int
+    state: MemberState
+    prewarmed: bool = False          # warmed before routing: takes full weight at once (no slow start)
+    shadow_state: str | None = None  # running | paused | stopped, when state is SHADOW
+    since: float = 0.0               # clock time of the last state change
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,1 @@
+"""Forecasting: arrays and dataclasses in, forecasts out. Imports nothing from balancer/ or pools/."""

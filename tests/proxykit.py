@@ -1,0 +1,162 @@
+"""Test helpers for the data plane: real backends on loopback and a proxy in front of them."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from balancer.proxy import Proxy
+from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+from config.models import Limits, Route, SourceRule, Timeouts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class DemoBackend:
+    """`python -m balancer.demo_backend` as a real child process."""
+
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "balancer.demo_backend", "--port", str(self.port), *args],
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RawBackend:
+    """An asyncio server that records raw request heads and answers with a canned response.
+
+    `respond(head: bytes) -> bytes | None` builds the response (None: close without answering).
+    """
+
+    def __init__(self, respond=None):
+        self.port = free_port()
+        self.heads: list[bytes] = []
+        self.respond = respond or (lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> "RawBackend":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                out = self.respond(head)
+                if out is None:
+                    break
+                writer.write(out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+def table_for(pools: dict[str, list[tuple[str, int] | Target]], routes: list[Route] | None = None,
+              sources: list[SourceRule] | None = None, slow_start: float = 0.0,
+              eject_after: int = 5) -> RoutingTable:
+    routes = routes or [Route(name="all", pool=next(iter(pools)), type="page")]
+    sources = sources or [SourceRule(header="X-Tenant"), SourceRule(client_ip=True)]
+    built = {}
+    for name, members in pools.items():
+        targets = tuple(m if isinstance(m, Target) else Target(f"{name}-{i}", m[0], m[1], prewarmed=True)
+                        for i, m in enumerate(members))
+        built[name] = PoolTargets(name, targets, slow_start=slow_start, eject_after=eject_after)
+    return RoutingTable([CompiledRoute(r) for r in routes], SourceExtractor(sources), built)
+
+
+@asynccontextmanager
+async def running_proxy(table: RoutingTable, timeouts: Timeouts | None = None, limits: Limits | None = None,
+                        history=None):
+    proxy = Proxy(table, timeouts or Timeouts(), limits or Limits(), history)
+    port = free_port()
+    await proxy.start("127.0.0.1", port)
+    proxy.port = port
+    proxy.url = f"http://127.0.0.1:{port}"
+    try:
+        yield proxy
+    finally:
+        await proxy.stop(grace=1.0)
+
+
+async def raw_exchange(port: int, data: bytes, read_until_close: bool = True, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to the proxy and return what comes back (until close or timeout)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    chunks = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if not read_until_close:
+                    break
+    except TimeoutError:
+        pass
+    writer.close()
+    return b"".join(chunks)
+
+
+def proc_rss_peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"

@@ -132,7 +132,7 @@ class App:
                  state_dir=str(self.state_dir))
 
         process = ProcessBackend(owner=self.instance_id, log_dir=self.state_dir / "members")
-        static = StaticBackend({n: p for n, p in self.cfg.pools.items() if p.backend == "static"})
+        static = StaticBackend({n: p.servers for n, p in self.cfg.pools.items() if p.backend == "static"})
         self.managers: dict[str, PoolManager] = {}
         for name, spec in self.cfg.pools.items():
             if spec.backend not in ("process", "static"):

@@ -25,6 +25,9 @@ log = structlog.get_logger()
 
 DesiredFn = Callable[[str, Pool, Sequence[ObservedMember]], Desired]
 MAX_BACKOFF = 10.0
+# Members that die before becoming healthy (bad command, port clash) delay the next launch:
+# 0.5 s, 1 s, 2 s ... up to MAX_BACKOFF, so a broken spec does not fork in a tight loop.
+LAUNCH_BACKOFF = 0.5
 
 
 @dataclass(slots=True, eq=False)
@@ -61,6 +64,8 @@ class PoolManager:
         self._members: dict[str, _Member] = {}
         self._wake = asyncio.Event()
         self._run_task: asyncio.Task | None = None
+        self._boot_failures = 0
+        self._launch_after = 0.0
         self._log = log.bind(pool=name)
 
     def members(self) -> list[MemberView]:
@@ -166,10 +171,13 @@ class PoolManager:
         while True:
             targets = [(m, m.state) for m in self._members.values() if not m.busy and self._checked(m)]
             results = await asyncio.gather(*(self._checker.probe(m.host, m.port, check) for m, _ in targets))
-            for (m, state), ok in zip(targets, results):
-                # The member may have moved on while the probe was out; its result is then stale.
-                if self._members.get(m.id) is m and m.state is state and not m.busy:
-                    self._record_health(m, ok)
+            try:
+                for (m, state), ok in zip(targets, results):
+                    # The member may have moved on while the probe was out; its result is then stale.
+                    if self._members.get(m.id) is m and m.state is state and not m.busy:
+                        self._record_health(m, ok)
+            except Exception as e:  # e.g. a failing on_change: keep checking
+                self._log.error("pool.health_error", error=repr(e))
             await asyncio.sleep(check.interval)
 
     def _checked(self, m: _Member) -> bool:
@@ -210,6 +218,8 @@ class PoolManager:
                 self._spawn(m, self._remove(m, "failed"))
 
     async def _launch(self) -> None:
+        if self.clock() < self._launch_after:
+            return  # crash-loop back-off; a later pass decides again
         inst = await self.backend.launch(self.name, self.spec)
         m = _Member(inst.id, inst.host, inst.port, MemberState.LAUNCHING, self.clock(),
                     HealthTracker.for_check(self.spec.health))
@@ -222,6 +232,7 @@ class PoolManager:
         deadline = self.clock() + self.spec.startup_timeout
         if await self._checker.wait_healthy(m.host, m.port, self.spec.health, deadline, self.clock):
             m.health = HealthTracker.for_check(self.spec.health, healthy=True)
+            self._boot_failures = 0
         else:
             self._fail(m, f"not healthy within startup_timeout ({self.spec.startup_timeout}s)")
 
@@ -282,6 +293,9 @@ class PoolManager:
             return
         if m.task is not None and m.task is not asyncio.current_task():
             m.task.cancel()
+        if m.state in (MemberState.LAUNCHING, MemberState.WARMING):
+            self._boot_failures += 1
+            self._launch_after = self.clock() + min(LAUNCH_BACKOFF * 2 ** (self._boot_failures - 1), MAX_BACKOFF)
         self._set(m, MemberState.FAILED)
         self._log.warning("member.failed", member=m.id, reason=reason)
         self._wake.set()

@@ -29,6 +29,15 @@ def fetch(host: str, port: int, path: str = "/", timeout: float = 2.0) -> dict:
         return json.loads(r.read())
 
 
+def answers(host: str, port: int, timeout: float = 0.3) -> bool:
+    """True when the member's /healthz answers 200 right now."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 async def wait_until(predicate, timeout: float, step: float = 0.02):
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout

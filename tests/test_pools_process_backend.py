@@ -12,7 +12,7 @@ import pytest
 
 from pools.backends.base import LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL, BackendError, InstanceStatus
 from pools.backends.process import ProcessBackend
-from tests.pools_support import TINY, alive, fetch, pool_spec, proc_state, wait_until
+from tests.pools_support import TINY, alive, answers, fetch, pool_spec, proc_state, wait_until
 
 
 @pytest.fixture
@@ -24,16 +24,8 @@ async def backend(tmp_path):
 
 async def booted(backend, spec, pool="web"):
     inst = await backend.launch(pool, spec)
-    await wait_until(lambda: _answers(inst.host, inst.port), 5)
+    await wait_until(lambda: answers(inst.host, inst.port), 5)
     return inst
-
-
-def _answers(host, port) -> bool:
-    try:
-        fetch(host, port, "/healthz", timeout=0.2)
-    except Exception:
-        return False
-    return True
 
 
 async def test_launch_runs_the_command_on_a_loopback_port_with_port_env_and_labels(backend, tmp_path):
@@ -92,7 +84,7 @@ async def test_start_brings_a_stopped_member_back_on_its_address(backend):
     old = backend.pid(inst.id)
     await backend.stop(inst.id, timeout=1)
     await backend.start(inst.id)
-    await wait_until(lambda: _answers(inst.host, inst.port), 5)
+    await wait_until(lambda: answers(inst.host, inst.port), 5)
     assert backend.pid(inst.id) not in (None, old)
 
 
@@ -141,7 +133,7 @@ def test_children_die_with_warmfront_even_on_sigkill(tmp_path):
                               start_new_session=True)
     child = 0
     try:
-        child = int(parent.stdout.readline())
+        child = int(next(line for line in parent.stdout if line.strip().isdigit()))
         assert alive(child) and os.getpgid(child) == parent.pid
         parent.kill()
         parent.wait()

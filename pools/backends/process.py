@@ -110,7 +110,8 @@ class ProcessBackend:
             try:
                 await asyncio.wait_for(asyncio.shield(child.exited), timeout)
             except TimeoutError:
-                self._signal(child, signal.SIGKILL)
+                if child.alive:  # it may have exited while the timeout was being handled
+                    child.proc.kill()
                 await child.exited
         child.instance.status = InstanceStatus.STOPPED
 

@@ -109,8 +109,9 @@ class _Loader(yaml.SafeLoader):
             # Explicitly tagged values (`!!int x`, `!!bool maybe`, `2024-02-30`) make SafeLoader's
             # scalar constructors raise bare ValueError/KeyError/TypeError without a mark.
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            shown = repr(node.value) if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {node.value!r} as {tag}: {err}", node.start_mark) from None
+                None, None, f"cannot read {shown} as {tag}: {err}", node.start_mark) from None
 
 
 class _DuplicateKey(Exception):
@@ -135,7 +136,8 @@ class _Document:
         except yaml.reader.ReaderError as err:
             # The reader rejects control characters up front, before any mark exists.
             line = text[:err.position].count("\n") + 1
-            raise ConfigError(name, line, "-", f"invalid YAML: control character U+{err.character:04X} is not allowed") from None
+            message = f"invalid YAML: control character U+{err.character:04X} is not allowed"
+            raise ConfigError(name, line, "-", message) from None
         try:
             node = loader.get_single_node()
             if node is None:

@@ -201,7 +201,8 @@ class RoutingConfig(Strict):
 # ---------------------------------------------------------------- pools.yaml
 class HealthCheck(Strict):
     """Active HTTP health check of each member."""
-    path: str = Field("/healthz", pattern=r"^/", description="Path probed with GET; 2xx is healthy. Default `/healthz`.")
+    path: str = Field(
+        "/healthz", pattern=r"^/", description="Path probed with GET; 2xx is healthy. Default `/healthz`.")
     interval: Duration = Field(2.0, gt=0, description="Time between checks. Default `2s`.")
     timeout: Duration = Field(1.0, gt=0, description="Time allowed for one check. Default `1s`.")
     healthy_threshold: int = Field(

@@ -264,7 +264,8 @@ def test_yaml_problems_report_file_and_line(routing, expected):
 def test_duplicate_keys_are_errors_at_the_second_key():
     routing = "routes:\n  - name: a\n    pool: web\n    pool: api\n"
     assert error_of(routing=routing) == "routing.yaml:4: routes[0].pool: duplicate key"
-    assert error_of(pools="pools:\n  web: {command: 'a {port}'}\n  web: {}\n") == "pools.yaml:3: pools.web: duplicate key"
+    pools = "pools:\n  web: {command: 'a {port}'}\n  web: {}\n"
+    assert error_of(pools=pools) == "pools.yaml:3: pools.web: duplicate key"
 
 
 def test_recursive_anchors_are_a_config_error_not_a_crash():

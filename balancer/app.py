@@ -147,7 +147,7 @@ class App:
 
     async def stop(self) -> None:
         """SIGTERM: stop accepting, finish in-flight requests, flush history, stop members."""
-        log.info("proxy.stopping", in_flight=len(self.proxy.active))
+        log.info("proxy.stopping", pending=self.proxy.pending())
         await self.proxy.stop(grace=max([p.drain_timeout for p in self.cfg.pools.values()] + [5.0]))
         for t in self.tasks:
             t.cancel()

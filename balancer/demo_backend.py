@@ -137,7 +137,7 @@ async def nbytes(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = n
     await response.prepare(request)
-    sent = 0
+    sent = n if request.method == "HEAD" else 0   # HEAD: the head only
     while sent < n:
         piece = PATTERN[: min(CHUNK, n - sent)]
         await response.write(piece)

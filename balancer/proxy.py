@@ -13,6 +13,7 @@ coarse clock instead of a timer per request.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 import math
 import socket
 import ssl
@@ -33,6 +34,22 @@ log = structlog.get_logger("warmfront.balancer")
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade"})
 X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Exact-case names of common headers that are forwarded as they are: one set lookup instead of
+# lower() and several comparisons (each header costs per request, see measurements.md).
+PLAIN_REQUEST_HEADERS = frozenset({
+    b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Content-Type",
+    b"Cache-Control", b"Pragma", b"Referer", b"Origin", b"If-None-Match", b"If-Modified-Since",
+    b"Authorization", b"Sec-Fetch-Site", b"Sec-Fetch-Mode", b"Sec-Fetch-Dest", b"Sec-Fetch-User",
+    b"Upgrade-Insecure-Requests", b"DNT", b"Priority", b"Sec-WebSocket-Key", b"Sec-WebSocket-Version",
+    b"Sec-WebSocket-Extensions", b"Sec-WebSocket-Protocol", b"Range", b"If-Range", b"Expect",
+    b"user-agent", b"accept", b"accept-encoding", b"content-type", b"authorization",
+})
+PLAIN_RESPONSE_HEADERS = frozenset({
+    b"Server", b"Date", b"Content-Type", b"Last-Modified", b"ETag", b"Accept-Ranges",
+    b"Cache-Control", b"Expires", b"Vary", b"Set-Cookie", b"Location", b"Content-Encoding",
+    b"Access-Control-Allow-Origin", b"X-Backend-Port", b"Sec-WebSocket-Accept", b"Age",
+    b"server", b"date", b"content-type", b"set-cookie", b"etag", b"vary",
+})
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
@@ -53,12 +70,12 @@ class Exchange:
                  "upstream", "uconn", "tried", "body", "body_buffered", "body_done", "sent",
                  "head_sent", "status", "bytes_in", "bytes_out", "t_start", "t_sent", "latency",
                  "wait_until", "last_io", "deadline", "done", "error", "resp_mode", "is_head",
-                 "response_complete")
+                 "response_complete", "fresh", "stale_retries")
 
     def __init__(self, client: "ClientConnection"):
         self.client = client
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[bytes] = []    # flat: name, b": ", value, b"\r\n", ...
         self.hdrs: dict[bytes, bytes] = {}
         self.conn_tokens: tuple[bytes, ...] = ()
         self.chunked = False
@@ -90,6 +107,8 @@ class Exchange:
         self.resp_mode = 0                 # 0 length/none, 1 re-chunk, 2 close-delimited
         self.is_head = False
         self.response_complete = False
+        self.fresh = False                 # next attempt must open a new connection
+        self.stale_retries = 0
 
 
 class Proxy:
@@ -107,7 +126,6 @@ class Proxy:
         self.pools: dict[str, UpstreamPool] = {}
         self.upstreams: dict[str, Upstream] = {}
         self.clients: set[ClientConnection] = set()
-        self.active: set[Exchange] = set()
         self.now = self.loop.time()
         self.closing = False
         self.servers: list[asyncio.AbstractServer] = []
@@ -119,6 +137,7 @@ class Proxy:
         """Swap in a new routing table. Members keep their counters and idle connections."""
         self.table = table
         self.header_names = table.header_names
+        self.plain_headers = frozenset(n for n in PLAIN_REQUEST_HEADERS if n.lower() not in self.header_names)
         now = self.loop.time()
         seen: set[str] = set()
         for name, conf in table.pools.items():
@@ -190,7 +209,7 @@ class Proxy:
             if not c.queue:
                 c.close()
         deadline = self.loop.time() + grace
-        while self.active and self.loop.time() < deadline:
+        while self.pending() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for c in list(self.clients):
             c.close()
@@ -200,15 +219,23 @@ class Proxy:
             self._sweeper.cancel()
             self._sweeper = None
 
+    def pending(self) -> int:
+        """Requests received and not yet answered."""
+        return sum(len(c.queue) for c in self.clients)
+
     async def _sweep(self) -> None:
         """Coarse clock and every timeout: queue wait, connect, upstream silence, total, idle."""
         t = self.timeouts
         while True:
             await asyncio.sleep(0.1)
             now = self.now = self.loop.time()
-            for ex in list(self.active):
+            for c in list(self.clients):
+                if not c.queue:
+                    if now - c.last_io >= (t.client_idle if c.requests else t.client_header):
+                        c.close()
+                    continue
+                ex = c.queue[0]   # only the head of a connection's queue is in progress
                 if ex.done:
-                    self.active.discard(ex)
                     continue
                 if ex.upstream is None:
                     if ex.wait_until and now >= ex.wait_until:
@@ -220,16 +247,14 @@ class Proxy:
                     ex.client.upstream_failed(ex, 504, timeout=True)
                 elif t.total and ex.deadline and now >= ex.deadline:
                     ex.client.upstream_failed(ex, 504, timeout=True)
-            for c in list(self.clients):
-                if not c.queue and now - c.last_io >= (t.client_idle if c.requests else t.client_header):
-                    c.close()
 
     # ------------------------------------------------------------------ accounting
     def finish(self, ex: Exchange) -> None:
         ex.done = True
-        self.active.discard(ex)
         status = ex.status or CLIENT_ABORTED
-        self.stats.count(ex.pool, ex.rtype, status)
+        key = (ex.pool, ex.rtype, status)
+        requests = self.stats.requests
+        requests[key] = requests.get(key, 0) + 1
         if ex.latency:
             self.stats.observe_latency(ex.pool, ex.latency)
         if self.history is not None and ex.route is not None:
@@ -247,6 +272,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()   # head is being answered; the rest were pipelined
         self.cur: Exchange | None = None        # being parsed
         self.client_ip = ""
+        self.forwarded = b""
         self.hdr_bytes = 0
         self.last_io = proxy.now
         self.requests = 0
@@ -260,6 +286,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
+        # X-Forwarded-For/-Proto as sent when the client sent none: built once per connection.
+        self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\n" % (
+            self.client_ip.encode(), self.proxy.scheme)
         self.proxy.clients.add(self)
         self.proxy.stats.connections_accepted += 1
         self.proxy.stats.connections_open += 1
@@ -362,6 +391,9 @@ class ClientConnection(asyncio.Protocol):
         if self.hdr_bytes > self.proxy.limits.max_header_bytes:
             ex.error = 431
             raise _StopParsing
+        if name in self.proxy.plain_headers:
+            ex.headers += (name, b": ", value, b"\r\n")
+            return
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection":
@@ -383,7 +415,7 @@ class ClientConnection(asyncio.Protocol):
             ex.content_length = int(value)
         elif lname in self.proxy.header_names:
             ex.hdrs[lname] = value
-        ex.headers.append((name, value))
+        ex.headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         ex = self.cur
@@ -408,7 +440,8 @@ class ClientConnection(asyncio.Protocol):
             # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
             named = set(ex.conn_tokens) - {b"close", b"keep-alive", b"upgrade"}
             if named:
-                ex.headers = [(n, v) for n, v in ex.headers if n.lower() not in named]
+                h = ex.headers
+                ex.headers = [x for i in range(0, len(h), 4) if h[i].lower() not in named for x in h[i:i + 4]]
         path, _, query = ex.url.partition(b"?")
         table = proxy.table
         route = table.match(ex.method, ex.hdrs.get(b"host", b""), path, ex.hdrs)
@@ -418,7 +451,6 @@ class ClientConnection(asyncio.Protocol):
             ex.rtype = route.rtype
             ex.source = table.sources.extract(path, query, ex.hdrs, self.client_ip)
         self.queue.append(ex)
-        proxy.active.add(ex)
         if self.queue[0] is ex:
             self.start(ex)
         elif len(self.queue) > 16:
@@ -484,36 +516,38 @@ class ClientConnection(asyncio.Protocol):
                 self.reply_error(ex, 503)
             return
         ex.upstream = up
-        ex.tried += (up,)
         up.in_flight += 1
         up.requests += 1
         ex.last_io = proxy.now
-        uc = up.take_idle()
+        uc = None if ex.fresh else up.take_idle()
         if uc is None:
-            uc = UpstreamConnection(proxy, up)
-            uc.connect(ex)
+            UpstreamConnection(proxy, up).connect(ex)
         else:
-            uc.attach(ex)
+            uc.ex = ex
+            uc.reused = True
+            ex.uconn = uc
+            uc.send_request(ex)
 
     def head_bytes(self, ex: Exchange) -> bytes:
         """The request head as sent upstream: path byte-exact, hop-by-hop removed, X-Forwarded-*."""
-        proxy = self.proxy
-        parts = [ex.method, b" ", ex.url, b" HTTP/1.1\r\n"]
-        for n, v in ex.headers:
-            parts += (n, b": ", v, b"\r\n")
-        xff = ex.hdrs.get(b"x-forwarded-for")
-        ip = self.client_ip.encode()
-        parts += (b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n",
-                  b"X-Forwarded-Proto: ", proxy.scheme, b"\r\n")
-        host = ex.hdrs.get(b"host")
-        if host is not None:
-            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+        hdrs = ex.hdrs
+        xff = hdrs.get(b"x-forwarded-for")
+        if xff is None:
+            fwd = self.forwarded
+        else:
+            fwd = b"X-Forwarded-For: %b, %b\r\nX-Forwarded-Proto: %b\r\n" % (
+                xff, self.client_ip.encode(), self.proxy.scheme)
+        host = hdrs.get(b"host")
         if ex.upgrade is not None:
-            parts += (b"Connection: Upgrade\r\nUpgrade: ", ex.upgrade, b"\r\n")
+            framing = b"Connection: Upgrade\r\nUpgrade: " + ex.upgrade + b"\r\n\r\n"
         elif ex.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            framing = b"Transfer-Encoding: chunked\r\n\r\n"
+        else:
+            framing = b"\r\n"
+        if host is None:
+            return b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *ex.headers, fwd, framing))
+        return b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *ex.headers, fwd,
+                         b"X-Forwarded-Host: ", host, b"\r\n", framing))
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -553,17 +587,28 @@ class ClientConnection(asyncio.Protocol):
         """The member failed this exchange: retry where safe, else answer `status`."""
         uc = ex.uconn
         up = ex.upstream
+        # A kept-alive connection that dies before any response is most likely one the member
+        # closed as idle while we reused it: not the member's fault; retried on a new connection.
+        stale = uc is not None and uc.reused and ex.status == 0 and not timeout
         if uc is not None:
             uc.abandon()
         self._release(ex)
+        replayable = ex.method in IDEMPOTENT and ex.bytes_in == 0 and ex.body_done
+        if stale and replayable and ex.stale_retries < MAX_ATTEMPTS:
+            ex.stale_retries += 1
+            ex.sent = False
+            ex.fresh = True
+            self.dispatch(ex)
+            return
         if up is not None:
+            ex.tried += (up,)
             pool = self.proxy.pools.get(up.pool)
             if pool is not None:
                 pool.report_failure(up, self.proxy.now)
         # A retry is safe when nothing reached the member (connect failed), or the request is
-        # idempotent, carried no body and no response byte came back (a stale keep-alive).
+        # idempotent, carried no body and no response byte came back.
         retry = (not ex.head_sent and len(ex.tried) < MAX_ATTEMPTS and not timeout and
-                 (not ex.sent or (ex.method in IDEMPOTENT and ex.bytes_in == 0 and ex.body_done)))
+                 (not ex.sent or replayable))
         if retry:
             ex.sent = False   # a buffered body is still in ex.body and goes to the next member
             self.dispatch(ex)
@@ -583,6 +628,8 @@ class ClientConnection(asyncio.Protocol):
         """The upstream response is complete: return its connection, finish the exchange."""
         uc = ex.uconn
         up = ex.upstream
+        ex.uconn = None
+        ex.upstream = None
         if uc is not None:
             uc.ex = None
             if reusable and ex.body_done and not ex.body and up is not None:
@@ -590,8 +637,11 @@ class ClientConnection(asyncio.Protocol):
             else:
                 uc.close()
         if up is not None:
-            UpstreamPool.report_success(up)
-        self._release(ex)
+            if up.failures:
+                UpstreamPool.report_success(up)
+            up.in_flight -= 1
+            if not up.routed and up.in_flight == 0:
+                self.proxy.upstreams.pop(up.id, None)
         self._complete(ex, keep_alive=ex.keep_alive and ex.body_done and ex.resp_mode != 2)
 
     def _complete(self, ex: Exchange, keep_alive: bool) -> None:
@@ -600,15 +650,17 @@ class ClientConnection(asyncio.Protocol):
         if ex.uconn is not None:
             ex.uconn.abandon()
             self._release(ex)
-        self.proxy.finish(ex)
-        if self.queue and self.queue[0] is ex:
-            self.queue.popleft()
-        if not keep_alive or self.proxy.closing:
+        proxy = self.proxy
+        proxy.finish(ex)
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        if not keep_alive or proxy.closing:
             self.close()
             return
-        if self.queue:
-            self.start(self.queue[0])
-        if len(self.queue) <= 16 and (not self.queue or self.queue[-1].body_buffered <= BODY_BUFFER_HIGH):
+        if queue:
+            self.start(queue[0])
+        if self.reading_paused and len(queue) <= 16 and (not queue or queue[-1].body_buffered <= BODY_BUFFER_HIGH):
             self.resume_reading()
 
     def close(self) -> None:
@@ -643,6 +695,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._connect_task: asyncio.Task | None = None
         self.reading_paused = False
         self.writing_paused = False
+        self.reused = False
 
     # ---------------------------------------------------------------- connecting and sending
     def connect(self, ex: Exchange) -> None:
@@ -667,22 +720,17 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None or ex.done:
             self.close()
             return
-        self._send_request(ex)
+        self.send_request(ex)
 
     def abort_connect(self) -> None:
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
 
-    def attach(self, ex: Exchange) -> None:
-        self.ex = ex
-        ex.uconn = self
-        self._send_request(ex)
-
-    def _send_request(self, ex: Exchange) -> None:
+    def send_request(self, ex: Exchange) -> None:
         client = ex.client
         head = client.head_bytes(ex)
         ex.sent = True
-        ex.t_sent = self.proxy.loop.time()
+        ex.t_sent = perf_counter()
         if ex.body:
             body, ex.body = ex.body, []
             ex.body_buffered = 0
@@ -722,8 +770,9 @@ class UpstreamConnection(asyncio.Protocol):
             # Raised on purpose after the head of a response that has no body (HEAD).
             self._flush()
             if self.ex is ex and ex.response_complete:
-                self.parser = httptools.HttpResponseParser(self)
-                ex.client.response_done(ex, reusable=self.keep_alive)
+                # Parsing stopped at the head, so whether the member (wrongly) sent a body after
+                # it is unknown: the connection is not reused.
+                ex.client.response_done(ex, reusable=False)
             elif not ex.done:
                 log.exception("proxy.response_error", member=self.upstream.id)
                 ex.client.upstream_failed(ex, 502)
@@ -806,15 +855,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- response parser callbacks
     _close_delimited = False
+    _head_at = 0
 
     def on_message_begin(self) -> None:
         self.keep_alive = True
         self._close_delimited = False
         self._has_length = False
         self._chunked = False
-        self.out.append(b"")   # placeholder for the status line and framing headers
+        self._head_at = len(self.out)
+        self.out.append(b"")   # placeholder for the status line
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if name in PLAIN_RESPONSE_HEADERS:
+            self.out += (name, b": ", value, b"\r\n")
+            return
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection":
@@ -823,11 +877,11 @@ class UpstreamConnection(asyncio.Protocol):
             elif lname == b"transfer-encoding":
                 self._chunked = True
             elif lname == b"upgrade":
-                self.out.append(b"Upgrade: %s\r\n" % value)
+                self.out += (b"Upgrade: ", value, b"\r\n")
             return
         if lname == b"content-length":
             self._has_length = True
-        self.out.append(b"%s: %s\r\n" % (name, value))
+        self.out += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         ex = self.ex
@@ -835,12 +889,11 @@ class UpstreamConnection(asyncio.Protocol):
         status = p.get_status_code()
         client = ex.client
         if not ex.latency:
-            ex.latency = self.proxy.loop.time() - ex.t_sent
+            ex.latency = perf_counter() - ex.t_sent
         if p.get_http_version() == "1.0" or not p.should_keep_alive():
             self.keep_alive = False
         out = self.out
-        # out holds: [..., placeholder, header lines...]; the placeholder is the last b"" we put.
-        idx = len(out) - 1 - out[::-1].index(b"")
+        idx = self._head_at
         line = STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
         if status < 200:
             if status == 101:

@@ -5,7 +5,7 @@ routing keeps its in-flight count until its requests finish — the drain decisi
 """
 from __future__ import annotations
 
-import random
+from random import random, sample
 from typing import TYPE_CHECKING
 
 import structlog
@@ -88,6 +88,15 @@ class UpstreamPool:
             return None if m in exclude else m
         if n == 0:
             return None
+        if not exclude:
+            # Common case first: two distinct random members, neither ejected.
+            i = int(random() * n)
+            j = int(random() * (n - 1))
+            if j >= i:
+                j += 1
+            a, b = members[i], members[j]
+            if a.ejected_until <= now and b.ejected_until <= now:
+                return a if self._load(a, now) <= self._load(b, now) else b
         cands = [m for m in members if m.ejected_until <= now and m not in exclude]
         if not cands:
             cands = [m for m in members if m not in exclude]
@@ -95,13 +104,15 @@ class UpstreamPool:
                 return None
         if len(cands) == 1:
             return cands[0]
-        a, b = random.sample(cands, 2)
+        a, b = sample(cands, 2)
         return a if self._load(a, now) <= self._load(b, now) else b
 
     def _load(self, m: Upstream, now: float) -> float:
         load = m.in_flight + 1.0
+        if m.prewarmed:
+            return load
         ss = self.conf.slow_start if self.conf else 0.0
-        if ss > 0 and not m.prewarmed:
+        if ss > 0:
             age = now - m.routable_since
             if age < ss:
                 load /= max(0.05, age / ss)

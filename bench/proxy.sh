@@ -142,9 +142,10 @@ run_wrk() {   # conns seconds url out
     [ -z "$bad" ] || [ "$bad" = 0 ] || { cat "$4" >&2; die "$bad socket errors against $3"; }
 }
 
-wrk_field() {   # out field: requests | p50 | p99 (ms)
+wrk_field() {   # out field: requests | rps | p50 | p99 (ms)
     case $2 in
         requests) awk '/ requests in / {print $1; exit}' "$1" ;;
+        rps) awk '/^Requests\/sec:/ {print $2; exit}' "$1" ;;
         p50) to_ms "$(awk '$1 == "50%" {print $2; exit}' "$1")" ;;
         p99) to_ms "$(awk '$1 == "99%" {print $2; exit}' "$1")" ;;
     esac
@@ -172,7 +173,7 @@ measure() {   # name pid url
         split(a, x, " "); split(b, y, " "); print y[1] - x[1], y[2] - x[2] }')"
     [ -n "$req" ] && [ "$req" -gt 0 ] || die "no requests completed through $name"
     [ $(( u + s )) -gt 0 ] || die "no CPU time seen for $name (pid $pid)"
-    ROWS+=("$name $req $u $s $(wrk_field "$TMP/$name-load.txt" p50) $(wrk_field "$TMP/$name-load.txt" p99) $(wrk_field "$TMP/$name-c1.txt" p50)")
+    ROWS+=("$name $req $(wrk_field "$TMP/$name-load.txt" rps) $u $s $(wrk_field "$TMP/$name-load.txt" p50) $(wrk_field "$TMP/$name-load.txt" p99) $(wrk_field "$TMP/$name-c1.txt" p50)")
 }
 
 # ---------------------------------------------------------------------------- backend
@@ -244,10 +245,9 @@ printf '%s\n' "${ROWS[@]}" | awk -v hz="$HZ" -v dur="$DURATION" -v direct="$DIRE
     -v when="$WHEN" -v cores="$(nproc)" -v nginxv="$("$NGINX" -v 2>&1 | sed 's/.*\///')" \
     -v json="$RESULTS/proxy.json" -v pc="$PROXY_CORE" -v cc="$CLIENT_CORE" '
 {
-    name[NR] = $1; req[NR] = $2; cpu = ($3 + $4) / hz
-    rps[NR] = $2 / dur; pcs[NR] = $2 / cpu
-    us_user[NR] = $3 / hz / $2 * 1e6; us_sys[NR] = $4 / hz / $2 * 1e6
-    p50[NR] = $5; p99[NR] = $6; c1[NR] = $7
+    name[NR] = $1; req[NR] = $2; rps[NR] = $3; cpu = ($4 + $5) / hz; pcs[NR] = $2 / cpu
+    us_user[NR] = $4 / hz / $2 * 1e6; us_sys[NR] = $5 / hz / $2 * 1e6
+    p50[NR] = $6; p99[NR] = $7; c1[NR] = $8
     if ($1 == "nginx") base = pcs[NR]
 }
 END {

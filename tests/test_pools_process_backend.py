@@ -51,7 +51,7 @@ async def test_pause_stops_the_process_and_resume_continues_it(backend):
     inst = await booted(backend, pool_spec())
     pid = backend.pid(inst.id)
     await backend.pause(inst.id)
-    assert proc_state(pid) == "T"
+    await wait_until(lambda: proc_state(pid) == "T", 1)  # SIGSTOP lands asynchronously
     assert [i.status for i in await backend.list()] == [InstanceStatus.PAUSED]
     await backend.resume(inst.id)
     assert proc_state(pid) != "T"

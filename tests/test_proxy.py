@@ -315,3 +315,19 @@ async def test_client_abort_is_counted_and_upstream_connection_dropped(demo):
             await asyncio.sleep(0.02)
     assert rec.rows and rec.rows[0][0] == "acme" and rec.rows[0][6] is True
     assert p.stats.requests.get(("web", "page", 499)) == 1
+
+
+async def test_body_wrongly_sent_after_a_head_response_does_not_corrupt_the_next_response():
+    def respond(head):
+        if head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nJUNK!"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"
+    be = await RawBackend(respond).start()
+    try:
+        async with running_proxy(table_for(one(be))) as p:
+            out = await raw_exchange(p.port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+                                              b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"JUNK" not in out
+        assert out.endswith(b"\r\n\r\ngood"), out
+    finally:
+        await be.stop()

@@ -425,7 +425,7 @@ class ClientConnection(asyncio.Protocol):
         ex.version = p.get_http_version()
         ex.keep_alive = p.should_keep_alive() and not proxy.closing
         ex.is_head = ex.method == b"HEAD"
-        ex.t_start = proxy.loop.time()
+        ex.t_start = proxy.now
         self.requests += 1
         if ex.upgrade is not None:
             if b"upgrade" in ex.conn_tokens:

@@ -373,14 +373,16 @@ class ClientConnection(asyncio.Protocol):
             self.reply_error(ex, status)
 
     # ---------------------------------------------------------------- request parser callbacks
-    def on_message_begin(self) -> None:
-        self.cur = Exchange(self)
-        self.hdr_bytes = 0
-
     def on_url(self, url: bytes) -> None:
+        # The first callback of every request (no on_message_begin: one call less per request).
         ex = self.cur
-        ex.url += url
-        self.hdr_bytes += len(url)
+        if ex is None:
+            ex = self.cur = Exchange(self)
+            ex.url = url
+            self.hdr_bytes = len(url)
+        else:
+            ex.url += url
+            self.hdr_bytes += len(url)
         if self.hdr_bytes > self.proxy.limits.max_header_bytes:
             ex.error = 414
             raise _StopParsing
@@ -730,6 +732,7 @@ class UpstreamConnection(asyncio.Protocol):
         client = ex.client
         head = client.head_bytes(ex)
         ex.sent = True
+        self.begin_response()
         ex.t_sent = perf_counter()
         if ex.body:
             body, ex.body = ex.body, []
@@ -781,7 +784,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._flush()
             ex.client.upstream_failed(ex, 502)
             return
-        self._flush()
+        out = self.out
+        if out:
+            ex.client.write(b"".join(out))
+            out.clear()
         if ex.response_complete and self.ex is ex:
             ex.client.response_done(ex, reusable=self.keep_alive)
 
@@ -857,7 +863,8 @@ class UpstreamConnection(asyncio.Protocol):
     _close_delimited = False
     _head_at = 0
 
-    def on_message_begin(self) -> None:
+    def begin_response(self) -> None:
+        """Expect a response head (called when a request is sent and after an interim response)."""
         self.keep_alive = True
         self._close_delimited = False
         self._has_length = False
@@ -940,7 +947,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.ex
         if ex.status == 0 or (ex.status < 200 and ex.status != 101):
-            return   # end of an interim response; the final one follows
+            self.begin_response()   # end of an interim response; the final one follows
+            return
         if ex.resp_mode == 1:
             self.out.append(b"0\r\n\r\n")
         ex.response_complete = True

@@ -7,6 +7,7 @@ control loop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import secrets
 import signal
@@ -29,17 +30,13 @@ from pools.backends.process import ProcessBackend
 from pools.backends.static import StaticBackend
 from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
+from pools.ports import parse_hostport
 
 log = structlog.get_logger("warmfront")
 
 
 class StartupError(Exception):
     """warmfront cannot start as configured (the message says why)."""
-
-
-def split_hostport(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def static_config(servers: list[tuple[str, int]]) -> Config:
@@ -54,10 +51,10 @@ class App:
                  admin: tuple[str, int] | None = None, state_dir: str | None = None):
         self.cfg = cfg
         r = cfg.routing
-        self.listen = listen or split_hostport(r.listen)
-        self.admin_addr = admin or split_hostport(r.admin.listen)
+        self.listen = listen or parse_hostport(r.listen)
+        self.admin_addr = admin or parse_hostport(r.admin.listen)
         self.state_dir = Path(state_dir or r.state_dir)
-        self.instance_id = secrets.token_hex(4)
+        self.instance_id = ""   # read or created in the state dir at start
         self.started = time.time()
         self.token = os.environ.get(r.admin.token_env) or None
         if admin_needs_token(self.admin_addr[0]) and not self.token:
@@ -65,6 +62,8 @@ class App:
                                f"loopback: set a bearer token in ${r.admin.token_env}")
         self.members: dict[str, list[MemberView]] = {name: [] for name in cfg.pools}
         self.tasks: list[asyncio.Task] = []
+        self.backends: dict[tuple, object] = {}
+        self.managers: dict[str, PoolManager] = {}
         self.admin_runner: web.AppRunner | None = None
 
     # ---------------------------------------------------------------- the loop's one-way flow
@@ -114,9 +113,44 @@ class App:
         }
 
     # ---------------------------------------------------------------- lifecycle
+    def _load_instance_id(self) -> str:
+        """This warmfront's identity, kept in the state dir so a restart adopts its own members."""
+        path = self.state_dir / "instance-id"
+        try:
+            value = path.read_text().strip()
+            if value:
+                return value
+        except FileNotFoundError:
+            pass
+        value = "wf-" + secrets.token_hex(6)
+        path.write_text(value + "\n")
+        return value
+
+    def _backend_for(self, name: str, spec: Pool):
+        """One backend object per kind (and per Docker daemon), shared by the pools using it."""
+        if spec.backend == "process":
+            key = ("process",)
+        elif spec.backend == "static":
+            key = ("static",)
+        elif spec.backend == "docker":
+            key = ("docker", spec.docker.host)
+        else:
+            raise StartupError(f"pools.{name}.backend: {spec.backend!r} is not available yet")
+        if key not in self.backends:
+            if key[0] == "process":
+                self.backends[key] = ProcessBackend(owner=self.instance_id, log_dir=self.state_dir / "members")
+            elif key[0] == "static":
+                self.backends[key] = StaticBackend({n: p.servers for n, p in self.cfg.pools.items()
+                                                    if p.backend == "static"})
+            else:
+                from pools.backends.docker import DockerBackend
+                self.backends[key] = DockerBackend(owner=self.instance_id, base_url=key[1])
+        return self.backends[key]
+
     async def start(self) -> None:
         r = self.cfg.routing
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.instance_id = self._load_instance_id()
         self.history = History(self.state_dir / "history.sqlite3", r.history.max_sources, r.history.retention)
         ssl_ctx = make_ssl_context(r.tls.cert, r.tls.key) if r.tls else None
         self.proxy = Proxy(self.build_table(), r.timeouts, r.limits, self.history,
@@ -131,16 +165,10 @@ class App:
                  admin=f"{self.admin_addr[0]}:{self.admin_addr[1]}", tls=bool(ssl_ctx),
                  state_dir=str(self.state_dir))
 
-        process = ProcessBackend(owner=self.instance_id, log_dir=self.state_dir / "members")
-        static = StaticBackend({n: p.servers for n, p in self.cfg.pools.items() if p.backend == "static"})
         self.managers: dict[str, PoolManager] = {}
         for name, spec in self.cfg.pools.items():
-            if spec.backend not in ("process", "static"):
-                raise StartupError(f"pools.{name}.backend: {spec.backend!r} is not available yet "
-                                   "(process and static are)")
-            backend = process if spec.backend == "process" else static
-            self.managers[name] = PoolManager(name, spec, backend, in_flight=self.proxy.in_flight,
-                                              on_change=self.on_members)
+            self.managers[name] = PoolManager(name, spec, self._backend_for(name, spec),
+                                              in_flight=self.proxy.in_flight, on_change=self.on_members)
         self.tasks.append(asyncio.create_task(self.history.run(r.history.flush_interval)))
         for m in self.managers.values():
             self.tasks.append(asyncio.create_task(m.run()))
@@ -153,10 +181,18 @@ class App:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(m.stop_all() for m in self.managers.values()), return_exceptions=True)
+        await self._close_backends()
         self.history.close()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         log.info("proxy.stopped")
+
+
+    async def _close_backends(self) -> None:
+        for b in self.backends.values():
+            close = getattr(b, "close", None)
+            if close is not None and inspect.isawaitable(result := close()):
+                await result
 
 
 async def _serve(app: App) -> None:
@@ -176,8 +212,9 @@ async def _serve(app: App) -> None:
 async def _teardown_partial(app: App) -> None:
     for t in app.tasks:
         t.cancel()
-    for m in getattr(app, "managers", {}).values():
+    for m in app.managers.values():
         await m.stop_all()
+    await app._close_backends()
     if app.admin_runner is not None:
         await app.admin_runner.cleanup()
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 
 def _hostport(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return (host.strip("[]") or "127.0.0.1"), int(port)
+    from pools.ports import parse_hostport
+    try:
+        return parse_hostport(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

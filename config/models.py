@@ -233,6 +233,8 @@ class Shadow(Strict):
         "none", description="What shadow members are kept as: `running` (instant), `paused`, `stopped` "
                             "(cheaper, slower to activate) or `none`. Default `none`.")
     size: int = Field(0, ge=0, description="Shadow members kept prepared and unrouted, ready to activate. Default `0`.")
+    cpus: Cpus | None = Field(None, description="Shrink running and paused shadow members in place to this CPU "
+                                                "limit (docker), restored at activation. Default: no shrink.")
 
     @model_validator(mode="after")
     def _size_needs_state(self) -> Shadow:
@@ -274,7 +276,19 @@ class DockerSpec(Strict):
     cpus: Cpus | None = Field(None, description="CPU limit, e.g. `0.5` or `500m`. Default: unlimited.")
     memory: ByteSize | None = Field(None, description="Memory limit, e.g. `256m`. Default: unlimited.")
     on_exit: Literal["keep", "remove"] = Field(
-        "keep", description="Keep a crashed container for inspection or remove it. Default `keep`.")
+        "keep", description="When warmfront exits: `keep` members running for a fast restart (they are "
+                            "adopted by the next run with the same state dir) or `remove` them. Default `keep`.")
+    init: bool = Field(True, description="Run an init process (tini) as PID 1 so SIGTERM reaches the app and "
+                                         "stops are prompt. Default `true`.")
+    host: str | None = Field(None, description="Docker daemon URL, e.g. `unix:///var/run/docker.sock`. "
+                                               "Default: from the environment (DOCKER_HOST).")
+
+    @model_validator(mode="after")
+    def _port_for_bridged_modes(self) -> DockerSpec:
+        if self.network != "host" and self.container_port is None:
+            raise config_error(("container_port",), f"required with network {self.network!r} "
+                                                    "(the port the app listens on inside the container)")
+        return self
 
 
 class SwarmSpec(Strict):

@@ -11,7 +11,7 @@ import aiohttp
 from config.models import HealthCheck, Warmup
 
 # Between probes while a member boots: short, so a fresh member is routable soon after it listens.
-BOOT_PROBE_INTERVAL = 0.05
+BOOT_PROBE_INTERVAL = 0.02
 
 
 @dataclass(slots=True)

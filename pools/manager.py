@@ -108,7 +108,11 @@ class PoolManager:
         for t in busy:
             t.cancel()
         await asyncio.gather(*busy, return_exceptions=True)
-        if not self._static:
+        docker = self.spec.docker
+        keep = self.spec.backend == "docker" and docker is not None and docker.on_exit == "keep"
+        if keep:
+            self._log.info("pool.kept", members=len(self._members))
+        elif not self._static:
             await asyncio.gather(*(self._remove(m, "shutdown") for m in list(self._members.values())),
                                  return_exceptions=True)
         self._members.clear()
@@ -251,6 +255,9 @@ class PoolManager:
             self._set(m, MemberState.LAUNCHING)
             self._spawn(m, self._boot(m))
             return
+        shrink = self.spec.shadow.cpus
+        if shrink is not None and state != "stopped" and m.state is not MemberState.SHADOW:
+            await self.backend.resize(m.id, shrink)   # a parked member needs next to no CPU
         if state == "paused":
             await self.backend.pause(m.id)
         elif m.shadow_state == "paused":
@@ -270,8 +277,10 @@ class PoolManager:
                 self._set(m, MemberState.LAUNCHING)
                 self._spawn(m, self._boot(m))
                 return
+            restore = [self.backend.resize(m.id, None)] if self.spec.shadow.cpus is not None else []
             if m.shadow_state == "paused":
-                await self.backend.resume(m.id)
+                restore.append(self.backend.resume(m.id))
+            await asyncio.gather(*restore)
         self._set(m, MemberState.READY)
         self._log.info("member.ready", member=m.id, address=f"{m.host}:{m.port}", prewarmed=m.prewarmed)
 

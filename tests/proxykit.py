@@ -12,18 +12,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from balancer.proxy import Proxy
+from pools.ports import free_port
 from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
 from config.models import Limits, Route, SourceRule, Timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

@@ -150,7 +150,7 @@ async def main_async(args) -> dict:
             await backend.remove(inst.id)
         await checker.close()
         await proxy.stop(1)
-        backend.close()
+        await backend.close()
     cold = results["modes"]["cold"]["median_ms"]
     for m in MODES:
         results["modes"][m]["vs_cold"] = round(results["modes"][m]["median_ms"] / cold, 3)

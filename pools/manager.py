@@ -137,9 +137,15 @@ class PoolManager:
     # ------------------------------------------------------------------ observing
     async def _observe(self) -> None:
         instances = {i.id: i for i in await self.backend.list() if i.pool == self.name}
-        for inst in instances.values():
-            if inst.id not in self._members:
-                self._adopt(inst)
+        new = [i for i in instances.values() if i.id not in self._members]
+        if new:
+            # Running members from before a restart are probed before anything is decided, so the
+            # members that were serving are routed again at once instead of waking shadows.
+            running = [i for i in new if i.status is InstanceStatus.RUNNING and not self._static]
+            ok = await asyncio.gather(*(self._checker.probe(i.host, i.port, self.spec.health) for i in running))
+            healthy = {i.id for i, good in zip(running, ok) if good}
+            for inst in new:
+                self._adopt(inst, inst.id in healthy)
         for m in list(self._members.values()):
             if m.busy or m.state is MemberState.FAILED:
                 continue
@@ -149,14 +155,20 @@ class PoolManager:
             elif inst.status is InstanceStatus.EXITED:
                 self._fail(m, "exited")
 
-    def _adopt(self, inst: Instance) -> None:
+    def _adopt(self, inst: Instance, healthy: bool = False) -> None:
         """Take in an instance we did not launch in this run (static servers; members from before a restart)."""
         m = _Member(inst.id, inst.host, inst.port, MemberState.LAUNCHING, self.clock(),
                     HealthTracker.for_check(self.spec.health))
         self._members[m.id] = m
         if not self._static:
             self._log.info("member.adopted", member=m.id, status=inst.status.value)
-            if inst.status is InstanceStatus.RUNNING:
+            if inst.status is InstanceStatus.RUNNING and healthy and self.spec.shadow.state != "running":
+                # Without running shadows, a running member can only have been a ready one: it
+                # served traffic before the restart, so it is warm.
+                m.state, m.prewarmed = MemberState.READY, True
+                m.health = HealthTracker.for_check(self.spec.health, healthy=True)
+                self._log.info("member.ready", member=m.id, address=f"{m.host}:{m.port}", prewarmed=True)
+            elif inst.status is InstanceStatus.RUNNING:
                 self._spawn(m, self._boot(m))
             elif inst.status in (InstanceStatus.PAUSED, InstanceStatus.STOPPED):
                 m.state, m.shadow_state = MemberState.SHADOW, inst.status.value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 import urllib.request
 
@@ -68,26 +69,45 @@ async def test_launch_labels_the_container_and_host_mode_answers_on_loopback(bac
     await wait_answers(inst.host, inst.port)
 
 
-@engine
-async def test_publish_mode_answers_on_a_published_loopback_port(docker_client, app_image):
+@pytest.fixture(scope="module")
+def bridge_network(docker_client) -> str:
     try:
-        network = create_test_network(docker_client)
+        return create_test_network(docker_client)  # removed with the session
     except docker.errors.APIError as e:
-        pytest.skip(f"cannot create a bridge network to publish on: {e}")
+        pytest.skip(f"cannot create a bridge network: {e}")
+
+
+@pytest.fixture
+async def bridged_backend(docker_client, bridge_network):
     owner = new_owner()
-    b = DockerBackend(owner, publish_network=network)
+    b = DockerBackend(owner, publish_network=bridge_network)
     try:
-        # HOST=0.0.0.0: inside its own network namespace the app must accept the daemon's port proxy.
-        inst = await b.launch("web", docker_pool(app_image, network="publish", container_port=8080,
-                                                 env={"HOST": "0.0.0.0"}))
-        binding = docker_client.containers.get(inst.id).attrs["HostConfig"]["PortBindings"]["8080/tcp"][0]
-        assert binding == {"HostIp": "127.0.0.1", "HostPort": str(inst.port)}
-        assert inst.host == "127.0.0.1" and inst.port != 8080
-        assert "PORT=8080" in docker_client.containers.get(inst.id).attrs["Config"]["Env"]
-        await wait_answers(inst.host, inst.port)
+        yield b
     finally:
         await b.close()
         remove_owned(docker_client, owner)
+
+
+@engine
+async def test_publish_mode_answers_on_a_published_loopback_port(bridged_backend, docker_client, app_image):
+    # HOST=0.0.0.0: inside its own network namespace the app must accept the daemon's port proxy.
+    inst = await bridged_backend.launch("web", docker_pool(app_image, network="publish", container_port=8080,
+                                                           env={"HOST": "0.0.0.0"}))
+    attrs = docker_client.containers.get(inst.id).attrs
+    assert attrs["HostConfig"]["PortBindings"]["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(inst.port)}]
+    assert "PORT=8080" in attrs["Config"]["Env"]
+    assert inst.host == "127.0.0.1" and inst.port != 8080
+    await wait_answers(inst.host, inst.port)
+
+
+@engine
+async def test_user_network_address_is_the_container_ip_and_app_port(bridged_backend, docker_client, bridge_network,
+                                                                     app_image):
+    # Only the address is checked: tests send no traffic to container IPs.
+    inst = await bridged_backend.launch("web", docker_pool(app_image, network=bridge_network, container_port=8080))
+    ip = docker_client.containers.get(inst.id).attrs["NetworkSettings"]["Networks"][bridge_network]["IPAddress"]
+    assert ip and (inst.host, inst.port) == (ip, 8080)
+    assert [(i.host, i.port) for i in await bridged_backend.list()] == [(ip, 8080)]
 
 
 @engine
@@ -213,7 +233,8 @@ async def test_failed_launch_leaves_no_container_and_removing_twice_is_fine(back
 
 
 async def test_unreachable_daemon_fails_fast_with_backend_error():
-    b = DockerBackend(new_owner(), base_url="unix:///tmp/nonexistent.sock", request_timeout=2.0)
+    owner = new_owner()
+    b = DockerBackend(owner, base_url="unix:///tmp/nonexistent.sock", request_timeout=2.0)
     events = b.events()  # the event follower keeps retrying without taking the loop down
     started = time.monotonic()
     try:
@@ -227,4 +248,4 @@ async def test_unreachable_daemon_fails_fast_with_backend_error():
         assert await next_event(events, 0.3) is None
     finally:
         await b.close()
-    assert not b._events_thread.is_alive()
+    assert f"docker-events-{owner}" not in [t.name for t in threading.enumerate()], "close() left the follower"

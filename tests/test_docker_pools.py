@@ -12,7 +12,7 @@ import pytest
 from balancer.app import App
 from config.models import Config, DockerSpec, Pool, Route, RoutingConfig
 from pools.reconciler import Desired
-from tests.dockerkit import IMAGE, docker_client, require_engine  # noqa: F401 (fixture)
+from tests.dockerkit import IMAGE, docker_client, new_owner, require_engine  # noqa: F401 (fixtures)
 from tests.proxykit import free_port
 
 pytestmark = pytest.mark.usefixtures("require_engine")
@@ -36,6 +36,9 @@ def config(pool: Pool) -> Config:
 
 @asynccontextmanager
 async def running_app(cfg: Config, tmp_path):
+    ident = tmp_path / "instance-id"
+    if not ident.exists():
+        ident.write_text(new_owner())   # a test owner: the session's cleanup removes what is left
     app = App(cfg, listen=("127.0.0.1", free_port()), admin=("127.0.0.1", free_port()), state_dir=str(tmp_path))
     await app.start()
     try:
@@ -87,8 +90,8 @@ async def test_shadow_member_is_parked_and_activated_without_creating_anything(
         await until(lambda: len(by_state(app).get("ready", [])) == 1
                     and len(by_state(app).get(f"shadow:{shadow_state}", [])) == 1, 60)
         shadow = by_state(app)[f"shadow:{shadow_state}"][0]
+        await until(lambda: container_status(docker_client, shadow.id) == docker_status, 15)
         c = docker_client.containers.get(shadow.id)
-        assert c.status == docker_status
         assert c.labels["warmfront.managed"] == "true" and c.labels["warmfront.pool"] == "web"
         assert c.labels["warmfront.instance"] == app.instance_id
         assert shadow.id not in [t.id for t in app.proxy.pools["web"].members], "a shadow member was routed"
@@ -155,7 +158,9 @@ async def test_restart_adopts_the_same_containers(tmp_path, docker_client):
             await asyncio.sleep(2)   # give a wrong reconciler time to launch or remove something
             after = sorted(c.id for c in our_containers(docker_client, owner))
             assert after == before
-            assert {m.id for m in app2.members["web"]} == set(before)
+            assert {m.id for m in app2.members["web"]} == {c.name for c in our_containers(docker_client, owner)}
+            states = by_state(app2)
+            assert len(states.get("shadow:paused", [])) == 1, "roles were shuffled: the paused shadow was woken"
             async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{app2.listen[1]}/") as r:
                 assert r.status == 200
     finally:

@@ -117,8 +117,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        raw = self.headers.get("Content-Length") or "0"
+        if not raw.isdigit() or "Transfer-Encoding" in self.headers:
+            # A body this server does not delimit would desynchronise the next request on the connection.
+            self.close_connection = True
+            return b""
+        return self.rfile.read(int(raw))
 
     def _serve(self, body_in: bytes) -> None:
         url = urlsplit(self.path)

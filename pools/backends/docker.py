@@ -60,6 +60,7 @@ class _Member:
     port: int
     cpus: float | None
     labels: dict[str, str]
+    known_since: float
 
 
 class DockerBackend:
@@ -87,6 +88,7 @@ class DockerBackend:
 
     # ------------------------------------------------------------------ Backend protocol
     async def list(self) -> list[Instance]:
+        asked_at = time.monotonic()
         rows = await self._call("list containers", lambda c: c.api.containers(all=True, filters={
             "label": [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.owner}"]}))
         instances, seen = [], set()
@@ -95,16 +97,22 @@ class DockerBackend:
             if not self._is_ours(labels):
                 continue  # the filter already did this; a wrong filter must still not leak foreign containers
             name = row["Names"][0].lstrip("/")
-            seen.add(name)
             state = row.get("State", "")
             first_sight = name not in self._members
             m = self._remember(row["Id"], name, labels, row.get("NetworkSettings"))
             if first_sight and state in ("created", "exited", "dead"):
-                await self._judge_adopted_exit(m)
+                try:
+                    await self._judge_adopted_exit(m)
+                except _Gone:  # removed since the listing
+                    del self._members[name]
+                    continue
+            seen.add(name)
             instances.append(Instance(name, m.pool, m.host, m.port, self._status(name, state), dict(labels)))
-        for name in self._members.keys() - seen:  # removed behind our back
-            del self._members[name]
-            self._stopped.discard(name)
+        for name, m in list(self._members.items()):
+            # Gone behind our back; a member launched while the listing was under way is merely not in it yet.
+            if name not in seen and m.known_since < asked_at:
+                del self._members[name]
+                self._stopped.discard(name)
         return instances
 
     async def launch(self, pool: str, spec: Pool, port: int | None = None) -> Instance:
@@ -241,7 +249,8 @@ class DockerBackend:
             ip = (((network_settings or {}).get("Networks") or {}).get(network) or {}).get("IPAddress")
             # A stopped container has no IP; its name still resolves on a user network's DNS.
             host = ip or (old.host if old is not None else name)
-        m = _Member(container_id, name, labels.get(LABEL_POOL, ""), network, host, port, cpus, dict(labels))
+        m = _Member(container_id, name, labels.get(LABEL_POOL, ""), network, host, port, cpus, dict(labels),
+                    old.known_since if old is not None else time.monotonic())
         self._members[name] = m
         return m
 

@@ -1,0 +1,153 @@
+"""Anomalies: actuals outside the prediction interval for k bins in a row.
+
+One bin outside a 90 % interval happens every ten bins by design, so a single bin proves
+nothing; k in a row (same side) does. An anomaly is dated from the first bin of that run, stays
+open while actuals stay outside on its side, and closes after k bins that are not, dated at the
+first of them. The planner switches the pool to burst sizing while one is open.
+
+Only series with something going on (a run under way, or an open anomaly) hold state, so
+`update_many` over 100,000 series costs one numpy comparison plus Python work for the few
+outside their interval.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Direction = Literal["up", "down"]
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    series_id: str
+    start: float             # start of the first bin outside the interval
+    end: float | None        # start of the first bin back inside; None while open
+    direction: Direction
+    size: float              # most extreme actual / bound: > 1 for up, < 1 for down
+    peak: float              # most extreme actual
+
+
+@dataclass(slots=True)
+class _State:
+    run_direction: Direction | None = None
+    run_start: float = 0.0
+    run_length: int = 0
+    run_peak: float = 0.0
+    run_size: float = 1.0
+    open: Anomaly | None = None
+    inside: int = 0          # bins back inside while open
+    inside_start: float = 0.0
+
+
+class AnomalyDetector:
+    def __init__(self, k: int = 3, min_bound: float = 1.0, keep: int = 100) -> None:
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        self.k = k
+        # Bounds below this count as this when sizing, so a zero-width interval at zero traffic
+        # does not make every anomaly infinitely large.
+        self.min_bound = min_bound
+        self._states: dict[str, _State] = {}
+        self._closed: deque[Anomaly] = deque(maxlen=keep)
+        self._ids: tuple[str, ...] | None = None
+        self._position: dict[str, int] = {}
+
+    def update(self, series_id: str, bin_start: float, actual: float, lower: float, upper: float) -> Anomaly | None:
+        """Feed one bin; returns the anomaly that opened or closed in it, else None."""
+        state = self._states.get(series_id)
+        if state is None:
+            if lower <= actual <= upper:
+                return None
+            state = self._states[series_id] = _State()
+        changed = self._step(series_id, state, bin_start, actual, lower, upper)
+        if state.open is None and state.run_length == 0:
+            del self._states[series_id]
+        return changed
+
+    def update_many(self, ids: Sequence[str], bin_start: float, actual: np.ndarray,
+                    lower: np.ndarray, upper: np.ndarray) -> list[Anomaly]:
+        """Feed one bin for many series (arrays aligned with `ids`); returns anomalies that opened or closed."""
+        actual, lower, upper = (np.asarray(a, dtype=np.float64) for a in (actual, lower, upper))
+        outside = np.flatnonzero((actual > upper) | (actual < lower))
+        candidates = set(outside.tolist())
+        if self._states:
+            position = self._positions(ids)
+            candidates.update(i for i in (position.get(sid) for sid in self._states) if i is not None)
+        changed = []
+        for i in sorted(candidates):
+            found = self.update(ids[i], bin_start, float(actual[i]), float(lower[i]), float(upper[i]))
+            if found is not None:
+                changed.append(found)
+        return changed
+
+    def _positions(self, ids: Sequence[str]) -> dict[str, int]:
+        if not isinstance(ids, tuple):
+            return {sid: i for i, sid in enumerate(ids)}
+        # The engine passes the same ids tuple every bin; a tuple cannot change, so its index is reused.
+        if ids is not self._ids:
+            self._ids, self._position = ids, {sid: i for i, sid in enumerate(ids)}
+        return self._position
+
+    def active(self) -> list[Anomaly]:
+        """Open anomalies, oldest first."""
+        return sorted((s.open for s in self._states.values() if s.open is not None), key=lambda a: a.start)
+
+    def recent(self, n: int = 20) -> list[Anomaly]:
+        """The last `n` anomalies, open or closed, newest first."""
+        return sorted([*self._closed, *self.active()], key=lambda a: a.start, reverse=True)[:n]
+
+    def _step(self, series_id: str, state: _State, t: float, actual: float, lower: float, upper: float) -> Anomaly | None:
+        direction: Direction | None = "up" if actual > upper else "down" if actual < lower else None
+        ratio = actual / max(upper if direction == "up" else lower, self.min_bound) if direction else 1.0
+        if state.open is not None:
+            return self._step_open(state, t, direction, actual, ratio)
+        if direction is None:
+            state.run_direction, state.run_length = None, 0
+            return None
+        if direction != state.run_direction:
+            state.run_direction, state.run_start, state.run_length = direction, t, 0
+            state.run_peak, state.run_size = actual, ratio
+        state.run_length += 1
+        state.run_peak, state.run_size = _extreme(direction, (state.run_peak, state.run_size), (actual, ratio))
+        if state.run_length < self.k:
+            return None
+        state.open = Anomaly(series_id, state.run_start, None, direction, state.run_size, state.run_peak)
+        state.run_direction, state.run_length, state.inside = None, 0, 0
+        log.info("anomaly.opened", series=series_id, start=state.open.start, direction=direction,
+                 size=round(state.open.size, 3))
+        return state.open
+
+    def _step_open(self, state: _State, t: float, direction: Direction | None, actual: float, ratio: float) -> Anomaly | None:
+        current = state.open
+        assert current is not None
+        if direction == current.direction:
+            state.inside = 0
+            peak, size = _extreme(direction, (current.peak, current.size), (actual, ratio))
+            state.open = replace(current, peak=peak, size=size)
+            return None
+        state.inside += 1
+        if state.inside == 1:
+            state.inside_start = t
+        if state.inside < self.k:
+            return None
+        closed = replace(current, end=state.inside_start)
+        self._closed.append(closed)
+        state.open, state.inside = None, 0
+        log.info("anomaly.closed", series=closed.series_id, start=closed.start, end=closed.end,
+                 direction=closed.direction, size=round(closed.size, 3))
+        return closed
+
+
+def _extreme(direction: Direction, held: tuple[float, float], new: tuple[float, float]) -> tuple[float, float]:
+    """The (peak, size) pair further from the interval on `direction`'s side."""
+    if direction == "up":
+        return max(held, new, key=lambda pair: pair[1])
+    return min(held, new, key=lambda pair: pair[1])
+

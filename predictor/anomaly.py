@@ -61,6 +61,7 @@ class AnomalyDetector:
 
     def update(self, series_id: str, bin_start: float, actual: float, lower: float, upper: float) -> Anomaly | None:
         """Feed one bin; returns the anomaly that opened or closed in it, else None."""
+        actual, lower, upper = float(actual), float(lower), float(upper)
         state = self._states.get(series_id)
         if state is None:
             if lower <= actual <= upper:
@@ -82,7 +83,7 @@ class AnomalyDetector:
             candidates.update(i for i in (position.get(sid) for sid in self._states) if i is not None)
         changed = []
         for i in sorted(candidates):
-            found = self.update(ids[i], bin_start, float(actual[i]), float(lower[i]), float(upper[i]))
+            found = self.update(ids[i], bin_start, actual[i], lower[i], upper[i])
             if found is not None:
                 changed.append(found)
         return changed

@@ -133,7 +133,7 @@ class DockerBackend:
             "image": d.image, "name": name, "labels": labels, "environment": env,
             # Substitute after splitting so a port never needs quoting and other braces survive.
             "command": [a.replace("{port}", str(inner)) for a in shlex.split(d.command)] if d.command else None,
-            "init": getattr(d, "init", True),
+            "init": d.init,
         }
         if d.cpus is not None:
             kwargs["nano_cpus"] = _nano(d.cpus)

@@ -1,0 +1,300 @@
+"""Profiles: what kind of day a source has, what a request of a type costs, what a session asks next.
+
+- `SourceClusters`: k-means (numpy, k-means++ start, fixed seed, best of a few restarts) on each
+  source's mean day divided by its mean, so clusters group shapes, not volumes. A source with
+  less than a day of history borrows its cluster's centroid as its daily shape.
+- `ResourceProfile`: service time (mean and p95) and bytes per request of one request type, as
+  request-weighted EWMAs over per-minute rows; the planner's service time.
+- `SessionTransitions`: first-order Markov transitions between request types per session key,
+  in bounded memory, so the pool a session needs next can be warmed before it asks.
+- `abort_sensitivity`: how much a source's client abort rate rises per second of latency.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+
+SLOTS_PER_DAY = 288  # five-minute slots
+
+
+# ---------------------------------------------------------------- daily shapes
+def normalise_profiles(profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows divided by their mean, and a mask of the rows that had traffic (mean > 0)."""
+    profiles = np.atleast_2d(np.asarray(profiles, dtype=np.float64))
+    means = profiles.mean(axis=1)
+    usable = np.isfinite(means) & (means > 0)
+    shapes = np.zeros_like(profiles)
+    shapes[usable] = profiles[usable] / means[usable, None]
+    return shapes, usable
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, restarts: int = 4,
+           max_iter: int = 100) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd's k-means with k-means++ starts; the best of `restarts` runs by inertia.
+
+    Returns (centroids [k, d], labels [n], inertia). Deterministic for a given seed.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError("kmeans needs a non-empty [n, d] array")
+    k = min(k, len(x))
+    rng = np.random.default_rng(seed)
+    sq_norms = np.einsum("ij,ij->i", x, x)
+    best: tuple[np.ndarray, np.ndarray, float] | None = None
+    for _ in range(max(1, restarts)):
+        centroids = _kmeans_plus_plus(x, sq_norms, k, rng)
+        labels = np.full(len(x), -1)
+        for _ in range(max_iter):
+            distances = _sq_distances(x, sq_norms, centroids)
+            new_labels = distances.argmin(axis=1)
+            if np.array_equal(new_labels, labels):
+                break
+            labels = new_labels
+            centroids = _recentre(x, labels, centroids, distances)
+        inertia = float(_sq_distances(x, sq_norms, centroids)[np.arange(len(x)), labels].sum())
+        if best is None or inertia < best[2]:
+            best = (centroids, labels, inertia)
+    assert best is not None
+    return best
+
+
+def _sq_distances(x: np.ndarray, sq_norms: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    # ||x||² − 2x·c + ||c||² is one matrix product for all pairs; clip the rounding below zero.
+    d = sq_norms[:, None] - 2.0 * x @ centroids.T + np.einsum("ij,ij->i", centroids, centroids)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def _kmeans_plus_plus(x: np.ndarray, sq_norms: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    centroids = [x[rng.integers(len(x))]]
+    closest = _sq_distances(x, sq_norms, np.array(centroids))[:, 0]
+    for _ in range(1, k):
+        total = closest.sum()
+        # All points coincide with a centroid already: any choice is as good as another.
+        pick = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=closest / total)
+        centroids.append(x[pick])
+        closest = np.minimum(closest, _sq_distances(x, sq_norms, x[pick][None, :])[:, 0])
+    return np.array(centroids)
+
+
+def _recentre(x: np.ndarray, labels: np.ndarray, old: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    k, d = old.shape
+    sums = np.zeros((k, d))
+    np.add.at(sums, labels, x)
+    counts = np.bincount(labels, minlength=k)
+    centroids = old.copy()
+    filled = counts > 0
+    centroids[filled] = sums[filled] / counts[filled, None]
+    # An empty cluster takes the point worst served by its own centroid, so k clusters stay in use.
+    own = distances[np.arange(len(x)), labels]
+    for cluster in np.flatnonzero(~filled):
+        worst = int(own.argmax())
+        centroids[cluster] = x[worst]
+        own[worst] = -1.0
+    return centroids
+
+
+class SourceClusters:
+    """Sources grouped by the shape of their mean day; sparse sources borrow their cluster's shape."""
+
+    def __init__(self, k: int = 8, seed: int = 0, restarts: int = 4) -> None:
+        self.k = k
+        self.seed = seed
+        self.restarts = restarts
+        self.centroids = np.ones((0, SLOTS_PER_DAY))
+        self._labels: dict[str, int] = {}
+
+    def fit(self, ids: Sequence[str], daily_profiles: np.ndarray) -> np.ndarray:
+        """Cluster the sources' mean days ([n, 288], raw or normalised); returns labels, −1 for
+        sources without traffic (which stay unknown)."""
+        shapes, usable = normalise_profiles(daily_profiles)
+        if len(ids) != len(shapes):
+            raise ValueError(f"{len(ids)} ids for {len(shapes)} profiles")
+        labels = np.full(len(ids), -1)
+        self._labels = {}
+        if not usable.any():
+            self.centroids = np.ones((0, shapes.shape[1]))
+            return labels
+        self.centroids, fitted, _ = kmeans(shapes[usable], self.k, seed=self.seed, restarts=self.restarts)
+        labels[usable] = fitted
+        self._labels = {sid: int(label) for sid, label in zip(ids, labels) if label >= 0}
+        return labels
+
+    def label_of(self, series_id: str) -> int | None:
+        return self._labels.get(series_id)
+
+    def shape_for(self, series_id: str) -> np.ndarray | None:
+        """The centroid (mean 1, one value per slot) of the source's cluster; None when unknown."""
+        label = self._labels.get(series_id)
+        return None if label is None else self.centroids[label].copy()
+
+    def assign(self, profile: np.ndarray, mask: np.ndarray | None = None) -> int:
+        """The cluster whose shape is closest to `profile`, comparing only the slots in `mask`
+        (e.g. the hours a new source has been seen so far); −1 when nothing can be compared."""
+        if len(self.centroids) == 0:
+            return -1
+        profile = np.asarray(profile, dtype=np.float64)
+        mask = np.isfinite(profile) if mask is None else np.asarray(mask, dtype=bool) & np.isfinite(profile)
+        seen = profile[mask]
+        if seen.size == 0 or seen.mean() <= 0:
+            return -1
+        # Compare shapes over the seen slots only: each side divided by its own mean there.
+        parts = self.centroids[:, mask]
+        part_means = parts.mean(axis=1, keepdims=True)
+        parts = np.divide(parts, part_means, out=np.zeros_like(parts), where=part_means > 0)
+        return int(((parts - seen / seen.mean()) ** 2).sum(axis=1).argmin())
+
+
+# ---------------------------------------------------------------- resource profile
+class ResourceProfile:
+    """Per request type: service time and bytes per request, request-weighted EWMAs over minutes.
+
+    Sums decay together (Σ latency / Σ requests), so a busy minute counts for more than a quiet
+    one and the mean is a true per-request mean. The p95 comes from the latency histogram when
+    one is given (bucket upper bounds `latency_bounds`, last bucket +Inf) and is a plain EWMA of
+    the per-minute p95s.
+    """
+
+    def __init__(self, alpha: float = 0.1, latency_bounds: Sequence[float] = ()) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self.latency_bounds = tuple(latency_bounds)
+        self._requests = 0.0
+        self._latency = 0.0
+        self._bytes_in = 0.0
+        self._bytes_out = 0.0
+        self._p95: float | None = None
+        self.minutes = 0
+
+    def update(self, requests: float, latency_sum: float, bytes_in: float = 0.0, bytes_out: float = 0.0,
+               latency_hist: Sequence[float] | None = None) -> None:
+        """Fold in one minute's row; minutes without requests tell nothing about cost and are skipped."""
+        if requests <= 0:
+            return
+        keep = 1.0 - self.alpha
+        self._requests = keep * self._requests + requests
+        self._latency = keep * self._latency + latency_sum
+        self._bytes_in = keep * self._bytes_in + bytes_in
+        self._bytes_out = keep * self._bytes_out + bytes_out
+        if latency_hist is not None:
+            p95 = histogram_quantile(latency_hist, self.latency_bounds, 0.95)
+            self._p95 = p95 if self._p95 is None else self._p95 + self.alpha * (p95 - self._p95)
+        self.minutes += 1
+
+    @property
+    def service_time_s(self) -> float | None:
+        return self._latency / self._requests if self._requests > 0 else None
+
+    @property
+    def service_time_p95_s(self) -> float | None:
+        return self._p95
+
+    @property
+    def bytes_in_mean(self) -> float | None:
+        return self._bytes_in / self._requests if self._requests > 0 else None
+
+    @property
+    def bytes_out_mean(self) -> float | None:
+        return self._bytes_out / self._requests if self._requests > 0 else None
+
+
+def histogram_quantile(counts: Sequence[float], bounds: Sequence[float], q: float) -> float:
+    """Quantile `q` of a histogram with bucket upper `bounds` (one more count for +Inf), linear
+    inside the bucket as Prometheus does; the +Inf bucket reports the last finite bound."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if len(counts) != len(bounds) + 1:
+        raise ValueError(f"{len(counts)} bucket counts for {len(bounds)} bounds (expected bounds + 1)")
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    cumulative = np.cumsum(counts)
+    bucket = int(np.searchsorted(cumulative, q * total))
+    if bucket >= len(bounds):
+        return float(bounds[-1]) if bounds else 0.0
+    low = 0.0 if bucket == 0 else float(bounds[bucket - 1])
+    below = 0.0 if bucket == 0 else float(cumulative[bucket - 1])
+    return low + (float(bounds[bucket]) - low) * (q * total - below) / counts[bucket]
+
+
+# ---------------------------------------------------------------- next request type
+_END = None  # the "session ended" state: no next request
+
+
+class SessionTransitions:
+    """First-order Markov chain over request types, learned from requests grouped by session key.
+
+    A session ends after `session_gap` seconds without a request; that ending is a transition
+    too, so `next_distribution` sums to at most 1 and `expected_next` does not assume every
+    request is followed by another. At most `max_sessions` sessions are remembered (least
+    recently seen dropped first); times are expected to be non-decreasing.
+    """
+
+    def __init__(self, max_sessions: int = 100_000, session_gap: float = 1800.0) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
+        self.max_sessions = max_sessions
+        self.session_gap = session_gap
+        self._sessions: OrderedDict[Hashable, tuple[str, float]] = OrderedDict()
+        self._counts: dict[str, dict[str | None, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def observe(self, session_key: Hashable, rtype: str, t: float) -> None:
+        self._expire(t)
+        last = self._sessions.pop(session_key, None)
+        if last is not None:
+            self._count(last[0], rtype)
+        self._sessions[session_key] = (rtype, t)
+        if len(self._sessions) > self.max_sessions:
+            # Evicted while possibly still active: its next step is unknown, so nothing is counted.
+            self._sessions.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        # Oldest first: the dict is in order of last request, so expiry stops at the first live one.
+        while self._sessions:
+            key, (rtype, seen) = next(iter(self._sessions.items()))
+            if now - seen <= self.session_gap:
+                return
+            del self._sessions[key]
+            self._count(rtype, _END)
+
+    def _count(self, src: str, dst: str | None) -> None:
+        row = self._counts.setdefault(src, {})
+        row[dst] = row.get(dst, 0.0) + 1.0
+
+    def next_distribution(self, rtype: str) -> dict[str, float]:
+        """P(next request is of each type | this request is `rtype`); the rest is P(session ends)."""
+        row = self._counts.get(rtype)
+        if not row:
+            return {}
+        total = sum(row.values())
+        return {dst: n / total for dst, n in row.items() if dst is not _END}
+
+    def expected_next(self, counts_by_type: Mapping[str, float]) -> dict[str, float]:
+        """Expected requests of each type in the next step, given this step's requests per type."""
+        expected: dict[str, float] = {}
+        for src, count in counts_by_type.items():
+            for dst, p in self.next_distribution(src).items():
+                expected[dst] = expected.get(dst, 0.0) + count * p
+        return expected
+
+
+# ---------------------------------------------------------------- latency sensitivity
+def abort_sensitivity(latency_s: np.ndarray, aborts: np.ndarray, requests: np.ndarray) -> float:
+    """Rise in a source's client abort rate per second of mean latency (≥ 0), from per-minute
+    rows, by least squares weighted by requests; 0 when latency never varied."""
+    latency_s, aborts, requests = (np.asarray(a, dtype=np.float64) for a in (latency_s, aborts, requests))
+    ok = np.isfinite(latency_s) & np.isfinite(aborts) & (requests > 0)
+    if ok.sum() < 2:
+        return 0.0
+    w, x, rate = requests[ok], latency_s[ok], aborts[ok] / requests[ok]
+    x_mean = np.average(x, weights=w)
+    spread = float(np.sum(w * (x - x_mean) ** 2))
+    if spread <= 1e-12 * max(1.0, float(np.sum(w))):
+        return 0.0
+    slope = float(np.sum(w * (x - x_mean) * (rate - np.average(rate, weights=w)))) / spread
+    return max(0.0, slope) if math.isfinite(slope) else 0.0

@@ -36,6 +36,7 @@ class HoltWinters:
         quantiles: tuple[float, float] = (0.05, 0.95),
         chunk: int = 512,
         threads: int | None = None,
+        smooth: int = 25,
     ) -> None:
         self.period = period
         grid = np.array(list(product(alphas, betas, gammas)), dtype=np.float32)
@@ -44,6 +45,7 @@ class HoltWinters:
         self._chunk = chunk
         self._threads = threads or min(2, os.cpu_count() or 1)
         self.slot = 0  # season slot of the next bin
+        self.smooth = smooth
 
     @property
     def grid_size(self) -> int:
@@ -90,7 +92,7 @@ class HoltWinters:
         seed_days = max(1, t_len // m - 1)
         t0 = seed_days * m
         days = x[:, :t0].reshape(c, seed_days, m)
-        season0 = (days - days.mean(axis=2, keepdims=True)).mean(axis=1)
+        season0 = _smooth_circular((days - days.mean(axis=2, keepdims=True)).mean(axis=1), self.smooth)
         level0 = (x[:, t0 - 12 : t0] - season0[:, m - 12 :]).mean(axis=1)
         s_arr = np.repeat(season0.T[:, :, None], g_n, axis=2)  # [m, c, G]
         lvl = np.repeat(level0[:, None], g_n, axis=1)
@@ -156,3 +158,15 @@ class HoltWinters:
     def nbytes_per_series(self) -> int:
         arrays = (self.level, self.trend, self.season, self.alpha, self.beta, self.gamma, self.sigma)
         return sum(a.nbytes for a in arrays) // max(1, len(self.level))
+
+
+def _smooth_circular(season: np.ndarray, width: int) -> np.ndarray:
+    """Moving average along the day, wrapping at midnight: a season seeded from one or two days
+    would otherwise carry those days' noise into every forecast."""
+    if width <= 1:
+        return season
+    half = width // 2
+    padded = np.concatenate([season[:, -half:], season, season[:, :half]], axis=1)
+    c = np.cumsum(padded, axis=1, dtype=np.float64)
+    c = np.concatenate([np.zeros((season.shape[0], 1)), c], axis=1)
+    return ((c[:, width:] - c[:, :-width]) / width).astype(season.dtype)

@@ -68,7 +68,8 @@ class SeasonalNaive:
         self.name = name or "seasonal_naive"
 
     def min_length(self) -> int:
-        return 2 * self.period
+        # one period to repeat, a few more bins to measure its error
+        return self.period + 12
 
     def fit(self, y: np.ndarray, start_slot: int = 0) -> SeasonalNaive:
         x = np.sqrt(np.maximum(np.atleast_2d(y), 0.0))
@@ -191,7 +192,11 @@ class StatsSTL(_PerSeries):
 
     def _predict_one(self, res, h, alpha, exog):
         fr = res.get_prediction(start=self._t, end=self._t + h - 1).summary_frame(alpha=alpha)
-        return fr["mean"].to_numpy(), fr["mean_ci_lower"].to_numpy(), fr["mean_ci_upper"].to_numpy()
+        mean = fr["mean"].to_numpy()
+        # STLForecast's frame is a band for the mean; add the AR residual variance for a prediction band
+        se = np.sqrt(fr["mean_se"].to_numpy() ** 2 + float(res.model_result.params[-1]))
+        z = NormalDist().inv_cdf(1 - alpha / 2)
+        return mean, mean - z * se, mean + z * se
 
 
 STATSMODELS_MODELS = ("sm_ets", "sm_sarimax", "sm_stl")

@@ -65,7 +65,7 @@ def from_rows(rows: Iterable[tuple[float, str, float]], bin_s: float | None = No
         bin_s = _detect_bin(t_arr)
     ids = tuple(sorted(set(names), key=_natural_key))
     index = {s: i for i, s in enumerate(ids)}
-    start = float(t_arr.min())
+    start = math.floor(float(t_arr.min()) / bin_s) * bin_s  # bins on clock boundaries
     cols = np.floor((t_arr - start) / bin_s + 1e-9).astype(np.int64)
     values = np.zeros((len(ids), int(cols.max()) + 1))
     np.add.at(values, (np.fromiter((index[s] for s in names), np.int64, len(names)), cols), counts)

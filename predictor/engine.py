@@ -1,0 +1,237 @@
+"""The live forecaster the planner calls: counts in, per-series forecasts with intervals out.
+
+Bins are 5 minutes with a 288-slot day (per-minute counts accumulate into the open bin). Every
+series keeps two days in a float32 ring buffer; one Holt-Winters state vectorised over all series
+advances per closed bin, and a grid refit runs on `refit()`. A series is forecast by the model its
+backtest chose (naive, seasonal naive or Holt-Winters); with under `min_history` bins it gets its
+last value, or a borrowed cluster shape when `shape_for` provides one. The 24-hour horizon is the
+hour ending 24 h ahead, summed from 5-minute forecasts (hourly models did worse, as measured);
+its band sums the per-bin bands, which is conservative.
+"""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import structlog
+
+from predictor.backtest import BacktestConfig, run as backtest, seasonal_scale, widen
+from predictor.feedback import Feedback
+from predictor.holtwinters import HoltWinters
+from predictor.models import Naive, SeasonalNaive
+from predictor.series import RingBuffer
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], float]
+ShapeFor = Callable[[str], "np.ndarray | None"]
+Multipliers = Callable[[str, np.ndarray], np.ndarray]
+
+DEFAULT_HORIZONS_S = (300.0, 900.0, 3600.0, 86_400.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    series_id: str
+    horizon_s: float
+    point: float  # requests expected in the window ending `horizon_s` after the current bin starts
+    lower: float
+    upper: float
+    model: str
+    quantiles: tuple[float, float]
+    window_s: float  # length of that window: one bin, or an hour for the 24 h horizon
+
+
+class Forecaster:
+    def __init__(
+        self,
+        clock: Clock,
+        bin_s: float = 300.0,
+        buffer_days: float = 2.0,
+        quantiles: tuple[float, float] = (0.05, 0.95),
+        refit_every_s: float = 900.0,
+        mase_threshold: float = 1.5,
+        shape_for: ShapeFor | None = None,
+        multipliers: Multipliers | None = None,
+    ) -> None:
+        self.clock = clock
+        self.bin_s = bin_s
+        self.period = int(round(86_400 / bin_s))
+        self.quantiles = quantiles
+        self.refit_every_s = refit_every_s
+        self.shape_for = shape_for
+        self.multipliers = multipliers
+        self.ids: list[str] = []
+        self._index: dict[str, int] = {}
+        self.buffer = RingBuffer(0, int(buffer_days * self.period))
+        self.hw = HoltWinters(self.period, quantiles=quantiles)
+        self._hw_ready = np.zeros(0, dtype=bool)
+        self.models: list[str] = []
+        self._factor = np.ones(0)
+        self._scale = np.zeros(0)
+        self._first_bin = np.zeros(0, dtype=np.int64)
+        self._open_bin: int | None = None
+        self._pending = np.zeros(0)
+        self._last_refit = -math.inf
+        self.feedback = Feedback(horizons=(1, 3, 12), mase_threshold=mase_threshold)
+        self._needs_choice = np.zeros(0, dtype=bool)
+
+    # -- input ----------------------------------------------------------------------------------
+    def observe(self, bin_start: float, counts: dict[str, float]) -> None:
+        """Counts for a bin starting at `bin_start` (any bin no longer than `bin_s`: finer bins add up)."""
+        b = int(bin_start // self.bin_s)
+        if self._open_bin is None:
+            self._open_bin = b
+        if b < self._open_bin:
+            log.warning("predictor.late_counts", bin_start=bin_start)
+            return
+        while self._open_bin < b:
+            self._close_bin()
+        for sid, c in counts.items():
+            i = self._index.get(sid)
+            if i is None:
+                i = self._add(sid, b)
+            self._pending[i] += c
+
+    def _add(self, sid: str, b: int) -> int:
+        i = len(self.ids)
+        self.ids.append(sid)
+        self._index[sid] = i
+        n = i + 1
+        self.buffer.grow(n)
+        grow = lambda a, fill: np.concatenate([a, np.full(n - len(a), fill, a.dtype)])  # noqa: E731
+        self._pending, self._hw_ready = grow(self._pending, 0.0), grow(self._hw_ready, False)
+        self._factor, self._scale = grow(self._factor, 1.0), grow(self._scale, 0.0)
+        self._first_bin, self._needs_choice = grow(self._first_bin, b), grow(self._needs_choice, True)
+        self.models.append("last_value")
+        self.feedback.resize(self.ids)
+        return i
+
+    def _close_bin(self) -> None:
+        values = self._pending
+        self.buffer.append_bin(values)
+        if self._hw_ready.any():
+            self.hw.update(values[: len(self.hw.level)])
+        self.feedback.score(self._open_bin, values, self._scale)
+        self._pending = np.zeros(len(self.ids))
+        self._open_bin += 1
+
+    # -- refit ----------------------------------------------------------------------------------
+    def refit_due(self) -> bool:
+        return self.clock() - self._last_refit >= self.refit_every_s or bool(self.feedback.flagged.any())
+
+    def refit(self) -> None:
+        """Grid-refit Holt-Winters for every series, and re-choose the model of series that are new
+        to having enough history or that the feedback loop flagged."""
+        self._last_refit = self.clock()
+        if self._open_bin is None or not self.ids:
+            return
+        y = self.buffer.window().astype(np.float64)
+        t_len = y.shape[1]
+        history = self._open_bin - self._first_bin
+        if t_len >= self.hw.min_length():
+            self.hw.fit(y, start_slot=(self._open_bin - t_len) % self.period)
+            self._hw_ready = history >= self.hw.min_length()
+            self._scale = seasonal_scale(y, self.period)
+        redo = np.zeros(len(self.ids), dtype=bool)
+        redo[self.feedback.take_flagged()] = True
+        cfg = BacktestConfig(horizons=(1, 3, 12), window=self.hw.min_length(), step=12, max_origins=16,
+                             choice_fraction=0.99, statsmodels_top_n=0, quantiles=self.quantiles)
+        rows = np.flatnonzero((redo | self._needs_choice) & self._hw_ready)
+        if len(rows) and t_len >= cfg.window + cfg.step * 2 + 12:
+            res = backtest(y[rows], tuple(self.ids[i] for i in rows), self.bin_s, cfg,
+                           models=[Naive(self.quantiles), SeasonalNaive(self.period, self.quantiles), HoltWinters(self.period, quantiles=self.quantiles)],
+                           start_slot=(self._open_bin - t_len) % self.period)
+            for k, i in enumerate(rows):
+                self.models[i] = res.chosen[k]
+                self._factor[i] = res.interval_factor[k]
+            self._needs_choice[rows] = False
+            log.info("predictor.models_chosen", count=len(rows))
+        for i in np.flatnonzero(~self._hw_ready):
+            self.models[i] = "shape" if self.shape_for and self.shape_for(self.ids[i]) is not None else "last_value"
+
+    # -- output ---------------------------------------------------------------------------------
+    def forecast(self, horizons: tuple[float, ...] = DEFAULT_HORIZONS_S) -> dict[str, tuple[Forecast, ...]]:
+        """Per series, one Forecast per horizon (same order). Horizon `H` is the bin `H` after the
+        open bin's start, i.e. `H / bin_s` steps ahead of the last closed bin."""
+        if not self.ids or self._open_bin is None:
+            return {}
+        steps_for = {H: max(1, int(round(H / self.bin_s))) for H in horizons}
+        long = {H: H >= 6 * 3600 for H in horizons}  # long horizons: the hour ending there
+        h_max = max(steps_for.values())
+        point, lower, upper = self._paths(h_max)
+        first_target = self._open_bin  # step 1 is the open bin
+        if self.multipliers is not None:
+            bins = (first_target + np.arange(h_max)) * self.bin_s
+            for i, sid in enumerate(self.ids):
+                m = np.asarray(self.multipliers(sid, bins), dtype=np.float64)
+                point[i] *= m
+                lower[i] *= m
+                upper[i] *= m
+        per_hour = max(1, int(round(3600 / self.bin_s)))
+        out: dict[str, list[Forecast]] = {sid: [] for sid in self.ids}
+        for j, H in enumerate(horizons):
+            k = steps_for[H]
+            sl = slice(max(0, k - per_hour), k) if long[H] else slice(k - 1, k)
+            p, lo, hi = (a[:, sl].sum(axis=1) for a in (point, lower, upper))
+            if H in (self.bin_s, 3 * self.bin_s, 12 * self.bin_s):
+                fb = {1: 0, 3: 1, 12: 2}[k]
+                self.feedback.register(first_target + k - 1, fb, point[:, k - 1].copy(), lower[:, k - 1].copy(), upper[:, k - 1].copy())
+            window = (sl.stop - sl.start) * self.bin_s
+            for i, sid in enumerate(self.ids):
+                out[sid].append(Forecast(sid, float(H), float(p[i]), float(lo[i]), float(hi[i]), self.models[i], self.quantiles, window))
+        return {sid: tuple(v) for sid, v in out.items()}
+
+    def _paths(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(self.ids)
+        y = self.buffer.window().astype(np.float64)
+        point, lower, upper = (np.zeros((n, h)) for _ in range(3))
+        names = np.asarray(self.models)
+        simple = {"naive": Naive(self.quantiles), "seasonal_naive": SeasonalNaive(self.period, self.quantiles)}
+        for name, model in simple.items():
+            rows = np.flatnonzero(names == name)
+            if len(rows):
+                point[rows], lower[rows], upper[rows] = model.fit(y[rows]).predict(h)
+        rows = np.flatnonzero(names == "holt_winters")
+        if len(rows):
+            hp, hl, hu = self.hw.predict(h)
+            point[rows], lower[rows], upper[rows] = hp[rows], hl[rows], hu[rows]
+        rows = np.flatnonzero((names == "last_value") | (names == "shape"))
+        if len(rows):
+            self._young(rows, y, h, point, lower, upper)
+        lower, upper = widen(point, lower, upper, self._factor[:, None])
+        return point, lower, upper
+
+    def _young(self, rows: np.ndarray, y: np.ndarray, h: int, point, lower, upper) -> None:
+        """Series with under a day of history: the recent mean, shaped by a borrowed daily profile
+        when there is one; a Poisson-like band on the sqrt scale, widening like a random walk."""
+        z_lo, z_hi = (NormalDist().inv_cdf(q) for q in self.quantiles)
+        recent = min(12, y.shape[1])
+        slots = (self._open_bin + np.arange(h)) % self.period
+        past = (self._open_bin - np.arange(1, recent + 1)) % self.period
+        for i in rows:
+            lived = max(1, min(recent, int(self._open_bin - self._first_bin[i])))
+            level = y[i, -lived:].mean() if y.shape[1] else 0.0
+            shape = self.shape_for(self.ids[i]) if self.shape_for and self.models[i] == "shape" else None
+            if shape is not None:
+                base = float(np.mean(shape[past[:lived]])) or 1.0
+                f = level * np.asarray(shape)[slots] / base
+            else:
+                f = np.full(h, level)
+            # Poisson noise is σ = 0.5 on the sqrt scale; the second term allows for real traffic's overdispersion
+            sig = 0.5 + 0.1 * np.sqrt(np.maximum(f, 0.0))
+            sf = np.sqrt(np.maximum(f, 0.0))
+            spread = sig * np.sqrt(np.arange(1, h + 1))
+            point[i], lower[i], upper[i] = f, np.maximum(sf + z_lo * spread, 0) ** 2, (sf + z_hi * spread) ** 2
+
+    def status(self) -> dict[str, dict]:
+        """Errors and chosen models per series (for /admin/status)."""
+        return self.feedback.snapshot(self.models)
+
+    @property
+    def bytes_per_series(self) -> int:
+        n = max(1, len(self.ids))
+        return (self.buffer.nbytes + self.hw.nbytes_per_series * len(getattr(self.hw, "level", ()))) // n

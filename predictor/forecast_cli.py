@@ -1,0 +1,114 @@
+"""`warmfront forecast --trace FILE`: backtest every candidate on a trace and report how each does.
+
+This is how a user judges the predictor before trusting it: per model and horizon MASE, sMAPE,
+90 % interval coverage and fit time, and the same figures for warmfront's own per-series choice,
+made on earlier origins than the ones it is scored on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+import numpy as np
+
+from predictor.backtest import BacktestConfig, BacktestResult, run
+from predictor.series import TraceError, aggregate, load_trace
+from predictor.svgplot import Band, Line, chart
+
+MODEL_BIN_S = 300.0  # 5-minute bins with a 288-slot day, as measured
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not m:
+        raise ValueError(f"bad duration {text!r}: use e.g. 15m, 1h, 7d")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="warmfront forecast", description="Backtest the forecasting models on a trace.")
+    p.add_argument("--trace", required=True, help="minute,source,count (any bin) or timestamp,source[,type][,cost] CSV")
+    p.add_argument("--horizon", action="append", help="horizon to score, e.g. 15m (repeatable; default 15m and 60m)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE.svg", help="write actual vs forecast with its band for the busiest series")
+    p.add_argument("--train", default="0.5", help="share of origins (0.5) or span from the trace start (7d) used to choose models")
+    p.add_argument("--origins", type=int, default=168, help="rolling origins, latest first (default 168)")
+    p.add_argument("--step", default="2h", help="time between origins (default 2h)")
+    p.add_argument("--top-n", type=int, default=2, help="series (by traffic) that also get statsmodels models; 0 for none")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        series = load_trace(args.trace)
+        if series.bin_s < MODEL_BIN_S and MODEL_BIN_S % series.bin_s == 0:
+            series = aggregate(series, MODEL_BIN_S)
+        horizons = tuple(max(1, int(round(parse_duration(h) / series.bin_s))) for h in (args.horizon or ["15m", "60m"]))
+        step = max(1, int(round(parse_duration(args.step) / series.bin_s)))
+        cfg = BacktestConfig(horizons=horizons, step=step, max_origins=args.origins, statsmodels_top_n=args.top_n)
+        cfg = _with_train(cfg, args.train, series.length, series.bin_s)
+        result = run(series.values, series.ids, series.bin_s, cfg, start_slot=int(series.start_s // series.bin_s) % series.period())
+    except (TraceError, ValueError) as e:
+        print(f"warmfront forecast: {e}", file=sys.stderr)
+        return 2
+    summary = result.summary()
+    if args.plot:
+        try:
+            with open(args.plot, "w") as f:
+                f.write(_plot(result, series.values))
+        except OSError as e:
+            print(f"warmfront forecast: cannot write plot: {e}", file=sys.stderr)
+            return 2
+    print(json.dumps(summary, indent=2) if args.json else _table(summary))
+    return 0
+
+
+def _with_train(cfg: BacktestConfig, train: str, length: int, bin_s: float) -> BacktestConfig:
+    """`--train` as a share of origins, or as a span of the trace: origins before it choose."""
+    from dataclasses import replace
+
+    try:
+        frac = float(train)
+    except ValueError:
+        cut = parse_duration(train) / bin_s
+        last = length - max(cfg.horizons)
+        first = max(0, last - (cfg.max_origins - 1) * cfg.step)
+        frac = (cut - first) / max(1.0, last - first)
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"--train {train} leaves no origins to choose on or none to score")
+    return replace(cfg, choice_fraction=frac)
+
+
+def _table(summary: dict) -> str:
+    hs = list(next(iter(summary["models"].values()))["horizons"])
+    head = "| model | " + " | ".join(f"MASE {h} | sMAPE {h} | cover {h}" for h in hs) + " | fit s/series | series |"
+    rows = [head, "|" + "---|" * (2 + 3 * len(hs))]
+    for name, m in list(summary["models"].items()) + [("chosen", summary["chosen"] | {"series": len(summary["per_series"])})]:
+        cells = " | ".join(f"{m['horizons'][h]['mase']:.3f} | {m['horizons'][h]['smape']:.3f} | {m['horizons'][h]['coverage']:.3f}" for h in hs)
+        rows.append(f"| {name} | {cells} | {m['fit_seconds']:.5f} | {m.get('series', '')} |")
+    o = summary["origins"]
+    rows.append(f"\norigins: {o['choice']} choose, {o['scored']} score (later)")
+    rows.append("chosen per series: " + ", ".join(f"{s}={v['model']}({v['intervals']})" for s, v in summary["per_series"].items()))
+    return "\n".join(rows)
+
+
+def _plot(result: BacktestResult, values: np.ndarray) -> str:
+    i = int(np.argmax(values.sum(axis=1)))
+    p, lo, hi = (a[i, result.n_choice :, 0] for a in result.chosen_forecast())
+    targets = result.origins[result.n_choice :] + result.config.horizons[0] - 1
+    x_h = targets * result.bin_s / 3600.0
+    return chart(
+        x_h,
+        [Line("actual", values[i, targets], "#333333"), Line(f"forecast ({result.chosen[i]})", p, "#1f77b4")],
+        [Band("90% interval", lo, hi, "#1f77b4")],
+        title=f"{result.ids[i]}: {result.config.horizons[0] * result.bin_s / 60:g}-minute-ahead forecast vs actual",
+        x_label="hours since trace start",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of routing.yaml and pools.yaml")
 
+    sub.add_parser("forecast", help="backtest the forecasters on a trace (see: warmfront forecast --help)",
+                   add_help=False)
     demo = sub.add_parser("demo-backend", help="run the demo backend service", add_help=False)
     demo.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["demo-backend"]:
         from balancer import demo_backend
         return demo_backend.main(argv[1:]) or 0
+    if argv[:1] == ["forecast"]:
+        from predictor import forecast_cli
+        return forecast_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     from config import ConfigError, default_config_dir, json_schema, load_config
 

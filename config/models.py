@@ -227,6 +227,30 @@ class Capacity(Strict):
         return self
 
 
+class Scaling(Strict):
+    """How the planner sizes the pool from forecasts and live load."""
+    mode: Literal["forecast-and-scale", "forecast-only", "reactive"] = Field(
+        "forecast-and-scale", description="`forecast-and-scale` acts on forecasts; `forecast-only` computes and "
+                                          "shows what it would do but scales reactively; `reactive` ignores "
+                                          "forecasts. Default `forecast-and-scale`.")
+    quantile: float = Field(0.9, gt=0.5, lt=1, description="Forecast quantile capacity is planned for: the risk "
+                                                           "knob. Default `0.9`.")
+    service_time: Duration = Field(0.05, gt=0, description="Service time per request used until one is learned "
+                                                           "from observed upstream latency. Default `50ms`.")
+    launch_lead: Duration = Field(60.0, gt=0, description="Time from launch to a ready member (cold start); the "
+                                                          "shadow pool covers the forecast peak over it. Default `60s`.")
+    scale_down_delay: Duration = Field(300.0, ge=0, description="Scale-down stabilisation: the highest "
+                                                                "recommendation of this window wins. Default `5m`.")
+    cooldown: Duration = Field(60.0, ge=0, description="A member that just became ready is not retired within "
+                                                       "this. Default `60s`.")
+    panic_window: Duration = Field(6.0, gt=0, description="Window over which in-flight above `panic_threshold` x "
+                                                          "target triggers panic scaling. Default `6s`.")
+    panic_threshold: float = Field(2.0, gt=1, description="In-flight / target capacity ratio that starts panic "
+                                                          "mode. Default `2.0`.")
+    stable_window: Duration = Field(60.0, gt=0, description="Window over which live utilisation is averaged for "
+                                                            "the burst tier. Default `60s`.")
+
+
 class Shadow(Strict):
     """Members prepared ahead of forecast need but not routed until activated."""
     state: Literal["none", "running", "paused", "stopped"] = Field(
@@ -315,6 +339,7 @@ class Pool(Strict):
     health: HealthCheck = Field(default_factory=HealthCheck, description="Active health check.")
     capacity: Capacity = Field(default_factory=Capacity, description="Member counts and target utilisation.")
     shadow: Shadow = Field(default_factory=Shadow, description="Pre-warmed, unrouted members.")
+    scaling: Scaling = Field(default_factory=Scaling, description="Forecast-driven and reactive sizing.")
     warmup: Warmup = Field(default_factory=Warmup, description="Warm-up requests for new members.")
     ejection: Ejection = Field(default_factory=Ejection, description="Passive health ejection.")
     slow_start: Duration = Field(

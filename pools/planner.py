@@ -1,0 +1,166 @@
+"""The planner: forecasts, live load and the pool spec in; desired members per tier out. Pure.
+
+Sizing is Little's law: requests in service = arrival rate × service time, so a pool needs
+ceil(Σ_type rate_q(type) × service_time(type) / (concurrency × target_utilization)) ready members,
+where rate_q is the forecast rate at the configured quantile (the risk knob) and the service time
+per request type is learned from observed upstream latency.
+
+Tiers:
+- baseline   `capacity.min`, always on;
+- predictive forecast-driven: ready members for the near future (the horizon that covers the
+             shadow state's activation lead), and a shadow pool that covers the forecast peak over
+             the cold-launch lead time, so what the forecast says may come can be activated in
+             milliseconds instead of launched in seconds;
+- burst      reactive, HPA-style on live in-flight requests averaged over `stable_window`, with a
+             Knative-like panic mode: in-flight above `panic_threshold` × target capacity over the
+             short `panic_window` scales at once and never scales down while panicking. An anomaly
+             (actuals outside the forecast interval) switches the pool to burst sizing: forecasts
+             are not trusted to scale it down until it clears.
+
+Scale-down is stabilised: the highest recommendation of the last `scale_down_delay` wins (HPA's
+stabilisation window), and a member that became ready less than `cooldown` ago is not retired.
+The caller keeps `PlannerState` between calls; the same code serves `run` and `simulate`.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from config.models import Pool
+
+
+@dataclass(frozen=True, slots=True)
+class TypeDemand:
+    """Forecast arrivals of one request type into a pool, at one horizon."""
+    rtype: str
+    horizon_s: float
+    rate: float                      # requests per second, point forecast
+    rate_upper: float                # requests per second at the planning quantile
+    service_time: float | None = None   # learned seconds per request; None: the pool's prior
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLoad:
+    """What the proxy sees now, averaged by the caller over the two windows."""
+    in_flight_stable: float = 0.0    # mean in-flight requests over `stable_window`
+    in_flight_panic: float = 0.0     # mean in-flight requests over `panic_window`
+    anomaly: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInputs:
+    now: float
+    demand: tuple[TypeDemand, ...] = ()
+    live: LiveLoad = LiveLoad()
+    ready_since: tuple[float, ...] = ()   # when each currently ready member became ready
+    shadow_lead: float = 0.02             # measured activation lead of the shadow state, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    ready: int            # desired ready members, all tiers, stabilised and capped
+    shadow: int           # desired shadow members
+    baseline: int
+    predictive: int       # ready members above baseline the forecast asks for
+    burst: int            # ready members above baseline + predictive live load asks for
+    forecast_ready: int   # what the forecast alone asks for (shown in forecast-only mode)
+    wanted: int           # before the `max` cap
+    capped: bool
+    panic: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class PlannerState:
+    recommendations: deque = field(default_factory=deque)   # (time, ready) for stabilisation
+    panic_until: float = 0.0
+    panic_floor: int = 0
+    last: Plan | None = None
+
+
+def members_for(load: float, spec: Pool) -> int:
+    """Members needed to keep `load` requests in service at the target utilisation."""
+    per_member = spec.concurrency * spec.capacity.target_utilization
+    return math.ceil(load / per_member - 1e-9) if load > 0 else 0
+
+
+def load_at(demand: tuple[TypeDemand, ...], spec: Pool, max_horizon: float, upper: bool = True) -> float:
+    """Peak over horizons <= max_horizon of Σ_type rate × service time (Little's law)."""
+    by_h: dict[float, float] = {}
+    for d in demand:
+        if d.horizon_s <= max_horizon:
+            st = d.service_time if d.service_time else spec.scaling.service_time
+            by_h[d.horizon_s] = by_h.get(d.horizon_s, 0.0) + (d.rate_upper if upper else d.rate) * st
+    return max(by_h.values(), default=0.0)
+
+
+def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
+    sc = spec.scaling
+    now = inputs.now
+    reasons: list[str] = []
+    baseline = spec.capacity.min
+    per_member = spec.concurrency * spec.capacity.target_utilization
+
+    # Predictive: ready for the first horizon that covers the shadow activation lead; shadow for the
+    # peak over the cold-launch lead (at least 15 minutes of forecast).
+    horizons = sorted({d.horizon_s for d in inputs.demand})
+    near = next((h for h in horizons if h >= inputs.shadow_lead), horizons[-1]) if horizons else 0.0
+    forecast_ready = members_for(load_at(inputs.demand, spec, near), spec) if horizons else 0
+    peak_ready = members_for(load_at(inputs.demand, spec, max(sc.launch_lead, 900.0)), spec) if horizons else 0
+
+    # Burst: live in-flight, HPA-style, with Knative's panic mode.
+    current = len(inputs.ready_since)
+    reactive = members_for(inputs.live.in_flight_stable, spec)
+    capacity_now = max(current, 1) * per_member
+    if inputs.live.in_flight_panic >= sc.panic_threshold * capacity_now:
+        if state.panic_until <= now:
+            reasons.append(f"panic: {inputs.live.in_flight_panic:.0f} in flight > "
+                           f"{sc.panic_threshold:g}x capacity {capacity_now:.0f}")
+        state.panic_until = now + sc.stable_window
+        state.panic_floor = max(state.panic_floor, members_for(inputs.live.in_flight_panic, spec), current)
+    panic = state.panic_until > now
+    if not panic:
+        state.panic_floor = 0
+    burst_need = max(reactive, state.panic_floor if panic else 0)
+
+    predictive_on = sc.mode == "forecast-and-scale" and not inputs.live.anomaly
+    if inputs.live.anomaly:
+        reasons.append("anomaly: burst sizing until it clears")
+        burst_need = max(burst_need, current)   # no forecast-led scale-down during an anomaly
+    want = max(baseline, forecast_ready if predictive_on else 0, burst_need)
+    if sc.mode == "forecast-only" and forecast_ready != want:
+        reasons.append(f"forecast-only: forecast wants {forecast_ready} ready, acting on {want}")
+
+    # Stabilise scale-down: the highest recommendation of the window wins; panic never scales down.
+    q = state.recommendations
+    q.append((now, want))
+    while q and q[0][0] < now - sc.scale_down_delay:
+        q.popleft()
+    stable = max(r for _, r in q)
+    if panic:
+        stable = max(stable, state.last.ready if state.last else 0)
+    # Members that became ready within the cool-down are not retired.
+    recent = sum(1 for t in inputs.ready_since if now - t < sc.cooldown)
+    stable = max(stable, min(recent, current))
+
+    cap = spec.capacity.max
+    capped = stable > cap
+    if capped:
+        reasons.append(f"capped: wants {stable} ready, max is {cap}")
+    ready = min(stable, cap)
+
+    shadow = 0
+    if spec.shadow.state != "none":
+        forecast_shadow = max(0, peak_ready - ready) if predictive_on else 0
+        shadow = min(max(spec.shadow.size, forecast_shadow), cap - ready)
+        if forecast_shadow > spec.shadow.size and predictive_on:
+            reasons.append(f"shadow {shadow}: forecast peak needs {peak_ready} within "
+                           f"{max(sc.launch_lead, 900.0):.0f}s")
+
+    predictive = max(0, min(ready, forecast_ready if predictive_on else 0) - baseline)
+    burst = max(0, ready - baseline - predictive)
+    result = Plan(ready=ready, shadow=shadow, baseline=min(baseline, ready), predictive=predictive, burst=burst,
+                  forecast_ready=forecast_ready, wanted=stable, capped=capped, panic=panic, reasons=tuple(reasons))
+    state.last = result
+    return result

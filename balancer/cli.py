@@ -1,4 +1,4 @@
-"""`warmfront` command line: run | check | schema | demo-backend."""
+"""`warmfront` command line: run | check | schema | forecast | simulate | demo | demo-backend."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("forecast", help="backtest the forecasters on a trace (see: warmfront forecast --help)",
                    add_help=False)
+    sub.add_parser("simulate", help="replay a trace through static, reactive, predictive and oracle policies",
+                   add_help=False)
+    sub.add_parser("demo", help="a compressed day of traffic through warmfront, shown live", add_help=False)
     demo = sub.add_parser("demo-backend", help="run the demo backend service", add_help=False)
     demo.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["forecast"]:
         from predictor import forecast_cli
         return forecast_cli.main(argv[1:])
+    if argv[:1] == ["simulate"]:
+        from pools import simulate_cli
+        return simulate_cli.main(argv[1:])
+    if argv[:1] == ["demo"]:
+        from balancer import demo
+        return demo.main(argv[1:])
     args = _parser().parse_args(argv)
     from config import ConfigError, default_config_dir, json_schema, load_config
 

@@ -63,6 +63,16 @@ class SourceSummary:
     p95_latency_ms: float  # upper bound of the histogram bucket holding the 95th percentile
 
 
+@dataclass(frozen=True, slots=True)
+class MinuteRow:
+    minute: int
+    source: str
+    type: str
+    requests: int
+    latency_sum: float
+    latency_hist: tuple[int, ...]  # counts per LATENCY_BOUNDS bucket, the last one +Inf
+
+
 class History:
     def __init__(
         self,
@@ -224,6 +234,38 @@ class History:
                 if s == source and t == rtype and since <= minute < until:
                     counts[minute] = counts.get(minute, 0) + row[_REQUESTS]
         return sorted(counts.items())
+
+    def minute_rows(self, since: float, until: float) -> list[MinuteRow]:
+        """Every (minute, source, type) row with minute in [since, until), flushed or not, in
+        minute order: what the control loop feeds the predictor and the service-time profiles."""
+        totals: dict[Key, list] = {}
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT minute, source, type, {', '.join(_COLUMNS)} FROM minutes WHERE minute >= ? AND minute < ?",
+                (since, until),
+            )
+            for minute, source, rtype, *row in cur:
+                totals[(minute, source, rtype)] = row
+            memory = [*self._unwritten, self._pending]
+        for rows in memory:
+            for key, row in rows.items():
+                if since <= key[0] < until:
+                    _add(totals.setdefault(key, [0] * _WIDTH), row)
+        return [MinuteRow(minute, source, rtype, row[_REQUESTS], row[_LATENCY_SUM], tuple(row[_HIST:]))
+                for (minute, source, rtype), row in sorted(totals.items())]
+
+    def add_minute(self, minute: float, source: str, rtype: str, requests: int, latency_sum: float = 0.0) -> None:
+        """Count `requests` (with their summed latency) in a past minute at once: for importing or
+        seeding history; the next flush writes them. Latency lands in the bucket of the mean."""
+        if requests <= 0:
+            return
+        key = (int(minute // 60) * 60, source if source in self._tracked else self._admit(source), rtype)
+        row = self._pending.get(key)
+        if row is None:
+            row = self._pending[key] = [0] * _WIDTH
+        row[_REQUESTS] += requests
+        row[_LATENCY_SUM] += latency_sum
+        row[_HIST + bisect_left(LATENCY_BOUNDS, latency_sum / requests)] += requests
 
     def _busiest_sources(self, since: float, limit: int) -> list[str]:
         with self._lock:

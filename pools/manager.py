@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,16 @@ MAX_BACKOFF = 10.0
 # Members that die before becoming healthy (bad command, port clash) delay the next launch:
 # 0.5 s, 1 s, 2 s ... up to MAX_BACKOFF, so a broken spec does not fork in a tight loop.
 LAUNCH_BACKOFF = 0.5
+RECENT_ACTIONS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One scaling action or planner decision, as /admin/status lists them."""
+    time: float
+    action: str
+    member: str | None
+    reason: str
 
 
 @dataclass(slots=True, eq=False)
@@ -54,7 +65,8 @@ class PoolManager:
                  on_change: Callable[[str, list[MemberView]], None] = lambda pool, members: None,
                  desired_fn: DesiredFn = baseline_desired,
                  checker: HealthChecker | None = None,
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.5,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.name, self.spec, self.backend = name, spec, backend
         self.clock, self.in_flight, self.on_change, self.desired_fn = clock, in_flight, on_change, desired_fn
         self.interval = interval
@@ -67,11 +79,21 @@ class PoolManager:
         self._boot_failures = 0
         self._launch_after = 0.0
         self._log = log.bind(pool=name)
+        self.wall_clock = wall_clock   # stamps recent_actions: the control loop's clock, simulated in the demo
+        self.recent_actions: deque[ActionRecord] = deque(maxlen=RECENT_ACTIONS)
 
     def members(self) -> list[MemberView]:
         return [MemberView(m.id, self.name, m.host, m.port, m.state, m.prewarmed,
                            m.shadow_state if m.state is MemberState.SHADOW else None, m.since)
                 for m in self._members.values()]
+
+    def note(self, action: str, member: str | None, reason: str) -> None:
+        """Remember an action and why, for /admin/status (the planner notes its decisions here too)."""
+        self.recent_actions.append(ActionRecord(self.wall_clock(), action, member, reason))
+
+    def wake(self) -> None:
+        """Reconcile now rather than at the next interval (the desired state changed)."""
+        self._wake.set()
 
     async def run(self) -> None:
         """Reconcile every `interval` and at once on member deaths and finished operations, until cancelled."""
@@ -127,8 +149,10 @@ class PoolManager:
             return  # static members move only on health checks
         observed = [ObservedMember(m.id, m.state, m.since, m.shadow_state, self.in_flight(m.id), m.busy)
                     for m in self._members.values()]
-        actions = decide(self.desired_fn(self.name, self.spec, observed), observed, self.clock())
+        desired = self.desired_fn(self.name, self.spec, observed)
+        actions = decide(desired, observed, self.clock())
         for action in actions:
+            self.note(type(action).__name__.lower(), getattr(action, "member_id", None), _reason(action, desired))
             await self._act(action)
         if actions:
             counts = {s.value: n for s in MemberState if (n := sum(m.state is s for m in self._members.values()))}
@@ -336,6 +360,18 @@ class PoolManager:
 
     def _publish(self) -> None:
         self.on_change(self.name, self.members())
+
+
+def _reason(action: Action, desired: Desired) -> str:
+    match action:
+        case Retire(reason=reason):
+            return reason
+        case Replace():
+            return "failed"
+        case Park(state=state):
+            return f"shadow ({state}): desired {desired.shadow} shadow"
+        case _:
+            return f"desired {desired.ready} ready + {desired.shadow} shadow"
 
 
 def _describe(action: Action) -> str:

@@ -37,6 +37,8 @@ class HoltWinters:
         chunk: int = 512,
         threads: int | None = None,
         smooth: int = 25,
+        score_steps: tuple[int, ...] = (1,),
+        score_every: int = 3,
     ) -> None:
         self.period = period
         grid = np.array(list(product(alphas, betas, gammas)), dtype=np.float32)
@@ -46,6 +48,8 @@ class HoltWinters:
         self._threads = threads or min(2, os.cpu_count() or 1)
         self.slot = 0  # season slot of the next bin
         self.smooth = smooth
+        self.score_steps = score_steps
+        self.score_every = score_every
 
     @property
     def grid_size(self) -> int:
@@ -104,6 +108,10 @@ class HoltWinters:
         # without a trend the level is its own one-step prediction, updated in place
         lb = np.empty_like(lvl) if use_trend else lvl
         xt_all = np.ascontiguousarray(x.T)[:, :, None]
+        far = [h for h in self.score_steps if h > 1]
+        ring_n = max(far, default=1)
+        ring = np.repeat(lvl[None], ring_n, axis=0) if far else None
+        sse1 = np.zeros_like(lvl) if far else sse
         for t in range(t0, t_len):
             s = s_arr[t % m]
             if use_trend:
@@ -111,7 +119,16 @@ class HoltWinters:
             np.subtract(xt_all[t], lb, out=e)
             np.subtract(e, s, out=e)
             np.multiply(e, e, out=tmp)
-            np.add(sse, tmp, out=sse)
+            np.add(sse1, tmp, out=sse1)
+            if far and (t - t0) % self.score_every == 0:
+                if 1 in self.score_steps:
+                    np.add(sse, tmp, out=sse)
+                for h in far:
+                    if t - t0 >= h:
+                        np.subtract(xt_all[t], ring[(t - h) % ring_n], out=tmp)
+                        np.subtract(tmp, s, out=tmp)
+                        np.multiply(tmp, tmp, out=tmp)
+                        np.add(sse, tmp, out=sse)
             np.multiply(e, a, out=tmp)
             np.add(lb, tmp, out=lvl)
             if use_trend:
@@ -119,6 +136,8 @@ class HoltWinters:
                 np.add(trd, tmp, out=trd)
             np.multiply(e, g, out=tmp)
             np.add(s, tmp, out=s)
+            if far:
+                np.copyto(ring[t % ring_n], lvl)
         best = sse.argmin(axis=1)
         rows = np.arange(c)
         self.level[lo:hi] = lvl[rows, best]
@@ -127,7 +146,7 @@ class HoltWinters:
         self.alpha[lo:hi] = self._ga[best]
         self.beta[lo:hi] = self._gb[best]
         self.gamma[lo:hi] = self._gg[best]
-        self.sigma[lo:hi] = np.sqrt(sse[rows, best] / (t_len - t0))
+        self.sigma[lo:hi] = np.sqrt(sse1[rows, best] / (t_len - t0))
 
     def predict(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point, lower and upper for steps 1..h, each `[n_series, h]`, on the count scale."""

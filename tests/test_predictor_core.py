@@ -20,7 +20,7 @@ from predictor.holtwinters import HoltWinters
 from predictor.models import Naive, SeasonalNaive
 from predictor.series import RingBuffer, aggregate, from_rows, load_trace
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+TRACES = Path(__file__).resolve().parent / "data"   # slices of the public traces (see its README)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -158,14 +158,14 @@ def test_event_multiplier_scales_point_and_band():
 
 
 def _nasa_slice(tmp_path: Path, minutes: int) -> Path:
-    lines = (TRACES / "nasa_http_jul95.csv").read_text().splitlines()[: minutes + 1]
+    lines = (TRACES / "nasa_http_jul95_4d.csv").read_text().splitlines()[: minutes + 1]
     f = tmp_path / "nasa_slice.csv"
     f.write_text("\n".join(lines) + "\n")
     return f
 
 
 def test_forecast_command_reports_models_and_the_choice_as_json(tmp_path):
-    trace = _nasa_slice(tmp_path, 5 * 1440)
+    trace = _nasa_slice(tmp_path, 4 * 1440)
     buf = io.StringIO()
     with redirect_stdout(buf):
         rc = forecast_cli.main(["--trace", str(trace), "--json", "--top-n", "0", "--origins", "16", "--step", "1h",

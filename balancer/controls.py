@@ -1,0 +1,223 @@
+"""Operator controls: per-source settings and manual scaling overrides.
+
+Sources (seed 003): opt in or out of the predictive tier, submit a workload profile that serves as
+a prior until history is long enough, declare how latency-sensitive their users are. Settings are
+kept in the state dir so a restart keeps what customers chose.
+
+Scaling overrides pin or bound a pool's desired ready members for a while, with a reason; a
+maintenance event with `pin` or `drain` does the same for its window. `constrain` applies both to
+whatever the control loop wants, so the loop stays the single decider and the operator only bounds it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import structlog
+from pydantic import Field, model_validator
+
+from config.models import NonEmptyStr, Pool, Strict, config_error
+from config.units import Duration
+from predictor.events import Event
+from pools.reconciler import Desired, ObservedMember
+
+log = structlog.get_logger(__name__)
+
+DesiredFn = Callable[[str, Pool, Sequence[ObservedMember]], Desired]
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class ProfileWindow(Strict):
+    """A recurring window of expected load, in UTC."""
+    start: str = Field(pattern=_HHMM.pattern, description="Start, HH:MM UTC.")
+    end: str = Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$", description="End, HH:MM UTC (24:00 = midnight).")
+    rps: float = Field(ge=0, allow_inf_nan=False, description="Expected requests per second in the window.")
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = Field(
+        None, description="Days it applies to. Default: every day.")
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> ProfileWindow:
+        if _minutes(self.end) <= _minutes(self.start):
+            raise config_error(("end",), "must be after start")
+        return self
+
+
+class WorkloadProfile(Strict):
+    """A source's declared schedule and peak: the forecast's prior until its history is long enough."""
+    peak_rps: float = Field(gt=0, allow_inf_nan=False, description="Highest expected requests per second.")
+    baseline_rps: float = Field(0.0, ge=0, allow_inf_nan=False, description="Expected rate outside the windows.")
+    schedule: list[ProfileWindow] = Field(default_factory=list, description="Recurring busy windows.")
+
+    def rates(self, bin_starts: np.ndarray) -> np.ndarray:
+        """Expected requests per second at each epoch time, capped at `peak_rps`."""
+        t = np.asarray(bin_starts, dtype=np.float64)
+        minute_of_day = (t % 86400) // 60
+        weekday = ((t // 86400).astype(np.int64) + 3) % 7      # 1970-01-01 was a Thursday
+        out = np.full(t.shape, self.baseline_rps)
+        for w in self.schedule:
+            inside = (minute_of_day >= _minutes(w.start)) & (minute_of_day < _minutes(w.end))
+            if w.days is not None:
+                inside &= np.isin(weekday, [_DAYS.index(d) for d in w.days])
+            out[inside] = np.maximum(out[inside], w.rps)
+        return np.minimum(out, self.peak_rps)
+
+
+class SourceUpdate(Strict):
+    """Body of PUT /admin/sources/{id}: the keys given replace the stored ones."""
+    predictive: bool | None = Field(None, description="Opt in (true) or out (false) of the predictive tier.")
+    latency_sensitivity: Literal["low", "normal", "high"] | None = Field(
+        None, description="How much this source's users mind waiting.")
+    abandon_after: Duration | None = Field(
+        None, description="Latency beyond which its users give up, e.g. `2s`.")
+    profile: WorkloadProfile | None = Field(None, description="Declared workload profile.")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceControl:
+    source: str
+    predictive: bool = True
+    latency_sensitivity: str = "normal"
+    abandon_after: float | None = None
+    profile: dict | None = None          # WorkloadProfile as JSON, validated on the way in
+    updated: float = 0.0
+
+    def workload_profile(self) -> WorkloadProfile | None:
+        return WorkloadProfile.model_validate(self.profile) if self.profile is not None else None
+
+
+class ScaleRequest(Strict):
+    """Body of POST /admin/pools/{name}/scale: `pin`, or `min` and/or `max`, for `duration`, with a reason."""
+    pin: int | None = Field(None, ge=0, description="Hold exactly this many ready members.")
+    min: int | None = Field(None, ge=0, description="At least this many ready members.")
+    max: int | None = Field(None, ge=0, description="At most this many ready members.")
+    duration: Duration = Field(3600.0, gt=0, description="How long the override holds, e.g. `30m`. Default `1h`.")
+    reason: NonEmptyStr = Field(description="Why, for status and logs. Required.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScaleRequest:
+        if self.pin is not None and (self.min is not None or self.max is not None):
+            raise config_error(("pin",), "give pin, or min and/or max, not both")
+        if self.pin is None and self.min is None and self.max is None:
+            raise config_error((), "give pin, min or max")
+        if self.min is not None and self.max is not None and self.max < self.min:
+            raise config_error(("max",), f"must be >= min ({self.max} < {self.min})")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleOverride:
+    pool: str
+    min: int | None
+    max: int | None
+    until: float
+    reason: str
+    created: float
+
+
+class Controls:
+    """Source settings (persisted) and live scaling overrides."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self.sources: dict[str, SourceControl] = {}
+        self.overrides: dict[str, ScaleOverride] = {}
+        if path is not None and path.exists():
+            for item in json.loads(path.read_text()).get("sources", []):
+                control = SourceControl(**item)
+                self.sources[control.source] = control
+
+    # ---------------------------------------------------------------- sources
+    def source(self, source: str) -> SourceControl:
+        return self.sources.get(source) or SourceControl(source)
+
+    def predictive(self, source: str) -> bool:
+        """False when the source opted out: its traffic is served by the baseline and burst tiers only."""
+        control = self.sources.get(source)
+        return control is None or control.predictive
+
+    def profile(self, source: str) -> WorkloadProfile | None:
+        control = self.sources.get(source)
+        return control.workload_profile() if control is not None else None
+
+    def update_source(self, source: str, update: SourceUpdate) -> SourceControl:
+        given = update.model_dump(exclude_unset=True, mode="json")
+        control = replace(self.source(source), **given, updated=self.clock())
+        self.sources[source] = control
+        self._save()
+        log.info("source.updated", source=source, keys=sorted(given))
+        return control
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"sources": [asdict(c) for c in self.sources.values()]}, indent=1))
+        tmp.replace(self.path)
+
+    # ---------------------------------------------------------------- scaling overrides
+    def set_override(self, pool: str, req: ScaleRequest) -> ScaleOverride:
+        low, high = (req.pin, req.pin) if req.pin is not None else (req.min, req.max)
+        now = self.clock()
+        override = ScaleOverride(pool, low, high, now + req.duration, req.reason, now)
+        self.overrides[pool] = override
+        log.info("pool.override_set", pool=pool, min=low, max=high, until=override.until, reason=req.reason)
+        return override
+
+    def clear_override(self, pool: str) -> ScaleOverride | None:
+        override = self.overrides.pop(pool, None)
+        if override is not None:
+            log.info("pool.override_cleared", pool=pool, reason=override.reason)
+        return override
+
+    def active_override(self, pool: str) -> ScaleOverride | None:
+        override = self.overrides.get(pool)
+        if override is not None and override.until <= self.clock():
+            del self.overrides[pool]
+            log.info("pool.override_expired", pool=pool, reason=override.reason)
+            return None
+        return override
+
+
+def constrain(desired: Desired, override: ScaleOverride | None, maintenance: Sequence[Event]) -> Desired:
+    """`desired` bounded by a manual override, then by active maintenance events (drain wins over pin)."""
+    ready, shadow = desired.ready, desired.shadow
+    if override is not None:
+        if override.min is not None:
+            ready = max(ready, override.min)
+        if override.max is not None:
+            ready = min(ready, override.max)
+    for event in maintenance:
+        if event.drain:
+            ready, shadow = 0, 0
+            break
+        if event.pin is not None:
+            ready = event.pin
+    if (ready, shadow) == (desired.ready, desired.shadow):
+        return desired
+    # An operator may ask for more than capacity.max; the pin is the decision, so the cap follows it.
+    return replace(desired, ready=ready, shadow=shadow, max_members=max(desired.max_members, ready + shadow))
+
+
+def override_json(override: ScaleOverride | None) -> dict | None:
+    if override is None:
+        return None
+    return {**asdict(override), "until_iso": _iso(override.until)}
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat() if math.isfinite(t) else ""

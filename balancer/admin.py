@@ -1,4 +1,4 @@
-"""The admin listener: /healthz, /metrics (Prometheus) and /admin/status (JSON).
+"""The admin listener: /healthz, /metrics (Prometheus), /admin/status (JSON) and the operator API.
 
 It runs on its own port, apart from proxied traffic. Beyond loopback it must be given a bearer
 token (see `admin_needs_token`); every route but /healthz then requires it. Errors are JSON.
@@ -27,6 +27,7 @@ def make_admin_app(
     status_fn: Callable[[], dict[str, Any]],
     registry: CollectorRegistry,
     token: str | None,
+    add_routes: Callable[[web.Application], None] | None = None,
 ) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -41,6 +42,8 @@ def make_admin_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/status", status)
+    if add_routes is not None:
+        add_routes(app)   # the operator API (balancer.operator)
     return app
 
 
@@ -63,6 +66,16 @@ def status_sources(history: History, since_s: float = 86400, limit: int | None =
     return [asdict(s) for s in history.summary(history.clock() - since_s, limit=limit)]
 
 
+class ApiError(Exception):
+    """A request the admin API refuses: answered as JSON `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -77,6 +90,8 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
         # keep headers that carry meaning (Allow on 405), drop the text body's own
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return _error(exc.status, exc.reason, headers)
+    except ApiError as exc:
+        return web.json_response({"error": exc.message, **exc.extra}, status=exc.status)
     except Exception:
         log.exception("admin.handler_failed", path=request.path)
         return _error(500, "internal error")

@@ -13,6 +13,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from aiohttp import web
 from balancer.admin import admin_needs_token, make_admin_app, status_sources
 from balancer.history import History
 from balancer.logs import configure_logging
+from balancer.loop import ControlLoop
 from balancer.metrics import make_registry
 from balancer.proxy import Proxy, make_ssl_context
 from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
@@ -48,8 +50,13 @@ def static_config(servers: list[tuple[str, int]]) -> Config:
 
 class App:
     def __init__(self, cfg: Config, listen: tuple[str, int] | None = None,
-                 admin: tuple[str, int] | None = None, state_dir: str | None = None):
+                 admin: tuple[str, int] | None = None, state_dir: str | None = None,
+                 clock: Callable[[], float] = time.time, plan_interval: float = 5.0):
         self.cfg = cfg
+        # History, predictor and planner run on `clock` (the demo compresses time, tests stop it);
+        # the proxy and the pool managers keep real time.
+        self.clock = clock
+        self.plan_interval = plan_interval
         r = cfg.routing
         self.listen = listen or parse_hostport(r.listen)
         self.admin_addr = admin or parse_hostport(r.admin.listen)
@@ -64,6 +71,7 @@ class App:
         self.tasks: list[asyncio.Task] = []
         self.backends: dict[tuple, object] = {}
         self.managers: dict[str, PoolManager] = {}
+        self.control: ControlLoop | None = None
         self.admin_runner: web.AppRunner | None = None
 
     # ---------------------------------------------------------------- the loop's one-way flow
@@ -104,6 +112,12 @@ class App:
                 "counts": counts,
                 "members": members,
             }
+            if self.control is not None:
+                pools[name].update(self.control.pool_status(name))
+            manager = self.managers.get(name)
+            pools[name]["recent_actions"] = [
+                {"time": a.time, "action": a.action, "member": a.member, "reason": a.reason}
+                for a in list(manager.recent_actions)[-20:]] if manager is not None else []
         return {
             "instance": self.instance_id,
             "uptime_s": round(time.time() - self.started, 1),
@@ -151,11 +165,15 @@ class App:
         r = self.cfg.routing
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.instance_id = self._load_instance_id()
-        self.history = History(self.state_dir / "history.sqlite3", r.history.max_sources, r.history.retention)
+        self.history = History(self.state_dir / "history.sqlite3", r.history.max_sources, r.history.retention,
+                               clock=self.clock)
         ssl_ctx = make_ssl_context(r.tls.cert, r.tls.key) if r.tls else None
         self.proxy = Proxy(self.build_table(), r.timeouts, r.limits, self.history,
                            scheme=b"https" if ssl_ctx else b"http")
-        registry = make_registry(self.proxy.stats, lambda: self.members)
+        self.managers = {}
+        self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.proxy.in_flight,
+                                   self.managers, clock=self.clock, plan_interval=self.plan_interval)
+        registry = make_registry(self.proxy.stats, lambda: self.members, self._control_status)
         self.admin_runner = web.AppRunner(make_admin_app(self.status, registry, self.token),
                                           access_log=None, handle_signals=False)
         await self.admin_runner.setup()
@@ -165,11 +183,14 @@ class App:
                  admin=f"{self.admin_addr[0]}:{self.admin_addr[1]}", tls=bool(ssl_ctx),
                  state_dir=str(self.state_dir))
 
-        self.managers: dict[str, PoolManager] = {}
         for name, spec in self.cfg.pools.items():
             self.managers[name] = PoolManager(name, spec, self._backend_for(name, spec),
-                                              in_flight=self.proxy.in_flight, on_change=self.on_members)
+                                              in_flight=self.proxy.in_flight, on_change=self.on_members,
+                                              desired_fn=self.control.desired, wall_clock=self.clock)
         self.tasks.append(asyncio.create_task(self.history.run(r.history.flush_interval)))
+        # The first plan comes before the managers' first pass, so they start from the forecast.
+        await self.control.step()
+        self.tasks.append(asyncio.create_task(self.control.run()))
         for m in self.managers.values():
             self.tasks.append(asyncio.create_task(m.run()))
 
@@ -187,6 +208,11 @@ class App:
             await self.admin_runner.cleanup()
         log.info("proxy.stopped")
 
+
+    def _control_status(self) -> dict[str, dict[str, Any]]:
+        if self.control is None:
+            return {}
+        return {name: self.control.pool_status(name) for name in self.cfg.pools}
 
     async def _close_backends(self) -> None:
         for b in self.backends.values():

@@ -7,6 +7,7 @@ low-cardinality on purpose: per-source numbers live in `History` and /admin/stat
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -17,12 +18,16 @@ from balancer.stats import LATENCY_BUCKETS, ProxyStats
 from pools.members import MemberState, MemberView
 
 MembersFn = Callable[[], dict[str, list[MemberView]]]
+# pool -> the control loop's view: {"desired": {...}, "forecast": [{"horizon_s", "rate", "lower", "upper"}]}
+ControlFn = Callable[[], dict[str, dict[str, Any]]]
+DESIRED_TIERS = ("ready", "shadow", "baseline", "predictive", "burst", "forecast_ready")
 
 
 class ProxyCollector(Collector):
-    def __init__(self, stats: ProxyStats, members_fn: MembersFn) -> None:
+    def __init__(self, stats: ProxyStats, members_fn: MembersFn, control_fn: ControlFn | None = None) -> None:
         self._stats = stats
         self._members_fn = members_fn
+        self._control_fn = control_fn
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -66,9 +71,35 @@ class ProxyCollector(Collector):
             for state, n in by_state.items():
                 members.add_metric([pool, state.value], n)
         yield members
+        if self._control_fn is not None:
+            yield from _control_metrics(self._control_fn())
 
 
-def make_registry(stats: ProxyStats, members_fn: MembersFn) -> CollectorRegistry:
+def _control_metrics(control: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    desired = GaugeMetricFamily(
+        "warmfront_pool_desired_members",
+        "Members the planner wants per pool and tier (ready and shadow are the totals acted on; "
+        "forecast_ready is what the forecast alone asks for, shown in forecast-only mode too).",
+        labels=["pool", "tier"],
+    )
+    forecast = GaugeMetricFamily(
+        "warmfront_pool_forecast_requests_per_second",
+        "Forecast arrivals per pool at each horizon (seconds ahead), point and interval bounds.",
+        labels=["pool", "horizon", "bound"],
+    )
+    for pool, view in sorted(control.items()):
+        for tier in DESIRED_TIERS:
+            if "desired" in view:
+                desired.add_metric([pool, tier], view["desired"][tier])
+        for f in view.get("forecast", ()):
+            horizon = f"{f['horizon_s']:g}"
+            for bound, key in (("point", "rate"), ("lower", "lower"), ("upper", "upper")):
+                forecast.add_metric([pool, horizon, bound], f[key])
+    yield desired
+    yield forecast
+
+
+def make_registry(stats: ProxyStats, members_fn: MembersFn, control_fn: ControlFn | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(stats, members_fn))
+    registry.register(ProxyCollector(stats, members_fn, control_fn))
     return registry

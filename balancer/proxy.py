@@ -530,9 +530,14 @@ class ClientConnection(asyncio.Protocol):
             ex.uconn = uc
             uc.send_request(ex)
 
-    def head_bytes(self, ex: Exchange) -> bytes:
+    def head_bytes(self, ex: Exchange, up: Upstream) -> bytes:
         """The request head as sent upstream: path byte-exact, hop-by-hop removed, X-Forwarded-*."""
         hdrs = ex.hdrs
+        headers = ex.headers
+        if not self.proxy.table.preserve_host:
+            h = headers
+            headers = [x for i in range(0, len(h), 4) if h[i].lower() != b"host" for x in h[i:i + 4]]
+            headers += (b"Host: ", b"%s:%d" % (up.host.encode(), up.port), b"\r\n")
         xff = hdrs.get(b"x-forwarded-for")
         if xff is None:
             fwd = self.forwarded
@@ -547,8 +552,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             framing = b"\r\n"
         if host is None:
-            return b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *ex.headers, fwd, framing))
-        return b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *ex.headers, fwd,
+            return b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *headers, fwd, framing))
+        return b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *headers, fwd,
                          b"X-Forwarded-Host: ", host, b"\r\n", framing))
 
     def write(self, data: bytes) -> None:
@@ -730,7 +735,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def send_request(self, ex: Exchange) -> None:
         client = ex.client
-        head = client.head_bytes(ex)
+        head = client.head_bytes(ex, self.upstream)
         ex.sent = True
         self.begin_response()
         ex.t_sent = perf_counter()

@@ -36,18 +36,20 @@ class HoltWinters:
         quantiles: tuple[float, float] = (0.05, 0.95),
         chunk: int = 512,
         threads: int | None = None,
-        smooth: int = 25,
+        smooth: int | tuple[int, ...] = 25,
         score_steps: tuple[int, ...] = (1,),
         score_every: int = 3,
     ) -> None:
         self.period = period
-        grid = np.array(list(product(alphas, betas, gammas)), dtype=np.float32)
+        smooths = (smooth,) if isinstance(smooth, int) else tuple(smooth)
+        grid = np.array(list(product(alphas, betas, gammas, range(len(smooths)))), dtype=np.float32)
         self._ga, self._gb, self._gg = grid[:, 0], grid[:, 1], grid[:, 2]
+        self._gs = grid[:, 3].astype(np.int64)
+        self._smooths = smooths
         self.quantiles = quantiles
         self._chunk = chunk
         self._threads = threads or min(2, os.cpu_count() or 1)
         self.slot = 0  # season slot of the next bin
-        self.smooth = smooth
         self.score_steps = score_steps
         self.score_every = score_every
 
@@ -96,10 +98,10 @@ class HoltWinters:
         seed_days = max(1, t_len // m - 1)
         t0 = seed_days * m
         days = x[:, :t0].reshape(c, seed_days, m)
-        season0 = _smooth_circular((days - days.mean(axis=2, keepdims=True)).mean(axis=1), self.smooth)
-        level0 = (x[:, t0 - 12 : t0] - season0[:, m - 12 :]).mean(axis=1)
-        s_arr = np.repeat(season0.T[:, :, None], g_n, axis=2)  # [m, c, G]
-        lvl = np.repeat(level0[:, None], g_n, axis=1)
+        raw = (days - days.mean(axis=2, keepdims=True)).mean(axis=1)
+        seeds = np.stack([_smooth_circular(raw, w) for w in self._smooths], axis=2)  # [c, m, S]
+        s_arr = np.ascontiguousarray(seeds[:, :, self._gs].transpose(1, 0, 2))  # [m, c, G]
+        lvl = (x[:, t0 - 12 : t0, None] - s_arr[m - 12 :].transpose(1, 0, 2)).mean(axis=1)
         trd = np.zeros_like(lvl)
         sse = np.zeros_like(lvl)
         a, ab, g = self._ga, self._ga * self._gb, self._gg

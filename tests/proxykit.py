@@ -49,6 +49,16 @@ class DemoBackend:
                 self.proc.wait()
 
 
+class RecordingHistory:
+    """Stands in for History where a test wants to see exactly what the request path recorded."""
+
+    def __init__(self):
+        self.rows: list[tuple] = []
+
+    def record(self, *row) -> None:
+        self.rows.append(row)
+
+
 class RawBackend:
     """An asyncio server that records raw request heads and answers with a canned response.
 

@@ -8,7 +8,8 @@ import pytest
 
 from balancer.routing import Target
 from config.models import Limits, Route, RouteMatch, Timeouts
-from tests.proxykit import DemoBackend, RawBackend, free_port, raw_exchange, running_proxy, table_for
+from tests.proxykit import (DemoBackend, RawBackend, RecordingHistory, free_port, raw_exchange, running_proxy,
+                            table_for)
 
 
 @pytest.fixture(scope="module")
@@ -296,13 +297,7 @@ async def test_slow_start_ramps_a_new_member_unless_prewarmed(demo, demo2):
 
 
 async def test_client_abort_is_counted_and_upstream_connection_dropped(demo):
-    class Rec:
-        def __init__(self):
-            self.rows = []
-
-        def record(self, *a):
-            self.rows.append(a)
-    rec = Rec()
+    rec = RecordingHistory()
     async with running_proxy(table_for(one(demo)), history=rec) as p:
         reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
         writer.write(b"GET /sleep/500 HTTP/1.1\r\nHost: x\r\nX-Tenant: acme\r\n\r\n")
@@ -331,3 +326,36 @@ async def test_body_wrongly_sent_after_a_head_response_does_not_corrupt_the_next
         assert out.endswith(b"\r\n\r\ngood"), out
     finally:
         await be.stop()
+
+
+async def test_host_is_rewritten_to_the_member_when_preserve_host_is_off():
+    be = await RawBackend().start()
+    try:
+        table = table_for(one(be))
+        table.preserve_host = False
+        async with running_proxy(table) as p:
+            await raw_exchange(p.port, b"GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+        lower = be.heads[0].lower().split(b"\r\n")
+        assert f"host: 127.0.0.1:{be.port}".encode() in lower
+        assert b"x-forwarded-host: shop.example" in lower
+        assert not any(l == b"host: shop.example" for l in lower)
+    finally:
+        await be.stop()
+
+
+@pytest.mark.parametrize("rule,request_head,want", [
+    ({"query": "tenant"}, b"GET /echo?a=1&tenant=acme HTTP/1.1\r\nHost: x\r\n", "acme"),
+    ({"cookie": "org"}, b"GET /echo HTTP/1.1\r\nHost: x\r\nCookie: a=1; org=globex\r\n", "globex"),
+    ({"path_segment": 1}, b"GET /echo/initech/orders HTTP/1.1\r\nHost: x\r\n", "initech"),
+    ({"header": "X-Tenant"}, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Tenant: umbrella\r\n", "umbrella"),
+    ({"header": "X-Tenant"}, b"GET /echo HTTP/1.1\r\nHost: x\r\n", "127.0.0.1"),   # falls through to client_ip
+])
+async def test_source_rules_first_non_empty_wins(demo, rule, request_head, want):
+    from config.models import SourceRule
+
+    rec = RecordingHistory()
+    table = table_for(one(demo), sources=[SourceRule(**rule), SourceRule(client_ip=True)])
+    async with running_proxy(table, history=rec) as p:
+        out = await raw_exchange(p.port, request_head + b"Connection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200")
+    assert rec.rows[0][0] == want

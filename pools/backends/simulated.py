@@ -8,6 +8,7 @@ between steps.
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ class SimulatedPool:
         self.activations = 0            # shadows made ready
         self.launches = 0
         self._next_id = 0
+        self._cache: tuple[int, float, list[float]] | None = None   # (ready, cost weight, sorted ready times)
         self._settled: tuple[Desired, float] | None = None   # (desired, next op end) of an empty decision
 
     def reconcile(self, desired: Desired, now: float) -> None:
@@ -73,25 +75,35 @@ class SimulatedPool:
 
     def ready_seconds(self, t0: float, t1: float) -> float:
         """Member-seconds of routable capacity in [t0, t1): activations under way count from their end."""
-        return sum(max(0.0, t1 - max(t0, m.busy_until, m.since)) for m in self.members.values()
-                   if m.state is MemberState.READY)
+        starts = self._summary()[2]
+        settled = bisect.bisect_right(starts, t0)
+        return settled * (t1 - t0) + sum(max(0.0, t1 - s) for s in starts[settled:])
 
     def ready_count(self) -> int:
-        return sum(1 for m in self.members.values() if m.state is MemberState.READY)
+        return self._summary()[0]
 
     def ready_since(self) -> tuple[float, ...]:
-        return tuple(max(m.since, m.busy_until) for m in self.members.values() if m.state is MemberState.READY)
+        return tuple(self._summary()[2])
 
     def cost_weight(self) -> float:
         """Cost per second now: running members 1, shadows `shadow_cost`."""
-        full = sum(1 for m in self.members.values() if m.state in _COUNTS_FULL)
-        shadow = sum(1 for m in self.members.values() if m.state is MemberState.SHADOW)
-        return full + self.shadow_cost * shadow
+        return self._summary()[1]
+
+    def _summary(self) -> tuple[int, float, list[float]]:
+        # Members change only in `_act`, a few times a day per member; steps read this 10^5 times.
+        if self._cache is None:
+            ms = self.members.values()
+            starts = sorted(max(m.since, m.busy_until) for m in ms if m.state is MemberState.READY)
+            weight = (sum(1 for m in ms if m.state in _COUNTS_FULL)
+                      + self.shadow_cost * sum(1 for m in ms if m.state is MemberState.SHADOW))
+            self._cache = (len(starts), weight, starts)
+        return self._cache
 
     def _next_end(self, now: float) -> float:
         return min((m.busy_until for m in self.members.values() if m.busy_until > now), default=math.inf)
 
     def _act(self, action: Action, now: float) -> None:
+        self._cache = None
         if isinstance(action, Launch):
             self._next_id += 1
             self.launches += 1

@@ -1,0 +1,311 @@
+"""The live control loop of `warmfront run`: history → predictor → planner → pool managers.
+
+Per step (every `plan_interval`, a few seconds):
+1. feed the predictor every minute that closed since the last step, read from `History`
+   (unflushed rows included), and the learned service time per request type;
+2. refit the predictor when it says so, in a worker thread (the event loop keeps proxying);
+3. forecast every series (source × type), sum the request types routed to each pool, and
+   compare the last closed bin of each pool with the interval forecast for it (anomalies);
+4. plan each managed pool from that demand and the live in-flight load (sampled every
+   `sample_interval`), and wake its manager when the plan changed.
+
+Nothing here is on the proxy's request path: the proxy writes counters, this loop reads them.
+All times come from `clock`, so the demo can compress a day into minutes and tests can stop time.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import structlog
+
+from balancer.history import LATENCY_BOUNDS, History, MinuteRow
+from config.events import EVENTS_FILE, load_events
+from config.models import Config, Pool
+from pools.manager import PoolManager
+from pools.members import MemberState, MemberView
+from pools.planner import LiveLoad, Plan, PlanInputs, PlannerState, TypeDemand, plan
+from pools.reconciler import Desired, ObservedMember, baseline_desired
+from predictor.anomaly import AnomalyDetector
+from predictor.engine import Forecaster
+from predictor.events import EventBook
+from predictor.profiles import ResourceProfile
+
+log = structlog.get_logger("warmfront")
+
+HORIZONS_S = (300.0, 900.0, 3600.0)
+MINUTE = 60
+BUFFER_DAYS = 2.0
+# Measured activation lead per shadow state (README, activation benchmark, medians); a stopped
+# shadow boots again, so it is as slow as a cold launch.
+ACTIVATION_LEAD_S = {"running": 0.001, "paused": 0.0175}
+
+
+@dataclass(frozen=True, slots=True)
+class PoolForecast:
+    """Forecast arrivals into one pool at one horizon, requests per second."""
+    horizon_s: float
+    rate: float
+    lower: float
+    upper: float
+
+
+@dataclass(slots=True)
+class _PoolState:
+    spec: Pool
+    planner: PlannerState = field(default_factory=PlannerState)
+    plan: Plan | None = None
+    forecast: tuple[PoolForecast, ...] = ()
+    demand: tuple[TypeDemand, ...] = ()
+    samples: deque = field(default_factory=lambda: deque(maxlen=600))   # (time, in-flight)
+    ready_since: dict[str, float] = field(default_factory=dict)
+    expected: dict[int, tuple[float, float]] = field(default_factory=dict)  # bin -> (lower, upper) requests
+    actual: dict[int, float] = field(default_factory=dict)                 # bin -> requests
+
+
+class ControlLoop:
+    def __init__(self, cfg: Config, history: History, members: Callable[[], Mapping[str, Sequence[MemberView]]],
+                 in_flight: Callable[[str], int], managers: Mapping[str, PoolManager], *,
+                 clock: Callable[[], float], plan_interval: float = 5.0, sample_interval: float = 1.0,
+                 forecaster: Forecaster | None = None, events: EventBook | None = None) -> None:
+        self.cfg, self.history, self.clock = cfg, history, clock
+        self.members_fn, self.in_flight, self.managers = members, in_flight, managers
+        self.plan_interval, self.sample_interval = plan_interval, sample_interval
+        self.events = events if events is not None else EventBook(_events_of(cfg))
+        self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers)
+        self.anomalies = AnomalyDetector()
+        self.profiles: dict[str, ResourceProfile] = {}
+        self.pools = {name: _PoolState(spec) for name, spec in cfg.pools.items()}
+        # A request type feeds every pool a route sends it to.
+        self._pools_of_type: dict[str, list[str]] = {}
+        for route in cfg.routing.routes:
+            pools = self._pools_of_type.setdefault(route.type, [])
+            if route.pool not in pools:
+                pools.append(route.pool)
+        self._series: dict[str, tuple[str, str]] = {}   # series id -> (source, type)
+        self._next_minute: int | None = None
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> None:
+        """Sample live load and step until cancelled; a failing step is logged and retried."""
+        sampler = asyncio.create_task(self._sample_loop())
+        try:
+            while True:
+                try:
+                    await self.step()
+                except Exception as e:  # the loop must outlive a bad bin or a refit error
+                    log.error("control.step_failed", error=repr(e))
+                await asyncio.sleep(self.plan_interval)
+        finally:
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
+
+    async def step(self) -> None:
+        self.sample()
+        self._observe_closed_minutes()
+        if self.forecaster.refit_due():
+            await asyncio.to_thread(self.forecaster.refit)
+        self._forecast()
+        for name, st in self.pools.items():
+            if st.spec.backend != "static":
+                self._plan(name, st)
+
+    async def _sample_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sample_interval)
+            self.sample()
+
+    def sample(self) -> None:
+        """Record each pool's in-flight requests now, and when its ready members became ready."""
+        now = self.clock()
+        members = self.members_fn()
+        for name, st in self.pools.items():
+            views = members.get(name, ())
+            ready = {m.id for m in views if m.state is MemberState.READY}
+            st.samples.append((now, sum(self.in_flight(mid) for mid in ready)))
+            for mid in ready:
+                st.ready_since.setdefault(mid, now)
+            for mid in set(st.ready_since) - ready:
+                del st.ready_since[mid]
+
+    # ------------------------------------------------------------------ history → predictor
+    def _observe_closed_minutes(self) -> None:
+        current = int(self.clock() // MINUTE) * MINUTE
+        if self._next_minute is None:
+            # First step: learn from what history already holds (as much as the predictor keeps).
+            since = current - int(BUFFER_DAYS * 86400)
+        else:
+            since = self._next_minute
+        if since >= current:
+            return
+        rows = self.history.minute_rows(since, current)
+        by_minute: dict[int, list[MinuteRow]] = {}
+        for row in rows:
+            by_minute.setdefault(row.minute, []).append(row)
+        fc = self.forecaster
+        bin_s = int(fc.bin_s)
+        for minute in sorted(by_minute):
+            counts: dict[str, float] = {}
+            per_type: dict[str, list[float]] = {}
+            for row in by_minute[minute]:
+                sid = self._series_id(row.source, row.type)
+                counts[sid] = counts.get(sid, 0.0) + row.requests
+                acc = per_type.setdefault(row.type, [0.0, 0.0, np.zeros(len(LATENCY_BOUNDS) + 1)])
+                acc[0] += row.requests
+                acc[1] += row.latency_sum
+                acc[2] += row.latency_hist
+                for pool in self._pools_of_type.get(row.type, ()):
+                    b = minute // bin_s
+                    self.pools[pool].actual[b] = self.pools[pool].actual.get(b, 0.0) + row.requests
+            self._close_bins_before(minute // bin_s)
+            fc.observe(minute, counts)
+            for rtype, (n, lat, hist) in per_type.items():
+                profile = self.profiles.setdefault(rtype, ResourceProfile(latency_bounds=LATENCY_BOUNDS))
+                profile.update(n, lat, latency_hist=hist)
+        # Advance to the current bin even through silent minutes, so forecasts start from now.
+        self._close_bins_before(current // bin_s)
+        fc.observe(current, {})
+        self._next_minute = current
+
+    def _close_bins_before(self, b: int) -> None:
+        """Score every pool's bins before `b` against the interval forecast for them."""
+        for name, st in self.pools.items():
+            for done in sorted(k for k in st.expected if k < b):
+                lower, upper = st.expected.pop(done)
+                self.anomalies.update(name, done * self.forecaster.bin_s, st.actual.get(done, 0.0), lower, upper)
+            for done in [k for k in st.actual if k < b]:
+                del st.actual[done]
+
+    def _series_id(self, source: str, rtype: str) -> str:
+        sid = f"{source}\x1f{rtype}"   # unit separator: cannot clash with names people write
+        self._series.setdefault(sid, (source, rtype))
+        return sid
+
+    def _multipliers(self, sid: str, bins: np.ndarray) -> np.ndarray:
+        source, rtype = self._series.get(sid, ("", ""))
+        scope = {"source": source, "type": rtype}
+        pools = self._pools_of_type.get(rtype)
+        if pools:
+            scope["pool"] = pools[0]
+        return self.events.multipliers(scope, bins)
+
+    # ------------------------------------------------------------------ predictor → demand
+    def _forecast(self) -> None:
+        forecasts = self.forecaster.forecast(HORIZONS_S)
+        open_bin = int(self.clock() // self.forecaster.bin_s)
+        z_hi = NormalDist().inv_cdf(self.forecaster.quantiles[1])
+        for name, st in self.pools.items():
+            z_q = NormalDist().inv_cdf(st.spec.scaling.quantile)
+            by_type: dict[tuple[str, float], list[float]] = {}   # (type, horizon) -> [rate, rate_q]
+            totals = {h: [0.0, 0.0, 0.0] for h in HORIZONS_S}     # horizon -> point, lower, upper (req/s)
+            band = [0.0, 0.0]   # the open bin's interval in requests, summed over series: conservative
+            for sid, per_horizon in forecasts.items():
+                source, rtype = self._series[sid]
+                if name not in self._pools_of_type.get(rtype, ()):
+                    continue
+                for f in per_horizon:
+                    rate, lower, upper = (v / f.window_s for v in (f.point, f.lower, f.upper))
+                    # The predictor's band is at its own quantile; the pool plans at `scaling.quantile`,
+                    # read off the same band assuming it is roughly normal.
+                    rate_q = max(rate, rate + (upper - rate) * z_q / z_hi)
+                    acc = by_type.setdefault((rtype, f.horizon_s), [0.0, 0.0])
+                    acc[0] += rate
+                    acc[1] += rate_q
+                    t = totals[f.horizon_s]
+                    t[0], t[1], t[2] = t[0] + rate, t[1] + lower, t[2] + upper
+                    if f.horizon_s == self.forecaster.bin_s:   # the open bin: scored when it closes
+                        band[0], band[1] = band[0] + f.lower, band[1] + f.upper
+            st.demand = tuple(TypeDemand(rtype, h, r, rq, self._service_time(rtype))
+                              for (rtype, h), (r, rq) in sorted(by_type.items()))
+            st.forecast = tuple(PoolForecast(h, round(p, 4), round(lo, 4), round(hi, 4))
+                                for h, (p, lo, hi) in totals.items())
+            # The first forecast made for a bin is the one it is judged by, not one made halfway in.
+            if by_type:
+                st.expected.setdefault(open_bin, (band[0], band[1]))
+
+    def _service_time(self, rtype: str) -> float | None:
+        profile = self.profiles.get(rtype)
+        return profile.service_time_s if profile is not None else None
+
+    # ------------------------------------------------------------------ demand → plan
+    def _plan(self, name: str, st: _PoolState) -> None:
+        spec = st.spec
+        now = self.clock()
+        live = LiveLoad(in_flight_stable=_mean_since(st.samples, now - spec.scaling.stable_window),
+                        in_flight_panic=_mean_since(st.samples, now - spec.scaling.panic_window),
+                        anomaly=any(a.series_id == name for a in self.anomalies.active()))
+        lead = ACTIVATION_LEAD_S.get(spec.shadow.state, spec.scaling.launch_lead)
+        new = plan(spec, PlanInputs(now, st.demand, live, tuple(st.ready_since.values()), lead), st.planner)
+        old, st.plan = st.plan, new
+        if old is not None and _same(old, new):
+            return
+        reason = "; ".join(new.reasons) or _summary(new)
+        log.info("pool.planned", pool=name, mode=spec.scaling.mode, ready=new.ready, shadow=new.shadow,
+                 baseline=new.baseline, predictive=new.predictive, burst=new.burst,
+                 forecast_ready=new.forecast_ready, reasons=list(new.reasons))
+        if new.capped and not (old and old.capped):
+            log.warning("pool.capped", pool=name, wanted=new.wanted, max=spec.capacity.max)
+        manager = self.managers.get(name)
+        if manager is not None:
+            manager.note("plan", None, f"ready {new.ready}, shadow {new.shadow}: {reason}")
+            manager.wake()
+
+    def desired(self, pool: str, spec: Pool, observed: Sequence[ObservedMember]) -> Desired:
+        """The PoolManager's `desired_fn`: the latest plan, or the spec's baseline before the first."""
+        st = self.pools.get(pool)
+        p = st.plan if st is not None else None
+        if p is None:
+            return baseline_desired(pool, spec, observed)
+        return Desired(ready=p.ready, shadow=p.shadow, shadow_state=spec.shadow.state,
+                       max_members=spec.capacity.max, drain_timeout=spec.drain_timeout)
+
+    # ------------------------------------------------------------------ status
+    def pool_status(self, pool: str) -> dict[str, Any]:
+        st = self.pools[pool]
+        p = st.plan
+        out: dict[str, Any] = {
+            "mode": "static" if st.spec.backend == "static" else st.spec.scaling.mode,
+            "forecast": [{"horizon_s": f.horizon_s, "rate": f.rate, "lower": f.lower, "upper": f.upper}
+                         for f in st.forecast],
+            "anomalies": [{"start": a.start, "direction": a.direction, "size": round(a.size, 3), "peak": a.peak}
+                          for a in self.anomalies.active() if a.series_id == pool],
+        }
+        if p is not None:
+            out["desired"] = {"ready": p.ready, "shadow": p.shadow, "baseline": p.baseline,
+                              "predictive": p.predictive, "burst": p.burst, "forecast_ready": p.forecast_ready,
+                              "capped": p.capped, "panic": p.panic}
+        return out
+
+    def plan_of(self, pool: str) -> Plan | None:
+        return self.pools[pool].plan
+
+
+def _events_of(cfg: Config) -> list:
+    if not cfg.directory:
+        return []
+    return load_events(Path(cfg.directory) / EVENTS_FILE)
+
+
+def _mean_since(samples: deque, since: float) -> float:
+    """Mean of the samples taken at or after `since`; the latest one when the window holds none."""
+    window = [v for t, v in samples if t >= since]
+    if window:
+        return sum(window) / len(window)
+    return float(samples[-1][1]) if samples else 0.0
+
+
+def _same(a: Plan, b: Plan) -> bool:
+    return (a.ready, a.shadow, a.predictive, a.burst, a.forecast_ready, a.capped, a.panic) == \
+        (b.ready, b.shadow, b.predictive, b.burst, b.forecast_ready, b.capped, b.panic)
+
+
+def _summary(p: Plan) -> str:
+    return (f"baseline {p.baseline} + predictive {p.predictive} + burst {p.burst}"
+            f" (forecast alone: {p.forecast_ready})")
+

@@ -1,0 +1,328 @@
+"""Replay a trace through four capacity policies on a virtual clock: the engine of `warmfront simulate`.
+
+The predictive policy is warmfront itself: the live `Forecaster` (observing each finished bin,
+refitting when `refit_due`), the anomaly detector, `pools.planner.plan` and `pools.reconciler.decide`,
+acted on by the simulated backend. The others are yardsticks: `static` (sized for the training
+peak), `reactive` (Kubernetes HPA defaults) and `oracle` (exact future demand at 100 % utilisation,
+launched just in time: the cost floor).
+
+Fluid model per step: the requests arriving in it (a trace bin spread evenly over its steps) meet
+`ready member-seconds × member_rate` of capacity; the rest are cold requests. The first `train_s`
+seconds are for learning only; every policy runs through them, but only later steps are scored.
+
+No peeking: the forecaster is fed a bin only once it has ended, and a policy deciding at step `i`
+reads demand and capacity of steps before `i` only.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from config.models import Pool
+from pools.backends.simulated import Delays, SimulatedPool
+from pools.planner import LiveLoad, PlanInputs, PlannerState, TypeDemand, plan
+from pools.reconciler import Desired
+from predictor.anomaly import AnomalyDetector
+from predictor.engine import Forecaster
+from predictor.series import Series
+
+POLICIES = ("static", "reactive", "predictive", "oracle")
+Progress = Callable[[float], None]
+
+# Kubernetes HorizontalPodAutoscaler defaults (autoscaling/v2).
+HPA_TARGET = 0.7
+HPA_TOLERANCE = 0.1
+HPA_WINDOW_S = 60.0
+HPA_DOWN_STABILISATION_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimPool:
+    name: str
+    spec: Pool            # scaling.service_time is such that concurrency / service_time == member_rate
+    member_rate: float    # requests per second one member serves at 100 % utilisation
+    sources: tuple[tuple[int, str], ...]   # (trace series index, request type) feeding the pool
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    train_s: float
+    step_s: float = 15.0
+    delays: Delays = field(default_factory=Delays)
+    shadow_cost: float = 0.2
+    forecast_bin_s: float = 300.0
+
+
+@dataclass(slots=True)
+class PolicyRun:
+    """One policy on one pool, over the scored steps."""
+    requests: float
+    cold_requests: float
+    container_minutes: float
+    scale_events: int
+    shadow_activations: int
+    capacity: np.ndarray      # ready capacity per scored step, requests per second
+
+
+@dataclass(slots=True)
+class SimResult:
+    step_s: float
+    scored_from: int                 # first scored step
+    demand: np.ndarray               # all pools, requests per second per scored step
+    runs: dict[str, list[PolicyRun]]   # policy -> one run per pool
+
+    def summary(self) -> dict[str, dict]:
+        totals = {name: _total(runs) for name, runs in self.runs.items()}
+        floor = totals["oracle"]["container_minutes"]
+        for t in totals.values():
+            t["cost_vs_oracle"] = round(t["container_minutes"] / floor, 3) if floor > 0 else None
+        return totals
+
+
+def _total(runs: list[PolicyRun]) -> dict:
+    requests = sum(r.requests for r in runs)
+    cold = sum(r.cold_requests for r in runs)
+    return {"requests": int(round(requests)), "cold_requests": int(round(cold)),
+            "cold_rate": round(cold / requests, 6) if requests else 0.0,
+            "container_minutes": round(sum(r.container_minutes for r in runs), 1),
+            "scale_events": sum(r.scale_events for r in runs),
+            "shadow_activations": sum(r.shadow_activations for r in runs)}
+
+
+# ---------------------------------------------------------------------------------------- predictor
+@dataclass(frozen=True, slots=True)
+class ForecastPath:
+    """What the live predictor said at each forecaster-bin boundary `j` (time j × bin_s), from data
+    that had ended by then: rates in requests per second per series and horizon, and open anomalies."""
+    bin_s: float
+    horizons: tuple[float, ...]
+    point: np.ndarray      # [boundary, series, horizon]
+    upper: np.ndarray
+    anomaly: np.ndarray    # [boundary, series] an upward anomaly is open
+
+
+def forecast_path(series: Series, quantile: float, bin_s: float, horizons_bins: int = 3) -> ForecastPath:
+    """Run the live Forecaster and anomaly detector along the trace, one forecaster bin at a time."""
+    now = [0.0]
+    fc = Forecaster(lambda: now[0], bin_s=bin_s, quantiles=(1.0 - quantile, quantile))
+    detector = AnomalyDetector()
+    per = int(round(bin_s / series.bin_s))
+    n_bounds = math.ceil(series.length / per) + 1
+    horizons = tuple(bin_s * (k + 1) for k in range(horizons_bins))
+    point = np.zeros((n_bounds, series.n, len(horizons)))
+    upper = np.zeros_like(point)
+    anomaly = np.zeros((n_bounds, series.n), dtype=bool)
+    index = {sid: i for i, sid in enumerate(series.ids)}
+    last: tuple[np.ndarray, np.ndarray] | None = None
+    for j in range(1, n_bounds):
+        now[0] = j * bin_s
+        lo, hi = (j - 1) * per, min(j * per, series.length)
+        for b in range(lo, hi):
+            fc.observe(b * series.bin_s, dict(zip(series.ids, series.values[:, b].tolist())))
+        fc.observe(now[0], {})   # the bin has ended: close it before forecasting
+        if last is not None:
+            detector.update_many(series.ids, (j - 1) * bin_s, series.values[:, lo:hi].sum(axis=1), *last)
+            for a in detector.active():
+                anomaly[j, index[a.series_id]] = a.direction == "up"
+        if fc.refit_due():
+            fc.refit()
+        forecasts = fc.forecast(horizons)
+        lower_next = np.zeros(series.n)
+        upper_next = np.zeros(series.n)
+        for sid, fs in forecasts.items():
+            i = index[sid]
+            for k, f in enumerate(fs):
+                point[j, i, k] = f.point / f.window_s
+                upper[j, i, k] = f.upper / f.window_s
+            lower_next[i], upper_next[i] = fs[0].lower, fs[0].upper
+        last = (lower_next, upper_next)
+    return ForecastPath(bin_s, horizons, point, upper, anomaly)
+
+
+# ---------------------------------------------------------------------------------------- policies
+class Replay:
+    """Per-step record of one policy on one pool; a decision at step i may read entries < i only."""
+
+    def __init__(self, demand: np.ndarray, step_s: float) -> None:
+        self.step_s = step_s
+        self._demand = demand                    # requests per step
+        self.capacity = np.zeros(len(demand))    # requests the ready members could serve per step
+
+    def arrivals_before(self, i: int, steps: int) -> np.ndarray:
+        return self._demand[max(0, i - steps):i]
+
+    def utilisation_before(self, i: int, steps: int) -> float | None:
+        """Mean busy share of the ready members (at most 1, as CPU is); None without ready members."""
+        cap = self.capacity[max(0, i - steps):i]
+        arr = self._demand[max(0, i - steps):i]
+        have = cap > 0
+        if not have.any():
+            return None
+        return float(np.mean(np.minimum(1.0, arr[have] / cap[have])))
+
+
+class Static:
+    def __init__(self, pool: SimPool, members: int) -> None:
+        self.desired_ = Desired(members, 0, "none", max(members, pool.spec.capacity.max), pool.spec.drain_timeout)
+
+    def desired(self, i: int, now: float, actor: SimulatedPool, replay: Replay) -> Desired:
+        return self.desired_
+
+
+class Reactive:
+    """Kubernetes HPA: every sync, desired = ceil(ready × utilisation / target) outside a 10 %
+    tolerance, scale-up limited to max(+100 %, +4), scale-down to the highest recommendation of the
+    last 5 minutes. Utilisation is averaged over the last minute and cannot exceed 100 %."""
+
+    def __init__(self, pool: SimPool, step_s: float) -> None:
+        self.spec = pool.spec
+        self.window = max(1, int(round(HPA_WINDOW_S / step_s)))
+        self.replicas = pool.spec.capacity.min
+        self.recommendations: deque[tuple[float, int]] = deque()
+
+    def desired(self, i: int, now: float, actor: SimulatedPool, replay: Replay) -> Desired:
+        cap = self.spec.capacity
+        util = replay.utilisation_before(i, self.window)
+        rec = self.replicas
+        if util is not None and abs(util / HPA_TARGET - 1.0) > HPA_TOLERANCE:
+            rec = math.ceil(actor.ready_count() * util / HPA_TARGET)
+        rec = min(max(rec, cap.min), cap.max, max(2 * self.replicas, self.replicas + 4))
+        q = self.recommendations
+        q.append((now, rec))
+        while q[0][0] <= now - HPA_DOWN_STABILISATION_S:
+            q.popleft()
+        self.replicas = rec if rec >= self.replicas else min(self.replicas, max(r for _, r in q))
+        return Desired(self.replicas, 0, "none", cap.max, self.spec.drain_timeout)
+
+
+class Predictive:
+    """warmfront: the forecast path, live in-flight load and anomalies into `plan`, its result into `decide`."""
+
+    def __init__(self, pool: SimPool, path: ForecastPath, delays: Delays, step_s: float) -> None:
+        self.pool = pool
+        self.path = path
+        self.state = PlannerState()
+        self.shadow_lead = delays.activate(pool.spec.shadow.state)
+        self.stable_steps = max(1, int(round(pool.spec.scaling.stable_window / step_s)))
+        self.panic_steps = max(1, int(round(pool.spec.scaling.panic_window / step_s)))
+        self._bound = -1
+        self._demand: tuple[TypeDemand, ...] = ()
+        self._anomaly = False
+
+    def desired(self, i: int, now: float, actor: SimulatedPool, replay: Replay) -> Desired:
+        spec = self.pool.spec
+        j = min(int(now // self.path.bin_s), len(self.path.point) - 1)   # the latest forecast made by `now`
+        if j != self._bound:
+            self._bound = j
+            self._demand, self._anomaly = self._forecast_at(j)
+        st = spec.scaling.service_time
+        # Little's law: requests in flight = arrival rate × service time.
+        stable = float(replay.arrivals_before(i, self.stable_steps).mean()) if i else 0.0
+        panic = float(replay.arrivals_before(i, self.panic_steps).mean()) if i else 0.0
+        live = LiveLoad(stable / replay.step_s * st, panic / replay.step_s * st, self._anomaly)
+        p = plan(spec, PlanInputs(now, self._demand, live, actor.ready_since(), self.shadow_lead), self.state)
+        return Desired(p.ready, p.shadow, spec.shadow.state, spec.capacity.max, spec.drain_timeout)
+
+    def _forecast_at(self, j: int) -> tuple[tuple[TypeDemand, ...], bool]:
+        by_type: dict[str, list[int]] = {}
+        for idx, rtype in self.pool.sources:
+            by_type.setdefault(rtype, []).append(idx)
+        demand = tuple(TypeDemand(rtype, h, float(self.path.point[j, idx, k].sum()),
+                                  float(self.path.upper[j, idx, k].sum()))
+                       for rtype, idx in by_type.items() for k, h in enumerate(self.path.horizons))
+        anomaly = bool(self.path.anomaly[j, [idx for idx, _ in self.pool.sources]].any())
+        return demand, anomaly
+
+
+# ---------------------------------------------------------------------------------------- replay
+def pool_demand(series: Series, pool: SimPool, step_s: float) -> np.ndarray:
+    """Requests arriving per step: each trace bin spread evenly over its steps."""
+    per = int(round(series.bin_s / step_s))
+    bins = series.values[[idx for idx, _ in pool.sources]].sum(axis=0)
+    return np.repeat(bins / per, per)
+
+
+def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress | None = None) -> SimResult:
+    step = cfg.step_s
+    demands = [pool_demand(series, p, step) for p in pools]
+    n_steps = len(demands[0])
+    scored_from = min(n_steps - 1, int(round(cfg.train_s / step)))
+    quantile = max(p.spec.scaling.quantile for p in pools)
+    path = forecast_path(series, quantile, cfg.forecast_bin_s)
+    total = 3 * n_steps * len(pools)
+    done = 0
+    runs: dict[str, list[PolicyRun]] = {name: [] for name in POLICIES}
+    for pool, demand in zip(pools, demands):
+        train_peak = float(demand[:max(1, scored_from)].max()) / step
+        policies = {"static": Static(pool, max(1, math.ceil(train_peak / pool.member_rate - 1e-9))),
+                    "reactive": Reactive(pool, step),
+                    "predictive": Predictive(pool, path, cfg.delays, step)}
+        for name, policy in policies.items():
+            def tick(k: int) -> None:
+                if progress is not None:
+                    progress((done + k) / total)
+            runs[name].append(_replay(pool, policy, demand, cfg, scored_from, tick))
+            done += n_steps
+        runs["oracle"].append(oracle(demand, pool.member_rate, step, cfg.delays.cold, scored_from))
+    if progress is not None:
+        progress(1.0)
+    return SimResult(step, scored_from, sum(demands)[scored_from:] / step, runs)
+
+
+def _replay(pool: SimPool, policy, demand: np.ndarray, cfg: SimConfig, scored_from: int,
+            tick: Callable[[int], None]) -> PolicyRun:
+    step = cfg.step_s
+    actor = SimulatedPool(cfg.delays, cfg.shadow_cost)
+    replay = Replay(demand, step)
+    n = len(demand)
+    weight = np.zeros(n)
+    ready = np.zeros(n, dtype=np.int64)
+    activations_before = 0
+    every = max(1, n // 100)
+    for i in range(n):
+        now = i * step
+        if i == scored_from:
+            activations_before = actor.activations
+        actor.reconcile(policy.desired(i, now, actor, replay), now)
+        replay.capacity[i] = actor.ready_seconds(now, now + step) * pool.member_rate
+        weight[i] = actor.cost_weight()
+        ready[i] = actor.ready_count()
+        if i % every == 0:
+            tick(i)
+    s = slice(scored_from, n)
+    served = np.minimum(demand[s], replay.capacity[s])
+    return PolicyRun(requests=float(demand[s].sum()), cold_requests=float((demand[s] - served).sum()),
+                     container_minutes=float(weight[s].sum() * step / 60.0),
+                     scale_events=int(np.count_nonzero(np.diff(ready[scored_from - 1 if scored_from else 0:]))),
+                     shadow_activations=actor.activations - activations_before,
+                     capacity=replay.capacity[s] / step)
+
+
+def oracle(demand: np.ndarray, member_rate: float, step_s: float, cold_s: float, scored_from: int) -> PolicyRun:
+    """Exactly enough members each step at 100 % utilisation, each launched `cold_s` before it is needed.
+    Members are interchangeable, so each layer k (the k-th member) is costed alone: a gap in its need
+    shorter than a launch is bridged by keeping the member, a longer one by retiring and relaunching."""
+    d = demand[scored_from:]
+    need = np.ceil(d / (member_rate * step_s) - 1e-9).astype(np.int64)
+    held = np.zeros(len(d), dtype=np.int64)
+    launch_s = 0.0
+    bridge = int(cold_s // step_s)
+    for k in range(1, int(need.max(initial=0)) + 1):
+        on = need >= k
+        edges = np.diff(np.concatenate([[0], on.astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        layer = on.copy()
+        for gap_start, gap_end in zip(ends[:-1], starts[1:]):
+            if gap_end - gap_start <= bridge:
+                layer[gap_start:gap_end] = True
+        held += layer
+        runs = np.flatnonzero(np.diff(np.concatenate([[0], layer.astype(np.int8)])) == 1)
+        launch_s += len(runs) * cold_s
+    return PolicyRun(requests=float(d.sum()), cold_requests=0.0,
+                     container_minutes=float((held.sum() * step_s + launch_s) / 60.0),
+                     scale_events=int(np.count_nonzero(np.diff(held))), shadow_activations=0,
+                     capacity=held * member_rate)

@@ -25,7 +25,9 @@ from balancer.history import History
 from balancer.logs import configure_logging
 from balancer.loop import ControlLoop
 from balancer.metrics import make_registry
+from balancer.operator import Operator
 from balancer.proxy import Proxy, make_ssl_context
+from balancer.reload import ReloadResult, reload_config
 from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
 from config.models import Config, Pool, Route, RoutingConfig
 from pools.backends.process import ProcessBackend
@@ -140,6 +142,11 @@ class App:
         path.write_text(value + "\n")
         return value
 
+    def open_history(self) -> History:
+        """The request history the proxy writes and the control loop reads (the demo overrides it)."""
+        h = self.cfg.routing.history
+        return History(self.state_dir / "history.sqlite3", h.max_sources, h.retention, clock=self.clock)
+
     def _backend_for(self, name: str, spec: Pool):
         """One backend object per kind (and per Docker daemon), shared by the pools using it."""
         if spec.backend == "process":
@@ -165,16 +172,18 @@ class App:
         r = self.cfg.routing
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.instance_id = self._load_instance_id()
-        self.history = History(self.state_dir / "history.sqlite3", r.history.max_sources, r.history.retention,
-                               clock=self.clock)
+        self.history = self.open_history()
         ssl_ctx = make_ssl_context(r.tls.cert, r.tls.key) if r.tls else None
         self.proxy = Proxy(self.build_table(), r.timeouts, r.limits, self.history,
                            scheme=b"https" if ssl_ctx else b"http")
         self.managers = {}
+        self.operator = Operator(self, self.clock)
         self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.proxy.in_flight,
-                                   self.managers, clock=self.clock, plan_interval=self.plan_interval)
+                                   self.managers, clock=self.clock, plan_interval=self.plan_interval,
+                                   events=self.operator.events.book)
         registry = make_registry(self.proxy.stats, lambda: self.members, self._control_status)
-        self.admin_runner = web.AppRunner(make_admin_app(self.status, registry, self.token),
+        self.admin_runner = web.AppRunner(make_admin_app(self.operator.status, registry, self.token,
+                                                         self.operator.add_routes),
                                           access_log=None, handle_signals=False)
         await self.admin_runner.setup()
         await web.TCPSite(self.admin_runner, self.admin_addr[0], self.admin_addr[1]).start()
@@ -184,10 +193,9 @@ class App:
                  state_dir=str(self.state_dir))
 
         for name, spec in self.cfg.pools.items():
-            self.managers[name] = PoolManager(name, spec, self._backend_for(name, spec),
-                                              in_flight=self.proxy.in_flight, on_change=self.on_members,
-                                              desired_fn=self.control.desired, wall_clock=self.clock)
+            self.managers[name] = self.make_manager(name, spec)
         self.tasks.append(asyncio.create_task(self.history.run(r.history.flush_interval)))
+        self.tasks.append(asyncio.create_task(self.operator.sample_loop()))
         # The first plan comes before the managers' first pass, so they start from the forecast.
         await self.control.step()
         self.tasks.append(asyncio.create_task(self.control.run()))
@@ -208,6 +216,15 @@ class App:
             await self.admin_runner.cleanup()
         log.info("proxy.stopped")
 
+    def make_manager(self, name: str, spec: Pool) -> PoolManager:
+        """A pool's manager, deciding by the control loop's plan within the operator's overrides."""
+        return PoolManager(name, spec, self._backend_for(name, spec),
+                           in_flight=self.proxy.in_flight, on_change=self.on_members,
+                           desired_fn=self.operator.desired_fn(self.control.desired), wall_clock=self.clock)
+
+    async def reload(self) -> ReloadResult:
+        """SIGHUP and POST /admin/reload: see balancer.reload."""
+        return await reload_config(self)
 
     def _control_status(self) -> dict[str, dict[str, Any]]:
         if self.control is None:
@@ -228,11 +245,19 @@ async def _serve(app: App) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await app.start()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_on_signal(app)))
     except BaseException:
         await _teardown_partial(app)
         raise
     await stop.wait()
     await app.stop()
+
+
+async def _reload_on_signal(app: App) -> None:
+    try:
+        await app.reload()
+    except Exception as e:  # ConfigError and friends: logged, the running config stays
+        log.error("config.reload_rejected", error=str(e), signal="SIGHUP")
 
 
 async def _teardown_partial(app: App) -> None:

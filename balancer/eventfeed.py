@@ -53,7 +53,7 @@ class EventFeed:
         self.book.add(event)
         self._from_api[event.name] = spec.model_dump(mode="json", exclude_none=True)
         self._save()
-        log.info("event.added", event=event.name, kind=event.kind, scope=f"{event.scope_key}={event.scope_value}")
+        log.info("event.added", name=event.name, kind=event.kind, scope=f"{event.scope_key}={event.scope_value}")
         return event, created
 
     def remove(self, name: str) -> Event | None:
@@ -63,7 +63,7 @@ class EventFeed:
         self._from_yaml.discard(name)
         if self._from_api.pop(name, None) is not None:
             self._save()
-        log.info("event.removed", event=name)
+        log.info("event.removed", name=name)
         return event
 
     def origin(self, name: str) -> str:

@@ -39,7 +39,7 @@ from predictor.profiles import ResourceProfile
 
 log = structlog.get_logger("warmfront")
 
-HORIZONS_S = (300.0, 900.0, 3600.0)
+HORIZONS_S = (300.0, 900.0, 1800.0, 3600.0)
 MINUTE = 60
 BUFFER_DAYS = 2.0
 # Measured activation lead per shadow state (README, activation benchmark, medians); a stopped
@@ -235,11 +235,14 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ demand → plan
     def _plan(self, name: str, st: _PoolState) -> None:
+        # Only demand above the forecast's interval switches the pool to burst sizing: demand below
+        # it means the forecast is high, and dropping warm shadows then (just before a ramp that
+        # came early in the forecast) would trade a few member-minutes for cold requests.
         spec = st.spec
         now = self.clock()
         live = LiveLoad(in_flight_stable=_mean_since(st.samples, now - spec.scaling.stable_window),
                         in_flight_panic=_mean_since(st.samples, now - spec.scaling.panic_window),
-                        anomaly=any(a.series_id == name for a in self.anomalies.active()))
+                        anomaly=any(a.series_id == name and a.direction == "up" for a in self.anomalies.active()))
         lead = ACTIVATION_LEAD_S.get(spec.shadow.state, spec.scaling.launch_lead)
         new = plan(spec, PlanInputs(now, st.demand, live, tuple(st.ready_since.values()), lead), st.planner)
         old, st.plan = st.plan, new

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from balancer.loop import ControlLoop, _PoolState
 from config.loader import load_config
 from config.models import Config, Pool
 from pools.manager import PoolManager
@@ -58,6 +59,11 @@ def restart_fields(old: Config, new: Config) -> list[str]:
     return [f for f in RESTART_FIELDS if getattr(old.routing, f) != getattr(new.routing, f)]
 
 
+def _backend_key(spec: Pool) -> tuple:
+    """The key App._backend_for files a pool's backend under."""
+    return ("docker", spec.docker.host) if spec.backend == "docker" and spec.docker else (spec.backend,)
+
+
 def needs_roll(old: Pool, new: Pool) -> bool:
     return any(getattr(old, f) != getattr(new, f) for f in MEMBER_FIELDS)
 
@@ -67,7 +73,7 @@ async def reload_config(app: App) -> ReloadResult:
     if directory is None:
         raise ReloadRefused("no config directory to reload: warmfront was started with --to")
     new = load_config(directory)            # ConfigError: nothing has changed yet
-    events = app.events.read_yaml()
+    events = app.operator.events.read_yaml()
     old = app.cfg
     result = ReloadResult(directory, len(new.routing.routes), events=len(events))
     result.restart_needed = restart_fields(old, new)
@@ -79,10 +85,19 @@ async def reload_config(app: App) -> ReloadResult:
 
     # From here on, no await until the table is swapped: requests see the old table or the new one.
     app.cfg = new
-    app.events.replace_yaml(events)
-    if any(old.pools[n].backend == "static" for n in result.rolled + result.removed) or any(
-            new.pools[n].backend == "static" for n in result.added):
-        app.backends.pop(("static",), None)      # it holds the server lists: rebuilt from the new config
+    app.operator.events.replace_yaml(events)
+    # A rolled pool's new members come from a fresh backend object: the old manager keeps its own, so
+    # neither adopts the other's members. The old object is kept for closing at shutdown. (The static
+    # backend holds the server lists, so it is rebuilt from the new config the same way.)
+    for name in result.rolled + [n for n in result.added if new.pools[n].backend == "static"]:
+        key = _backend_key(new.pools[name])
+        if key in app.backends:
+            retired = app.backends.pop(key)
+            app.backends[(*key, "retired", len(app.backends))] = retired
+            fresh = app._backend_for(name, new.pools[name])
+            # Member ids must stay unique across the two objects (the proxy keys its stats by id).
+            if hasattr(retired, "_counters"):
+                fresh._counters.update(retired._counters)
     for name in result.retuned:
         app.managers[name].spec = new.pools[name]
         app.managers[name].wake()
@@ -97,6 +112,8 @@ async def reload_config(app: App) -> ReloadResult:
         app.tasks.append(asyncio.create_task(_roll(app, name, manager, incoming)))
     for name in result.added + result.rolled:
         app.tasks.append(asyncio.create_task(app.managers[name].run()))
+    if app.control is not None:
+        _sync_control(app.control, new)
     app.proxy.set_table(app.build_table())
     log.info("config.reloaded", directory=directory, added=result.added, removed=result.removed,
              rolled=result.rolled, retuned=result.retuned, restart_needed=result.restart_needed)
@@ -141,3 +158,22 @@ async def _roll(app: App, name: str, old: PoolManager, new: PoolManager | None) 
         outgoing.clear()
         publish()
         log.info("pool.rolled", pool=name)
+
+
+def _sync_control(control: ControlLoop, cfg: Config) -> None:
+    """Point the control loop at the new pools and routes, keeping its fitted state.
+
+    The loop builds these from the config it was given; this belongs in a ControlLoop method."""
+    control.cfg = cfg
+    for name in set(control.pools) - set(cfg.pools):
+        del control.pools[name]
+    for name, spec in cfg.pools.items():
+        if name in control.pools:
+            control.pools[name].spec = spec
+        else:
+            control.pools[name] = _PoolState(spec)
+    control._pools_of_type.clear()
+    for route in cfg.routing.routes:
+        pools = control._pools_of_type.setdefault(route.type, [])
+        if route.pool not in pools:
+            pools.append(route.pool)

@@ -14,8 +14,8 @@ Tiers:
 - burst      reactive, HPA-style on live in-flight requests averaged over `stable_window`, with a
              Knative-like panic mode: in-flight above `panic_threshold` × target capacity over the
              short `panic_window` scales at once and never scales down while panicking. An anomaly
-             (actuals outside the forecast interval) switches the pool to burst sizing: forecasts
-             are not trusted to scale it down until it clears.
+             (actuals outside the forecast interval) switches the pool to burst sizing: live load
+             adds members and nothing the forecast prepared is given back until it clears.
 
 Scale-down is stabilised: the highest recommendation of the last `scale_down_delay` wins (HPA's
 stabilisation window), and a member that became ready less than `cooldown` ago is not retired.
@@ -124,10 +124,12 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
         state.panic_floor = 0
     burst_need = max(reactive, state.panic_floor if panic else 0)
 
-    predictive_on = sc.mode == "forecast-and-scale" and not inputs.live.anomaly
+    predictive_on = sc.mode == "forecast-and-scale"
     if inputs.live.anomaly:
+        # The forecast is wrong right now: live load sizes the pool, and nothing the forecast
+        # prepared (ready or shadow) is given back until the anomaly clears.
         reasons.append("anomaly: burst sizing until it clears")
-        burst_need = max(burst_need, current)   # no forecast-led scale-down during an anomaly
+        burst_need = max(burst_need, current)
     want = max(baseline, forecast_ready if predictive_on else 0, burst_need)
     if sc.mode == "forecast-only" and forecast_ready != want:
         reasons.append(f"forecast-only: forecast wants {forecast_ready} ready, acting on {want}")
@@ -153,6 +155,8 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
     shadow = 0
     if spec.shadow.state != "none":
         forecast_shadow = max(0, peak_ready - ready) if predictive_on else 0
+        if inputs.live.anomaly and state.last is not None:
+            forecast_shadow = max(forecast_shadow, state.last.shadow)
         shadow = min(max(spec.shadow.size, forecast_shadow), cap - ready)
         if forecast_shadow > spec.shadow.size and predictive_on:
             reasons.append(f"shadow {shadow}: forecast peak needs {peak_ready} within "

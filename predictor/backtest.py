@@ -1,8 +1,16 @@
-"""Rolling-origin backtest, per-series model choice and interval calibration.
+"""Rolling-origin backtest, per-series model blending and interval calibration.
 
-Origins are split in time: the earlier ones choose a model per series (lowest MASE) and decide
-whether its own intervals or backtest-calibrated ones are closer to nominal; the later ones score
-that choice. Nothing the choice sees is scored, so `chosen` figures are honest out-of-sample.
+Origins are split in time: the earlier ones weigh the models per series and horizon (weights ∝
+MASE⁻⁴, so a clearly worse model gets almost nothing and near-equals are averaged) and calibrate
+the blend's band per horizon; the later ones score that choice. Nothing the choice sees is scored,
+so `chosen` figures are honest out-of-sample.
+
+MASE over several series is the mean of per-series MASE, each being the series' mean absolute
+error over the scored origins divided by its mean in-sample seasonal-naive error over the same
+windows. Dividing origin by origin instead lets one window that happens to be nearly flat (a
+source down for a day) put a near-zero scale under the error at the next origin, and that one
+series then dominated the pooled figure for every model; a mean over series (not a traffic
+weighting) keeps small sources counting as much as big ones.
 """
 from __future__ import annotations
 
@@ -27,10 +35,8 @@ class BacktestConfig:
     statsmodels_top_n: int = 2  # statsmodels models only for the series carrying most traffic
     statsmodels_max_origins: int = 24  # and only at this many origins, evenly spread (a fit costs ≈ 0.1–1 s)
     quantiles: tuple[float, float] = (0.05, 0.95)
-    # the default model keeps a series unless another beats it by this margin on the choice
-    # origins: choice-window noise otherwise flips series to models that lose on later data
-    incumbent: str = "holt_winters"
-    switch_margin: float = 0.1
+    # weight of a model in a series' blend ∝ MASE^-power on the choice origins
+    blend_power: float = 4.0
 
     @property
     def nominal(self) -> float:
@@ -42,6 +48,16 @@ def scaled_abs_error(actual: np.ndarray, point: np.ndarray, scale: np.ndarray) -
     a series flat over its window, whose scale is zero."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(scale > 0, np.abs(actual - point) / scale, np.nan)
+
+
+def series_mase(actual: np.ndarray, point: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Per series and horizon: Σ|error| / Σ scale over the origins where `point` is finite.
+    `actual`, `point` are `[n, K, H]`, `scale` `[n, K]`; NaN where a series' scale is all zero."""
+    e = np.abs(actual - point)
+    ok = np.isfinite(e)
+    den = np.sum(np.where(ok, scale[..., None], 0.0), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, np.sum(np.where(ok, e, 0.0), axis=1) / den, np.nan)
 
 
 def smape(actual: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -88,34 +104,48 @@ class BacktestResult:
     lower: dict[str, np.ndarray] = field(default_factory=dict)
     upper: dict[str, np.ndarray] = field(default_factory=dict)
     fit_seconds: dict[str, float] = field(default_factory=dict)  # per series per fit
-    chosen: list[str] = field(default_factory=list)
-    interval_source: list[str] = field(default_factory=list)  # "model" or "empirical"
-    interval_factor: np.ndarray = field(default_factory=lambda: np.ones(0))
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # model -> [n, H] blend weight
+    chosen: list[str] = field(default_factory=list)  # per series, the heaviest model at the longest horizon
+    interval_source: list[str] = field(default_factory=list)
+    interval_factor: np.ndarray = field(default_factory=lambda: np.ones(0))  # [H] widening of the blend's band
 
     @property
     def models(self) -> list[str]:
         return list(self.point)
 
+    def blend(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The weighted blend per series and horizon, `[n, K, H]`, with its uncalibrated band:
+        points average on the count scale, band edges on the sqrt scale."""
+        p, lo, hi = (np.zeros_like(self.actual, dtype=np.float64) for _ in range(3))
+        for name, w in self.weights.items():
+            ww = w[:, None, :]
+            if not ww.any():
+                continue
+            used = ww > 0
+            p += np.where(used, ww * self.point[name], 0.0)
+            lo += np.where(used, ww * np.sqrt(self.lower[name]), 0.0)
+            hi += np.where(used, ww * np.sqrt(self.upper[name]), 0.0)
+        sp = np.sqrt(p)
+        return p, np.maximum(np.minimum(lo, sp), 0.0) ** 2, np.maximum(hi, sp) ** 2
+
     def chosen_forecast(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The per-series choice with its calibrated band, `[n, K, H]` (meaningful on scoring origins)."""
-        n = len(self.ids)
-        p = np.stack([self.point[self.chosen[i]][i] for i in range(n)])
-        lo = np.stack([self.lower[self.chosen[i]][i] for i in range(n)])
-        hi = np.stack([self.upper[self.chosen[i]][i] for i in range(n)])
-        lo, hi = widen(p, lo, hi, self.interval_factor[:, None, None])
+        """The per-series blend with its calibrated band, `[n, K, H]` (meaningful on scoring origins)."""
+        p, lo, hi = self.blend()
+        lo, hi = widen(p, lo, hi, self.interval_factor[None, None, :])
         return p, lo, hi
 
     def scores(self, point: np.ndarray, lower: np.ndarray, upper: np.ndarray, window: slice | None = None) -> dict[str, dict[str, float]]:
-        """Pooled MASE, sMAPE and coverage per horizon over series and origins (scoring ones by default)."""
+        """MASE (mean of per-series MASE), sMAPE and coverage per horizon over the scoring origins."""
         window = window or slice(self.n_choice, None)
         a, p, lo, hi = (x[:, window] for x in (self.actual, point, lower, upper))
-        ase = scaled_abs_error(a, p, self.scale[:, window, None])
+        per_series = series_mase(a, p, self.scale[:, window])
         ok = np.isfinite(p)
         out = {}
         for j, h in enumerate(self.config.horizons):
             m = ok[..., j]
             out[_label(h, self.bin_s)] = {
-                "mase": _mean(ase[..., j][m]),
+                "mase": _mean(per_series[:, j]),
+                "mase_median": _median(per_series[:, j]),
                 "smape": _mean(smape(a[..., j], p[..., j])[m]),
                 "coverage": _mean(((a[..., j] >= lo[..., j]) & (a[..., j] <= hi[..., j]))[m]),
             }
@@ -125,17 +155,24 @@ class BacktestResult:
         models = {}
         for name in self.models:
             sc = self.scores(self.point[name], self.lower[name], self.upper[name])
+            ran = np.isfinite(self.point[name][:, :, 0])
             models[name] = _pool(sc) | {"fit_seconds": round(self.fit_seconds[name], 6), "horizons": sc,
-                                        "series": int(np.isfinite(self.point[name][:, 0, 0]).sum())}
+                                        "series": int(ran.any(axis=1).sum()), "origins": int(ran.sum(axis=1).max())}
         sc = self.scores(*self.chosen_forecast())
-        chosen = _pool(sc) | {"fit_seconds": round(sum(self.fit_seconds[m] for m in set(self.chosen)), 6), "horizons": sc}
+        used = [m for m, w in self.weights.items() if w.any()]
+        chosen = _pool(sc) | {"fit_seconds": round(sum(self.fit_seconds[m] for m in used), 6), "horizons": sc}
+        labels = [_label(h, self.bin_s) for h in self.config.horizons]
         return {
             "bin_s": self.bin_s,
             "origins": {"choice": self.n_choice, "scored": len(self.origins) - self.n_choice},
             "models": models,
             "chosen": chosen,
+            "interval_factor": {lab: round(float(f), 3) for lab, f in zip(labels, self.interval_factor)},
             "per_series": {
-                sid: {"model": self.chosen[i], "intervals": self.interval_source[i]} for i, sid in enumerate(self.ids)
+                sid: {"model": self.chosen[i], "intervals": self.interval_source[i],
+                      "weights": {lab: {m: round(float(w[i, j]), 3) for m, w in self.weights.items() if w[i, j] >= 0.005}
+                                  for j, lab in enumerate(labels)}}
+                for i, sid in enumerate(self.ids)
             },
         }
 
@@ -148,6 +185,11 @@ def _label(h: int, bin_s: float) -> str:
 def _mean(x: np.ndarray) -> float:
     x = x[np.isfinite(x)] if x.dtype.kind == "f" else x
     return round(float(np.mean(x)), 4) if x.size else float("nan")
+
+
+def _median(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return round(float(np.median(x)), 4) if x.size else float("nan")
 
 
 def _pool(per_h: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -213,39 +255,33 @@ def run(
 
 
 def choose(res: BacktestResult) -> None:
-    """Per series: the model with the lowest MASE on the choice origins (only models run at all of
-    them compete), then model or empirical intervals, whichever came closer to nominal coverage
-    when calibrated on the first half of the choice origins and checked on the second."""
+    """Per series and horizon, blend weights ∝ MASE^-power on the choice origins over the models
+    that ran at every origin of that series (statsmodels may run at a subset: those compete only
+    where they ran throughout). Then one widening of the blend's band per horizon, pooled over
+    series: the empirical `nominal` quantile of |residual| / half-width on the choice origins.
+    Pooled, because a 90 % quantile from one series' few dozen origins is mostly noise."""
     c = res.n_choice
-    nominal = res.config.nominal
-    res.chosen, res.interval_source = [], []
-    factors = np.ones(len(res.ids))
-    for i in range(len(res.ids)):
-        best, best_err = "", np.inf
-        names = [m for m in res.models if np.isfinite(res.point[m][i, :c, 0]).any()]
-        # compare on the origins where every competitor ran (statsmodels runs at a subset)
-        common = np.all([np.isfinite(res.point[m][i, :c, 0]) for m in names], axis=0)
-        for name in names:
-            p = res.point[name][i, :c][common]
-            ase = scaled_abs_error(res.actual[i, :c][common], p, res.scale[i, :c, None][common])
-            # a series flat over its windows has no MASE scale; plain MAE still ranks the models
-            err = np.mean(ase[np.isfinite(ase)]) if np.isfinite(ase).any() else np.mean(np.abs(res.actual[i, :c][common] - p))
-            if name == res.config.incumbent:
-                err *= 1.0 - res.config.switch_margin
-            if err < best_err:
-                best, best_err = name, err
-        res.chosen.append(best)
-        ran = np.isfinite(res.point[best][i, :c, 0])
-        a = res.actual[i, :c][ran]
-        p, lo, hi = res.point[best][i, :c][ran], res.lower[best][i, :c][ran], res.upper[best][i, :c][ran]
-        half = max(1, len(a) // 2)
-        model_cov = np.mean((a >= lo) & (a <= hi))
-        f_half = calibration_factor(a[:half], p[:half], lo[:half], hi[:half], nominal)
-        elo, ehi = widen(p[half:], lo[half:], hi[half:], f_half)
-        emp_cov = np.mean((a[half:] >= elo) & (a[half:] <= ehi)) if len(a) > 1 else model_cov
-        if abs(emp_cov - nominal) < abs(model_cov - nominal):
-            res.interval_source.append("empirical")
-            factors[i] = calibration_factor(a, p, lo, hi, nominal)
-        else:
-            res.interval_source.append("model")
-    res.interval_factor = factors
+    cfg = res.config
+    n, _, h_n = res.actual.shape
+    names = res.models
+    errs = np.full((len(names), n, h_n), np.inf)
+    for k, name in enumerate(names):
+        p = res.point[name]
+        full = np.isfinite(p[:, :, 0]).all(axis=1)
+        e = series_mase(res.actual[:, :c], p[:, :c], res.scale[:, :c])
+        # a series flat over its windows has no MASE scale; plain MAE still ranks the models
+        mae = np.nanmean(np.abs(res.actual[:, :c] - p[:, :c]), axis=1)
+        e = np.where(np.isfinite(e), e, mae)
+        errs[k] = np.where(full[:, None] & np.isfinite(e), e, np.inf)
+    # relative to the best model, so a perfect fit (error 0) does not divide by zero
+    rel = errs / np.maximum(errs.min(axis=0, keepdims=True), 1e-12)
+    with np.errstate(divide="ignore", over="ignore"):
+        w = np.where(np.isfinite(rel), np.where(rel > 0, rel, 1.0) ** -cfg.blend_power, 0.0)
+    w /= np.maximum(w.sum(axis=0, keepdims=True), 1e-300)
+    res.weights = {name: w[k] for k, name in enumerate(names)}
+    res.chosen = [names[k] for k in w[:, :, -1].argmax(axis=0)]
+    res.interval_factor = np.ones(h_n)
+    p, lo, hi = (x[:, :c] for x in res.blend())
+    for j in range(h_n):
+        res.interval_factor[j] = calibration_factor(res.actual[:, :c, j], p[..., j], lo[..., j], hi[..., j], cfg.nominal)
+    res.interval_source = ["empirical"] * n

@@ -2,9 +2,11 @@
 
 Bins are 5 minutes with a 288-slot day (per-minute counts accumulate into the open bin). Every
 series keeps two days in a float32 ring buffer; one Holt-Winters state vectorised over all series
-advances per closed bin, and a grid refit runs on `refit()`. A series is forecast by the model its
-backtest chose (naive, seasonal naive or Holt-Winters); with under `min_history` bins it gets its
-last value, or a borrowed cluster shape when `shape_for` provides one. The 24-hour horizon is the
+advances per closed bin, and a grid refit runs on `refit()`. A series is forecast by the blend of
+naive, seasonal naive and Holt-Winters its backtest weighed (per horizon bucket: 1, ≤ 3 and more
+steps ahead), its band widened by the backtest's calibration; `Forecast.model` names the heaviest
+model. With under `min_history` bins it gets its last value, or a borrowed cluster shape when
+`shape_for` provides one. The 24-hour horizon is the
 hour ending 24 h ahead, summed from 5-minute forecasts (hourly models did worse, as measured);
 its band sums the per-bin bands, which is conservative.
 """
@@ -31,6 +33,8 @@ ShapeFor = Callable[[str], "np.ndarray | None"]
 Multipliers = Callable[[str, np.ndarray], np.ndarray]
 
 DEFAULT_HORIZONS_S = (300.0, 900.0, 3600.0, 86_400.0)
+BLEND = ("naive", "seasonal_naive", "holt_winters")
+BUCKETS = (1, 3, 12)  # steps ahead the backtest weighs; longer steps use the last bucket's weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +74,8 @@ class Forecaster:
         self.hw = HoltWinters(self.period, quantiles=quantiles)
         self._hw_ready = np.zeros(0, dtype=bool)
         self.models: list[str] = []
-        self._factor = np.ones(0)
+        self._factor = np.ones((0, len(BUCKETS)))
+        self._weights = np.zeros((0, len(BLEND), len(BUCKETS)))
         self._scale = np.zeros(0)
         self._first_bin = np.zeros(0, dtype=np.int64)
         self._open_bin: int | None = None
@@ -104,7 +109,9 @@ class Forecaster:
         self.buffer.grow(n)
         grow = lambda a, fill: np.concatenate([a, np.full(n - len(a), fill, a.dtype)])  # noqa: E731
         self._pending, self._hw_ready = grow(self._pending, 0.0), grow(self._hw_ready, False)
-        self._factor, self._scale = grow(self._factor, 1.0), grow(self._scale, 0.0)
+        self._scale = grow(self._scale, 0.0)
+        self._factor = np.concatenate([self._factor, np.ones((n - len(self._factor), len(BUCKETS)))])
+        self._weights = np.concatenate([self._weights, np.zeros((n - len(self._weights), len(BLEND), len(BUCKETS)))])
         self._first_bin, self._needs_choice = grow(self._first_bin, b), grow(self._needs_choice, True)
         self.models.append("last_value")
         self.feedback.resize(self.ids)
@@ -138,7 +145,7 @@ class Forecaster:
             self._scale = seasonal_scale(y, self.period)
         redo = np.zeros(len(self.ids), dtype=bool)
         redo[self.feedback.take_flagged()] = True
-        cfg = BacktestConfig(horizons=(1, 3, 12), window=self.hw.min_length(), step=12, max_origins=16,
+        cfg = BacktestConfig(horizons=BUCKETS, window=self.hw.min_length(), step=12, max_origins=16,
                              choice_fraction=0.99, statsmodels_top_n=0, quantiles=self.quantiles)
         rows = np.flatnonzero((redo | self._needs_choice) & self._hw_ready)
         if len(rows) and t_len >= cfg.window + cfg.step * 2 + 12:
@@ -147,7 +154,8 @@ class Forecaster:
                            start_slot=(self._open_bin - t_len) % self.period)
             for k, i in enumerate(rows):
                 self.models[i] = res.chosen[k]
-                self._factor[i] = res.interval_factor[k]
+            self._weights[rows] = np.stack([res.weights[m] for m in BLEND], axis=1)
+            self._factor[rows] = res.interval_factor[None, :]
             self._needs_choice[rows] = False
             log.info("predictor.models_chosen", count=len(rows))
         for i in np.flatnonzero(~self._hw_ready):
@@ -189,20 +197,29 @@ class Forecaster:
         n = len(self.ids)
         y = self.buffer.window().astype(np.float64)
         point, lower, upper = (np.zeros((n, h)) for _ in range(3))
+        bucket = np.searchsorted(BUCKETS, np.arange(1, h + 1)).clip(max=len(BUCKETS) - 1)
         names = np.asarray(self.models)
-        simple = {"naive": Naive(self.quantiles), "seasonal_naive": SeasonalNaive(self.period, self.quantiles)}
-        for name, model in simple.items():
-            rows = np.flatnonzero(names == name)
-            if len(rows):
-                point[rows], lower[rows], upper[rows] = model.fit(y[rows]).predict(h)
-        rows = np.flatnonzero(names == "holt_winters")
+        rows = np.flatnonzero((names != "last_value") & (names != "shape"))
         if len(rows):
-            hp, hl, hu = self.hw.predict(h)
-            point[rows], lower[rows], upper[rows] = hp[rows], hl[rows], hu[rows]
+            paths = {
+                "naive": Naive(self.quantiles).fit(y[rows]).predict(h),
+                "seasonal_naive": SeasonalNaive(self.period, self.quantiles).fit(y[rows]).predict(h),
+                "holt_winters": tuple(a[rows] for a in self.hw.predict(h)),
+            }
+            w = self._weights[rows][:, :, bucket]  # [r, model, step]
+            sp, slo, shi = (np.zeros((len(rows), h)) for _ in range(3))
+            for k, name in enumerate(BLEND):
+                p, lo, hi = paths[name]
+                sp += w[:, k] * p
+                slo += w[:, k] * np.sqrt(lo)
+                shi += w[:, k] * np.sqrt(hi)
+            root = np.sqrt(sp)
+            lo, hi = np.minimum(slo, root) ** 2, np.maximum(shi, root) ** 2
+            point[rows] = sp
+            lower[rows], upper[rows] = widen(sp, lo, hi, self._factor[rows][:, bucket])
         rows = np.flatnonzero((names == "last_value") | (names == "shape"))
         if len(rows):
             self._young(rows, y, h, point, lower, upper)
-        lower, upper = widen(point, lower, upper, self._factor[:, None])
         return point, lower, upper
 
     def _young(self, rows: np.ndarray, y: np.ndarray, h: int, point, lower, upper) -> None:

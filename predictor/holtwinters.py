@@ -13,13 +13,21 @@ from statistics import NormalDist
 
 import numpy as np
 
-DEFAULT_ALPHAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
-DEFAULT_GAMMAS = (0.02, 0.1, 0.25, 0.45)
+DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.35, 0.55, 0.8)
+DEFAULT_GAMMAS = (0.1,)
+DEFAULT_SMOOTHS = (13, 25, 49)  # 1, 2 and 4 hours of 5-minute bins
+# multi-step scoring picks smoother states: one-step error alone rewards chasing noise, which
+# is what hurts at 15 and 60 minutes
+DEFAULT_SCORE_STEPS = (1, 3, 12)
 
 
 class HoltWinters:
     """Level (+ optional trend) + additive season of `period` bins, parameters chosen per series
-    from a small grid by in-sample one-step SSE (after the first season, which seeds the state).
+    from a small grid by in-sample error at 1, 3 and 12 steps ahead (after the first season, which
+    seeds the state). The grid spans α and the width of the moving average that smooths the seeded
+    season: one day's shape is noisy, and how much of it is signal differs per source. γ is fixed:
+    in a two-day window each season slot is seen once after seeding, so no in-sample score can
+    tell γ values apart.
 
     State is float32: level, trend, season `[period, n]` (slot-major so one live bin touches one
     contiguous row), α, β, γ and σ — 4 × (period + 6) bytes per series.
@@ -36,8 +44,8 @@ class HoltWinters:
         quantiles: tuple[float, float] = (0.05, 0.95),
         chunk: int = 512,
         threads: int | None = None,
-        smooth: int | tuple[int, ...] = 25,
-        score_steps: tuple[int, ...] = (1,),
+        smooth: int | tuple[int, ...] = DEFAULT_SMOOTHS,
+        score_steps: tuple[int, ...] = DEFAULT_SCORE_STEPS,
         score_every: int = 3,
     ) -> None:
         self.period = period
@@ -110,6 +118,8 @@ class HoltWinters:
         # without a trend the level is its own one-step prediction, updated in place
         lb = np.empty_like(lvl) if use_trend else lvl
         xt_all = np.ascontiguousarray(x.T)[:, :, None]
+        # the level after each of the last `ring_n` bins: a forecast from h bins back is that level
+        # plus today's season slot (β = 0 in the default grid, so the trend term is left out)
         far = [h for h in self.score_steps if h > 1]
         ring_n = max(far, default=1)
         ring = np.repeat(lvl[None], ring_n, axis=0) if far else None
@@ -122,6 +132,7 @@ class HoltWinters:
             np.subtract(e, s, out=e)
             np.multiply(e, e, out=tmp)
             np.add(sse1, tmp, out=sse1)
+            # multi-step errors on every `score_every`-th bin: enough to rank the grid, a third of the cost
             if far and (t - t0) % self.score_every == 0:
                 if 1 in self.score_steps:
                     np.add(sse, tmp, out=sse)

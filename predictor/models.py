@@ -180,7 +180,12 @@ class StatsSARIMAX(_PerSeries):
 
 
 class StatsSTL(_PerSeries):
-    """STL decomposition with the daily period; the seasonally adjusted part forecast by AR(1)."""
+    """STL decomposition with the daily period; the seasonally adjusted part forecast by AR(1).
+
+    On a two-day window each cycle-subseries has two points, so STL's season absorbs nearly all
+    the noise and the AR residual variance is ≈ 0: a band built from it covered nothing. The band
+    uses the seasonal-naive error of the window instead (the season is last cycle's shape, so it
+    errs at least that much), plus the AR mean's own uncertainty."""
 
     name = "sm_stl"
 
@@ -188,13 +193,14 @@ class StatsSTL(_PerSeries):
         from statsmodels.tsa.arima.model import ARIMA
         from statsmodels.tsa.forecasting.stl import STLForecast
 
-        return STLForecast(x, ARIMA, model_kwargs={"order": (1, 0, 0), "trend": "c"}, period=self.period).fit()
+        res = STLForecast(x, ARIMA, model_kwargs={"order": (1, 0, 0), "trend": "c"}, period=self.period).fit()
+        return res, float(np.sqrt(np.mean((x[self.period :] - x[: -self.period]) ** 2)))
 
     def _predict_one(self, res, h, alpha, exog):
+        res, sigma = res
         fr = res.get_prediction(start=self._t, end=self._t + h - 1).summary_frame(alpha=alpha)
         mean = fr["mean"].to_numpy()
-        # STLForecast's frame is a band for the mean; add the AR residual variance for a prediction band
-        se = np.sqrt(fr["mean_se"].to_numpy() ** 2 + float(res.model_result.params[-1]))
+        se = np.sqrt(fr["mean_se"].to_numpy() ** 2 + sigma**2)
         z = NormalDist().inv_cdf(1 - alpha / 2)
         return mean, mean - z * se, mean + z * se
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from predictor import forecast_cli
-from predictor.backtest import BacktestConfig, run
+from predictor.backtest import BacktestConfig, run, series_mase
 from predictor.engine import Forecaster
 from predictor.feedback import Feedback
 from predictor.holtwinters import HoltWinters
@@ -190,3 +190,30 @@ def test_forecast_command_rejects_a_bad_trace_with_exit_2(tmp_path, content):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_series_mase_is_not_blown_up_by_one_nearly_flat_window():
+    # origin 1's window was almost flat: dividing origin by origin would make its error count 1000×
+    actual = np.array([[[10.0], [10.0], [10.0]]])
+    point = np.array([[[8.0], [8.0], [8.0]]])
+    scale = np.array([[2.0, 0.002, 2.0]])
+    got = series_mase(actual, point, scale)
+    assert got.shape == (1, 1)
+    assert got[0, 0] == pytest.approx(6.0 / 4.002)
+
+
+def test_blend_weights_follow_backtest_error_and_its_band_is_calibrated():
+    period = 24
+    y = seasonal_counts(30, 12, period, seed=9, level=200.0)
+    cfg = BacktestConfig(horizons=(1, 3), window=3 * period, step=3, max_origins=60, statsmodels_top_n=0)
+    res = run(y, tuple(f"s{i}" for i in range(30)), 3600.0, cfg, models=[Naive(), SeasonalNaive(period), HoltWinters(period, smooth=3)])
+    w = np.stack([res.weights[m] for m in ("naive", "seasonal_naive", "holt_winters")])
+    np.testing.assert_allclose(w.sum(axis=0), 1.0)
+    # naive is far worse on a strong daily cycle, so it gets almost no weight
+    assert w[0].max() < 0.1
+    summary = res.summary()
+    for h in ("1h", "3h"):
+        assert 0.84 <= summary["chosen"]["horizons"][h]["coverage"] <= 0.96
+        # the blend is no worse than the best single model beyond noise
+        best = min(m["horizons"][h]["mase"] for m in summary["models"].values())
+        assert summary["chosen"]["horizons"][h]["mase"] <= 1.05 * best

@@ -1,0 +1,167 @@
+"""/admin/dashboard: one server-rendered page, inline SVG only (no scripts, no CDN), refreshing itself.
+
+Per pool: forecast vs actual (recent hours, and the next hour with its interval band), members
+over time by state, the tier split now, recent scaling actions and anomalies. Then events and
+the top sources with their rates. It shows what `/admin/status` says and tolerates keys that are
+missing (a static pool has no forecast; the control loop may not have planned yet).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from html import escape
+from typing import Any
+
+import numpy as np
+
+from balancer.timeline import Sample
+from predictor.events import Event
+from predictor.svgplot import Band, Line, chart
+
+PAST_S = 3 * 3600
+REFRESH_S = 10
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+.pool{background:#fff;border:1px solid #ddd;border-radius:6px;padding:1em;margin-bottom:1.5em}
+.charts{display:flex;flex-wrap:wrap;gap:1em}table{border-collapse:collapse;font-size:.9em}
+td,th{padding:.2em .7em;text-align:left;border-bottom:1px solid #eee}.num{text-align:right}
+.muted{color:#888}.tier{display:inline-block;padding:.1em .5em;margin-right:.4em;border-radius:3px;color:#fff}"""
+_TIER_COLORS = {"baseline": "#1f77b4", "predictive": "#2ca02c", "burst": "#d62728", "shadow": "#9467bd"}
+
+
+def render(status: Mapping[str, Any], timeline: Mapping[str, Sequence[Sample]],
+           actual: Mapping[str, Mapping[int, int]], events: Sequence[Event], now: float) -> str:
+    """The page. `actual`: requests per minute start, per pool; `timeline`: member samples per pool."""
+    pools = status.get("pools", {})
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+             f'<meta http-equiv="refresh" content="{REFRESH_S}"><link rel="icon" href="data:,">'
+             f"<title>warmfront dashboard</title><style>{_CSS}</style></head><body>",
+             f"<h1>warmfront <span class=muted>{escape(str(status.get('instance', '')))} · "
+             f"up {_duration(status.get('uptime_s', 0))} · {_time(now)} UTC</span></h1>"]
+    for name, pool in pools.items():
+        parts.append(_pool_section(name, pool, timeline.get(name, ()), actual.get(name, {}), now))
+    parts.append(_events_section(events, now))
+    parts.append(_sources_section(status.get("sources", [])))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _pool_section(name: str, pool: Mapping[str, Any], samples: Sequence[Sample],
+                  actual: Mapping[int, int], now: float) -> str:
+    counts = pool.get("counts", {})
+    desired = pool.get("desired") or {}
+    head = (f'<div class=pool id="pool-{escape(name)}"><h2>pool {escape(name)} '
+            f"<span class=muted>{escape(str(pool.get('backend', '')))} · {escape(str(pool.get('mode', '')))}</span></h2>"
+            f"<p>members: {_kv(counts) or 'none'}"
+            + (f" · desired ready {desired.get('ready')} shadow {desired.get('shadow')}" if desired else "")
+            + "</p>")
+    override = pool.get("override")
+    if override:
+        head += (f"<p><b>manual override</b>: ready in [{override.get('min')}, {override.get('max')}] "
+                 f"until {escape(str(override.get('until_iso', '')))} — {escape(str(override.get('reason', '')))}</p>")
+    charts = (f'<div class=charts><figure class=plot data-pool="{escape(name)}">{_forecast_chart(name, pool, actual, now)}</figure>'
+              f'<figure class=plot data-pool="{escape(name)}">{_members_chart(name, samples, now)}</figure></div>')
+    return head + charts + _tiers(samples, pool) + _actions(pool) + _anomalies(pool) + "</div>"
+
+
+def _forecast_chart(name: str, pool: Mapping[str, Any], actual: Mapping[int, int], now: float) -> str:
+    start = int((now - PAST_S) // 60) * 60
+    minutes = np.arange(start, int(now // 60) * 60 + 1, 60, dtype=float)
+    past = np.array([actual.get(int(m), 0) / 60.0 for m in minutes])
+    forecast = sorted(pool.get("forecast") or [], key=lambda f: f.get("horizon_s", 0))
+    x_future = np.array([now + f.get("horizon_s", 0) for f in forecast], dtype=float)
+    x = np.concatenate([minutes, x_future])
+    nan_past, nan_future = np.full(len(minutes), np.nan), np.full(len(forecast), np.nan)
+    lines = [Line("actual req/s", np.concatenate([past, nan_future]), "#1f77b4")]
+    bands = []
+    if forecast:
+        # The forecast line starts from the last actual point so the eye follows it on.
+        last = np.concatenate([nan_past[:-1], past[-1:]])
+        lines.append(Line("forecast req/s", np.concatenate([last, [f.get("rate", np.nan) for f in forecast]]), "#ff7f0e"))
+        bands.append(Band("interval", np.concatenate([last, [f.get("lower", np.nan) for f in forecast]]),
+                          np.concatenate([last, [f.get("upper", np.nan) for f in forecast]]), "#ff7f0e"))
+    return chart((x - now) / 60.0, lines, bands, title=f"{name}: forecast vs actual", width=560, height=260,
+                 x_label="minutes from now")
+
+
+def _members_chart(name: str, samples: Sequence[Sample], now: float) -> str:
+    recent = [s for s in samples if s.t >= now - PAST_S] or [Sample(now)]
+    if len(recent) == 1:
+        recent = [recent[0], Sample(now, **{k: getattr(recent[0], k) for k in Sample.__slots__ if k != "t"})]
+    x = (np.array([s.t for s in recent]) - now) / 60.0
+    series = [("ready", "#1f77b4"), ("shadow", "#9467bd"), ("launching", "#ff7f0e"), ("draining", "#7f7f7f")]
+    lines = [Line(label, np.array([getattr(s, label) for s in recent], dtype=float), color) for label, color in series]
+    return chart(x, lines, title=f"{name}: members", width=560, height=260, x_label="minutes from now")
+
+
+def _tiers(samples: Sequence[Sample], pool: Mapping[str, Any]) -> str:
+    last = samples[-1] if samples else None
+    desired = pool.get("desired") or {}
+    now_counts = {"baseline": last.baseline if last else 0, "predictive": last.predictive if last else 0,
+                  "burst": last.burst if last else 0, "shadow": last.shadow if last else 0}
+    spans = "".join(f'<span class=tier style="background:{_TIER_COLORS[t]}">{t} {n}</span>' for t, n in now_counts.items())
+    wanted = "" if not desired else (f" <span class=muted>planner: baseline {desired.get('baseline')}, predictive "
+                                     f"{desired.get('predictive')}, burst {desired.get('burst')}</span>")
+    return f"<p>tiers now: {spans}{wanted}</p>"
+
+
+def _actions(pool: Mapping[str, Any]) -> str:
+    actions = list(pool.get("recent_actions") or [])[-10:]
+    if not actions:
+        return "<p class=muted>no recent scaling actions</p>"
+    rows = "".join(f"<tr><td>{_time(a.get('time', 0))}</td><td>{escape(str(a.get('action', '')))}</td>"
+                   f"<td>{escape(str(a.get('member') or ''))}</td><td>{escape(str(a.get('reason', '')))}</td></tr>"
+                   for a in reversed(actions))
+    return f"<h3>recent actions</h3><table><tr><th>time</th><th>action</th><th>member</th><th>reason</th></tr>{rows}</table>"
+
+
+def _anomalies(pool: Mapping[str, Any]) -> str:
+    anomalies = pool.get("anomalies") or []
+    if not anomalies:
+        return "<p class=muted>no active anomalies</p>"
+    rows = "".join(f"<tr><td>{_time(a.get('start', 0))}</td><td>{escape(str(a.get('direction', '')))}</td>"
+                   f"<td class=num>{a.get('size', '')}</td></tr>" for a in anomalies)
+    return f"<h3>anomalies</h3><table><tr><th>since</th><th>direction</th><th>size</th></tr>{rows}</table>"
+
+
+def _events_section(events: Sequence[Event], now: float) -> str:
+    shown = [e for e in events if e.end > now - 86400]
+    if not shown:
+        return "<h2>events</h2><p class=muted>no events</p>"
+    rows = "".join(
+        f"<tr><td>{escape(e.name)}</td><td>{e.kind}</td><td>{_time(e.start)}</td><td>{_time(e.end)}</td>"
+        f"<td>{e.scope_key}={escape(e.scope_value)}</td><td class=num>{e.multiplier if e.multiplier else 'learned'}</td>"
+        f"<td>{'active' if e.start <= now < e.end else ('upcoming' if e.start > now else 'past')}</td></tr>"
+        for e in shown)
+    return ("<h2>events</h2><table><tr><th>name</th><th>kind</th><th>start</th><th>end</th><th>scope</th>"
+            f"<th>multiplier</th><th></th></tr>{rows}</table>")
+
+
+def _sources_section(sources: Sequence[Mapping[str, Any]]) -> str:
+    if not sources:
+        return "<h2>top sources</h2><p class=muted>no traffic yet</p>"
+    rows = "".join(
+        f"<tr><td>{escape(str(s.get('source', '')))}</td><td>{escape(str(s.get('type', '')))}</td>"
+        f"<td class=num>{s.get('requests', 0)}</td><td class=num>{s.get('rate_rps', s.get('requests', 0) / 86400):.3f}</td>"
+        f"<td class=num>{_error_text(s.get('forecast_error'))}</td><td class=num>{s.get('p95_latency_ms', '')}</td>"
+        f"<td>{'' if s.get('predictive', True) else 'opted out'}</td></tr>"
+        for s in list(sources)[:20])
+    return ("<h2>top sources</h2><table><tr><th>source</th><th>type</th><th>requests (24h)</th><th>req/s</th>"
+            f"<th>forecast error</th><th>p95 ms</th><th>predictive</th></tr>{rows}</table>")
+
+
+def _error_text(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else "–"
+
+
+def _kv(counts: Mapping[str, Any]) -> str:
+    return ", ".join(f"{escape(str(k))} {v}" for k, v in counts.items())
+
+
+def _time(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,202 @@
+"""`warmfront simulate --trace FILE`: static, reactive, predictive and oracle capacity on the same trace.
+
+Sources map to pools through the routes: with `--config DIR` a source goes to the route whose request
+type is the trace's `type` column (or, without one, whose name or type is the source), else to the
+first route; without a config every source feeds one default pool.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from balancer.logs import configure_logging
+from config.loader import ConfigError, load_config
+from config.models import Capacity, Config, Pool, Shadow
+from pools.backends.simulated import Delays
+from pools.simulate import POLICIES, SimConfig, SimPool, SimResult, run
+from predictor.forecast_cli import parse_duration
+from predictor.series import Series, TraceError, load_trace
+from predictor.svgplot import Line, chart
+
+DEFAULT_PEAK_MEMBERS = 30       # without a member rate, members are sized so the peak needs this many
+STEP_S = 15.0
+FORECAST_BIN_S = 300.0
+COLUMNS = ("requests", "cold_requests", "cold_rate", "container_minutes", "cost_vs_oracle", "scale_events")
+COLORS = {"static": "#7f7f7f", "reactive": "#d62728", "predictive": "#2ca02c", "oracle": "#9467bd"}
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="warmfront simulate",
+                                description="Replay a trace through static, reactive, predictive and oracle capacity.")
+    p.add_argument("--trace", required=True, help="minute,source,count (any bin) or timestamp,source[,type][,cost] CSV")
+    p.add_argument("--config", metavar="DIR", help="routing.yaml + pools.yaml: pools and routes to simulate")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE.svg", help="write demand and ready capacity per policy over time")
+    p.add_argument("--train", help="learning-only start of the trace: a span (7d) or a share (0.33); "
+                                   "default 7d, or a third of the trace if that is shorter")
+    p.add_argument("--member-rate", type=float, help="requests per second one member serves at 100 %% utilisation "
+                                                     "(default: the pool's concurrency / service_time with --config, "
+                                                     f"else sized so the peak needs {DEFAULT_PEAK_MEMBERS} members)")
+    p.add_argument("--cold-delay", default="60s", help="launch to ready of a new member (default 60s)")
+    p.add_argument("--shadow-cost", type=float, default=0.2, help="cost of a shadow member relative to a running one "
+                                                                   "(default 0.2)")
+    p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging("warning")
+    try:
+        series = load_trace(args.trace)
+        step = STEP_S if series.bin_s % STEP_S == 0 else series.bin_s
+        fc_bin = FORECAST_BIN_S if FORECAST_BIN_S % series.bin_s == 0 else series.bin_s
+        cold = parse_duration(args.cold_delay)
+        if args.member_rate is not None and not args.member_rate > 0:
+            raise UsageError("--member-rate must be > 0")
+        if not 0 <= args.shadow_cost <= 1:
+            raise UsageError("--shadow-cost must be between 0 and 1")
+        train = _train_s(args.train, series)
+        config = load_config(args.config) if args.config else None
+        pools, notes = build_pools(series, config, args.member_rate, cold)
+    except (TraceError, ConfigError, ValueError) as e:
+        print(f"warmfront simulate: {e}", file=sys.stderr)
+        return 2
+    cfg = SimConfig(train_s=train, step_s=step, delays=Delays(cold=cold), shadow_cost=args.shadow_cost,
+                    forecast_bin_s=fc_bin)
+    show = args.progress or sys.stderr.isatty()
+    result = run(series, pools, cfg, progress=_bar if show else None)
+    if show:
+        print(file=sys.stderr)
+    summary = result.summary()
+    if args.plot:
+        try:
+            Path(args.plot).write_text(_plot(result))
+        except OSError as e:
+            print(f"warmfront simulate: cannot write plot: {e}", file=sys.stderr)
+            return 2
+    info = {"trace": args.trace, "bin_s": series.bin_s, "step_s": step, "train_s": train,
+            "scored_s": (len(result.demand)) * step, "cold_delay_s": cold, "shadow_cost": args.shadow_cost,
+            "pools": {p.name: {"member_rate": round(p.member_rate, 6), "sources": len(p.sources),
+                               "min": p.spec.capacity.min, "max": p.spec.capacity.max,
+                               "shadow": p.spec.shadow.state} for p in pools},
+            "notes": notes}
+    if args.json:
+        print(json.dumps({"policies": summary, "simulation": info}, indent=2))
+    else:
+        print(_table(summary, info))
+    return 0
+
+
+def _train_s(text: str | None, series: Series) -> float:
+    span = series.length * series.bin_s
+    if text is None:
+        return min(7 * 86_400.0, span / 3)
+    try:
+        share = float(text)
+    except ValueError:
+        train = parse_duration(text)
+    else:
+        if not 0 <= share < 1:
+            raise UsageError(f"--train share must be in [0, 1), got {text}")
+        train = share * span
+    if train >= span:
+        raise UsageError(f"--train {text} leaves nothing to score: the trace spans {span / 86_400:.2f} days")
+    return train
+
+
+def build_pools(series: Series, config: Config | None, member_rate: float | None,
+                cold: float) -> tuple[list[SimPool], list[str]]:
+    """Pools with the sources their routes send them, each spec's service time matched to its member rate."""
+    notes: list[str] = []
+    if config is None:
+        groups = {"default": [(i, _rtype(sid)) for i, sid in enumerate(series.ids)]}
+        specs: dict[str, Pool | None] = {"default": None}
+    else:
+        groups = {}
+        for i, sid in enumerate(series.ids):
+            route = _route_for(config, sid)
+            groups.setdefault(route.pool, []).append((i, route.type))
+        specs = {name: config.pools[name] for name in groups}
+    pools = []
+    for name, sources in groups.items():
+        peak = float(series.values[[i for i, _ in sources]].sum(axis=0).max()) / series.bin_s
+        spec = specs[name]
+        if member_rate is not None:
+            rate = member_rate
+        elif spec is not None:
+            rate = spec.concurrency / spec.scaling.service_time
+        else:
+            rate = max(peak, 1e-9) / DEFAULT_PEAK_MEMBERS
+            notes.append(f"pool {name}: member rate {rate:.4g} req/s, so the trace peak ({peak:.4g} req/s) "
+                         f"needs {DEFAULT_PEAK_MEMBERS} members; set --member-rate to change it")
+        if spec is None:
+            at_target = math.ceil(peak / rate / Capacity().target_utilization)
+            spec = Pool(command="simulated --port {port}", capacity=Capacity(min=1, max=max(4, 2 * at_target)),
+                        shadow=Shadow(state="paused"))
+        # The simulated member is the pool's member: Little's law sizing must see its rate, and the
+        # shadow must cover the simulated cold start.
+        scaling = spec.scaling.model_copy(update={"service_time": spec.concurrency / rate, "launch_lead": cold})
+        pools.append(SimPool(name, spec.model_copy(update={"scaling": scaling}), rate, tuple(sources)))
+    return pools, notes
+
+
+def _rtype(sid: str) -> str:
+    # load_trace names per-request series `source/type` when the trace has a type column
+    return sid.rsplit("/", 1)[1] if "/" in sid else "default"
+
+
+def _route_for(config: Config, sid: str):
+    routes = config.routing.routes
+    if "/" in sid:
+        rtype = _rtype(sid)
+        return next((r for r in routes if r.type == rtype), routes[0])
+    return next((r for r in routes if sid in (r.name, r.type)), routes[0])
+
+
+def _bar(fraction: float) -> None:
+    filled = int(fraction * 40)
+    sys.stderr.write(f"\rsimulating [{'#' * filled}{'.' * (40 - filled)}] {fraction * 100:5.1f}%")
+    sys.stderr.flush()
+
+
+def _table(summary: dict[str, dict], info: dict) -> str:
+    lines = [f"trace {info['trace']}: {info['bin_s']:g}s bins, {info['train_s'] / 86_400:.2f} days training, "
+             f"{info['scored_s'] / 86_400:.2f} days scored, cold delay {info['cold_delay_s']:g}s",
+             *info["notes"], "",
+             "| policy | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name in POLICIES:
+        row = summary[name]
+        lines.append(f"| {name} | " + " | ".join(format_cell(c, row[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def format_cell(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if column == "cold_rate":
+        return f"{value:.3%}"
+    if column == "cost_vs_oracle":
+        return f"{value:.2f}x"
+    return f"{value:,.0f}"
+
+
+def _plot(result: SimResult, points: int = 1500) -> str:
+    k = max(1, len(result.demand) // points)
+    block = lambda a: np.asarray(a[: len(a) // k * k], float).reshape(-1, k).mean(axis=1)  # noqa: E731
+    x = np.arange(len(result.demand) // k) * k * result.step_s / 3600.0
+    lines = [Line("demand (req/s)", block(result.demand), "#1f77b4")]
+    for name in POLICIES:
+        capacity = sum(r.capacity for r in result.runs[name])
+        lines.append(Line(f"{name} ready capacity", block(capacity), COLORS[name]))
+    return chart(x, lines, title="warmfront simulate: demand and ready capacity (scored part)",
+                 x_label="hours since scoring began")

@@ -1,0 +1,145 @@
+"""The live control loop in `warmfront run`: history → forecast → plan → members, before traffic comes.
+
+The app runs in-process on a stopped clock; its history holds two past days with a daily ramp at
+noon. Ten minutes before noon, with no request sent, the forecast must already have the pool
+launch shadow members, and at noon activate them; in forecast-only mode the same forecast is
+shown but nothing is launched.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from balancer.app import App
+from balancer.history import History
+from config.models import Config, Pool, Route, RouteMatch, RoutingConfig
+from pools.members import MemberState
+from pools.ports import free_port
+from tests.pools_support import alive, wait_until
+
+DAY = 86400
+NOON = 19_700 * DAY + 12 * 3600        # the ramp starts here, every day
+RAMP_RPS = 6.0                         # x 0.25 s service time = 1.5 in flight: 3 members at 0.7 x 1
+SERVICE_S = 0.25
+
+
+def rate_at(t: float) -> float:
+    """Requests per second: a gentle daily wave, and the noon ramp."""
+    tod = t % DAY
+    wave = 0.1 + 0.05 * math.sin(2 * math.pi * tod / DAY)
+    return wave + (RAMP_RPS if 12 * 3600 <= tod < 14 * 3600 else 0.0)
+
+
+def seed_history(path: Path, until: float) -> None:
+    """Two days of per-minute rows up to `until`, written through History like live traffic would be."""
+    history = History(path, clock=lambda: until)
+    for minute in range(int(until - 2 * DAY), int(until), 60):
+        n = round(rate_at(minute) * 60)
+        history.add_minute(minute, "acme", "api", n, n * SERVICE_S)
+    history.close()
+
+
+def config(mode: str) -> Config:
+    pool = Pool.model_validate({
+        "backend": "process", "command": f"{sys.executable} -m balancer.demo_backend --port {{port}}",
+        "concurrency": 1, "capacity": {"min": 1, "max": 4}, "shadow": {"state": "running", "size": 0},
+        "scaling": {"mode": mode}, "startup_timeout": 10, "stop_timeout": 1, "drain_timeout": 1,
+        "health": {"interval": 0.2, "timeout": 0.5},
+    })
+    routing = RoutingConfig(routes=[Route(name="api", match=RouteMatch(path_prefix="/api/"), pool="web", type="api")])
+    return Config(routing=routing, pools={"web": pool})
+
+
+@pytest.fixture
+async def start_app():
+    apps: list[tuple[App, list[int]]] = []
+    tmp = tempfile.TemporaryDirectory(prefix="wf-loop-")
+
+    async def start(mode: str, now: list[float]) -> App:
+        state = Path(tmp.name) / mode
+        seed_history(state / "history.sqlite3", now[0])
+        app = App(config(mode), listen=("127.0.0.1", free_port()), admin=("127.0.0.1", free_port()),
+                  state_dir=str(state), clock=lambda: now[0], plan_interval=0.1)
+        pids: list[int] = []
+        apps.append((app, pids))
+        await app.start()
+        return app
+
+    yield start
+    for app, pids in apps:
+        backend = next(iter(app.backends.values()))
+        pids += [p for m in app.members["web"] if (p := backend.pid(m.id)) is not None]
+        await app.stop()
+        assert pids and not any(alive(p) for p in pids), "a member process outlived the app"
+    tmp.cleanup()
+
+
+def by_state(app: App) -> dict[MemberState, int]:
+    out: dict[MemberState, int] = {}
+    for m in app.members["web"]:
+        out[m.state] = out.get(m.state, 0) + 1
+    return out
+
+
+def requests_sent(app: App) -> int:
+    return sum(app.proxy.stats.requests.values())
+
+
+async def test_live_loop_prewarms_shadows_before_the_ramp_and_activates_them_at_it(start_app):
+    now = [NOON - 600.0]
+    app = await start_app("forecast-and-scale", now)
+
+    plan = app.control.plan_of("web")
+    assert plan.ready == 1 and plan.baseline == 1
+    assert plan.shadow == 2, f"the forecast of the noon ramp should ask for 2 shadows: {plan}"
+    # The manager launches them: two running shadows, warm and unrouted, and not one request yet.
+    await wait_until(lambda: by_state(app).get(MemberState.SHADOW) == 2, timeout=20)
+    assert by_state(app).get(MemberState.READY) == 1
+    assert requests_sent(app) == 0
+
+    status = app.status()["pools"]["web"]
+    assert status["mode"] == "forecast-and-scale"
+    assert status["desired"]["shadow"] == 2
+    near, quarter = status["forecast"][0], status["forecast"][1]
+    assert quarter["horizon_s"] == 900 and quarter["rate"] > 5 > near["rate"]   # the ramp is 15 minutes out
+    actions = [a["action"] for a in status["recent_actions"]]
+    assert "plan" in actions and actions.count("launch") >= 2 and "park" in actions
+
+    # Noon: the ramp's bin opens; the forecast asks for 3 ready and the shadows are activated.
+    now[0] = NOON + 30
+    await wait_until(lambda: by_state(app).get(MemberState.READY) == 3, timeout=10)
+    plan = app.control.plan_of("web")
+    assert (plan.ready, plan.baseline, plan.predictive) == (3, 1, 2)
+    assert requests_sent(app) == 0
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{app.admin_addr[1]}/metrics") as resp:
+            metrics = await resp.text()
+        async with session.get(f"http://127.0.0.1:{app.listen[1]}/api/x") as resp:
+            assert resp.status == 200
+    assert 'warmfront_pool_desired_members{pool="web",tier="predictive"} 2.0' in metrics
+    assert 'warmfront_pool_forecast_requests_per_second{bound="upper",horizon="300",pool="web"}' in metrics
+
+
+async def test_forecast_only_shows_the_same_plan_but_launches_nothing(start_app):
+    now = [NOON + 30.0]
+    app = await start_app("forecast-only", now)
+
+    plan = app.control.plan_of("web")
+    assert plan.forecast_ready == 3, "forecast-only still computes what the forecast wants"
+    assert (plan.ready, plan.shadow) == (1, 0)
+    await wait_until(lambda: by_state(app).get(MemberState.READY) == 1, timeout=10)
+    await asyncio.sleep(1.0)   # several plan and reconcile passes
+    assert by_state(app) == {MemberState.READY: 1}
+
+    status = app.status()["pools"]["web"]
+    assert status["mode"] == "forecast-only"
+    assert status["desired"]["forecast_ready"] == 3 and status["desired"]["ready"] == 1
+    reasons = [a["reason"] for a in status["recent_actions"] if a["action"] == "plan"]
+    assert any("forecast-only: forecast wants 3 ready" in r for r in reasons)

@@ -81,15 +81,28 @@ class ControlLoop:
         self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers)
         self.anomalies = AnomalyDetector()
         self.profiles: dict[str, ResourceProfile] = {}
-        self.pools = {name: _PoolState(spec) for name, spec in cfg.pools.items()}
-        # A request type feeds every pool a route sends it to.
+        self.pools: dict[str, _PoolState] = {}
         self._pools_of_type: dict[str, list[str]] = {}
+        self.reconfigure(cfg)
+        self._series: dict[str, tuple[str, str]] = {}   # series id -> (source, type)
+        self._next_minute: int | None = None
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Follow a (re)loaded config: new pools and routes; fitted forecasts and plans are kept."""
+        self.cfg = cfg
+        for name in set(self.pools) - set(cfg.pools):
+            del self.pools[name]
+        for name, spec in cfg.pools.items():
+            if name in self.pools:
+                self.pools[name].spec = spec
+            else:
+                self.pools[name] = _PoolState(spec)
+        # A request type feeds every pool a route sends it to.
+        self._pools_of_type.clear()
         for route in cfg.routing.routes:
             pools = self._pools_of_type.setdefault(route.type, [])
             if route.pool not in pools:
                 pools.append(route.pool)
-        self._series: dict[str, tuple[str, str]] = {}   # series id -> (source, type)
-        self._next_minute: int | None = None
 
     # ------------------------------------------------------------------ running
     async def run(self) -> None:

@@ -33,7 +33,6 @@ from config.events import EVENTS_FILE, EventSpec
 from config.loader import ConfigError
 from config.models import Pool
 from config.units import parse_duration
-from pools.manager import PoolManager
 from pools.members import MemberState
 from pools.reconciler import Desired, ObservedMember
 from predictor.events import Event
@@ -225,7 +224,7 @@ class Operator:
             raise ApiError(404, f"pool {name!r} has no member {member_id!r}")
         if member.state is not MemberState.READY:
             raise ApiError(409, f"member {member_id!r} is {member.state.value}; only a ready member can be drained")
-        if not _drain(manager, member_id):
+        if not manager.drain(member_id, "manual"):
             raise ApiError(409, f"member {member_id!r} is busy; try again")
         return web.json_response({"pool": name, "member": member_id, "state": "draining"})
 
@@ -278,20 +277,6 @@ class Operator:
         for s in self.app.history.summary(since):
             out[s.source] = out.get(s.source, 0) + s.requests
         return out
-
-
-def _drain(manager: PoolManager, member_id: str) -> bool:
-    """Take a ready member out of routing; the reconciler retires it once drained and refills its place.
-
-    Reaches into the manager: this belongs in a PoolManager.drain(member_id, reason) method."""
-    m = manager._members.get(member_id)
-    if m is None or m.busy or m.state is not MemberState.READY:
-        return False
-    manager._set(m, MemberState.DRAINING)
-    manager.note("drain", member_id, "manual")
-    log.info("member.draining", pool=manager.name, member=member_id, reason="manual")
-    manager.wake()
-    return True
 
 
 async def _json_body(request: web.Request) -> Any:

@@ -899,7 +899,6 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.ex
         p = self.parser
         status = p.get_status_code()
-        client = ex.client
         if not ex.latency:
             ex.latency = perf_counter() - ex.t_sent
         if p.get_http_version() == "1.0" or not p.should_keep_alive():

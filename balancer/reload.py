@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from balancer.loop import ControlLoop, _PoolState
 from config.loader import load_config
 from config.models import Config, Pool
 from pools.manager import PoolManager
@@ -113,7 +112,7 @@ async def reload_config(app: App) -> ReloadResult:
     for name in result.added + result.rolled:
         app.tasks.append(asyncio.create_task(app.managers[name].run()))
     if app.control is not None:
-        _sync_control(app.control, new)
+        app.control.reconfigure(new)
     app.proxy.set_table(app.build_table())
     log.info("config.reloaded", directory=directory, added=result.added, removed=result.removed,
              rolled=result.rolled, retuned=result.retuned, restart_needed=result.restart_needed)
@@ -158,22 +157,3 @@ async def _roll(app: App, name: str, old: PoolManager, new: PoolManager | None) 
         outgoing.clear()
         publish()
         log.info("pool.rolled", pool=name)
-
-
-def _sync_control(control: ControlLoop, cfg: Config) -> None:
-    """Point the control loop at the new pools and routes, keeping its fitted state.
-
-    The loop builds these from the config it was given; this belongs in a ControlLoop method."""
-    control.cfg = cfg
-    for name in set(control.pools) - set(cfg.pools):
-        del control.pools[name]
-    for name, spec in cfg.pools.items():
-        if name in control.pools:
-            control.pools[name].spec = spec
-        else:
-            control.pools[name] = _PoolState(spec)
-    control._pools_of_type.clear()
-    for route in cfg.routing.routes:
-        pools = control._pools_of_type.setdefault(route.type, [])
-        if route.pool not in pools:
-            pools.append(route.pool)

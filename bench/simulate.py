@@ -83,7 +83,7 @@ def main() -> int:
             row = out["policies"][policy]
             lines.append(f"| {trace.name} | {policy} | " + " | ".join(format_cell(c, row[c]) for c in COLUMNS) + " |")
         notes.append(f"- {trace.name}: {verdict(out['policies'])}; {took:.0f} s")
-    print(f"Command per row: `warmfront simulate --trace ../shared/traces/FILE --json`\n")
+    print("Command per row: `warmfront simulate --trace ../shared/traces/FILE --json`\n")
     print("\n".join(lines))
     print("\n" + "\n".join(notes))
     if not args.skip_speed:

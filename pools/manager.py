@@ -142,6 +142,18 @@ class PoolManager:
         if self._owns_checker:
             await self._checker.close()
 
+    def drain(self, member_id: str, reason: str) -> bool:
+        """Take a ready member out of routing now; the reconciler retires it once drained (or at
+        `drain_timeout`) and refills its place. False when it is not a ready, idle member."""
+        m = self._members.get(member_id)
+        if m is None or m.busy or m.state is not MemberState.READY:
+            return False
+        self._set(m, MemberState.DRAINING)
+        self.note("drain", member_id, reason)
+        self._log.info("member.draining", member=member_id, reason=reason, in_flight=self.in_flight(member_id))
+        self.wake()
+        return True
+
     async def reconcile(self) -> None:
         """One level-triggered pass: observe the backend, decide, act."""
         await self._observe()

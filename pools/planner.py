@@ -106,7 +106,12 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
     # peak over the cold-launch lead (at least 15 minutes of forecast).
     horizons = sorted({d.horizon_s for d in inputs.demand})
     near = next((h for h in horizons if h >= inputs.shadow_lead), horizons[-1]) if horizons else 0.0
-    forecast_ready = members_for(load_at(inputs.demand, spec, near), spec) if horizons else 0
+    import os
+    from statistics import NormalDist
+    rq = float(os.environ.get("PQ_READY", sc.quantile))
+    zf = NormalDist().inv_cdf(rq) / NormalDist().inv_cdf(sc.quantile)
+    lu = load_at(inputs.demand, spec, near); lp = load_at(inputs.demand, spec, near, upper=False)
+    forecast_ready = members_for(lp + (lu - lp) * zf, spec) if horizons else 0
     peak_ready = members_for(load_at(inputs.demand, spec, max(sc.launch_lead, 900.0)), spec) if horizons else 0
 
     # Burst: live in-flight, HPA-style, with Knative's panic mode.
@@ -137,7 +142,7 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
     # Stabilise scale-down: the highest recommendation of the window wins; panic never scales down.
     q = state.recommendations
     q.append((now, want))
-    while q and q[0][0] < now - sc.scale_down_delay:
+    while q and q[0][0] < now - float(os.environ.get("PQ_HOLD", sc.scale_down_delay)):
         q.popleft()
     stable = max(r for _, r in q)
     if panic:

@@ -100,7 +100,7 @@ class HoltWinters:
     def _fit_chunk(self, x_all: np.ndarray, lo: int, hi: int) -> None:
         x = x_all[lo:hi]
         c, t_len = x.shape
-        m, g_n = self.period, self.grid_size
+        m = self.period
         # seed the season from whole days before the scored span and the level from the hour before it,
         # so the grid is judged on bins its seed never saw
         seed_days = max(1, t_len // m - 1)

@@ -249,6 +249,10 @@ class Scaling(Strict):
                                                           "mode. Default `2.0`.")
     stable_window: Duration = Field(60.0, gt=0, description="Window over which live utilisation is averaged for "
                                                             "the burst tier. Default `60s`.")
+    burst_utilization: float = Field(0.8, gt=0, le=1, description="Utilisation the burst tier sizes live load to; "
+                                                                  "above the pool's target because the forecast holds "
+                                                                  "the headroom and shadows activate in milliseconds. "
+                                                                  "Default `0.8`.")
 
 
 class Shadow(Strict):

@@ -11,8 +11,10 @@ Tiers:
              shadow state's activation lead), and a shadow pool that covers the forecast peak over
              the cold-launch lead time, so what the forecast says may come can be activated in
              milliseconds instead of launched in seconds;
-- burst      reactive, HPA-style on live in-flight requests averaged over `stable_window`, with a
-             Knative-like panic mode: in-flight above `panic_threshold` × target capacity over the
+- burst      reactive, HPA-style on live in-flight requests averaged over `stable_window`, sized at
+             `burst_utilization` rather than the pool's target: the forecast already holds the planned
+             headroom, live load lags, and what the burst tier adds is activated from the shadow pool
+             in milliseconds, so it only has to catch what the forecast missed. Knative-like panic mode: in-flight above `panic_threshold` × target capacity over the
              short `panic_window` scales at once and never scales down while panicking. An anomaly
              (actuals outside the forecast interval) switches the pool to burst sizing: live load
              adds members and nothing the forecast prepared is given back until it clears.
@@ -79,9 +81,9 @@ class PlannerState:
     last: Plan | None = None
 
 
-def members_for(load: float, spec: Pool) -> int:
-    """Members needed to keep `load` requests in service at the target utilisation."""
-    per_member = spec.concurrency * spec.capacity.target_utilization
+def members_for(load: float, spec: Pool, utilization: float | None = None) -> int:
+    """Members needed to keep `load` requests in service at `utilization` (default: the pool's target)."""
+    per_member = spec.concurrency * (utilization or spec.capacity.target_utilization)
     return math.ceil(load / per_member - 1e-9) if load > 0 else 0
 
 
@@ -106,17 +108,12 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
     # peak over the cold-launch lead (at least 15 minutes of forecast).
     horizons = sorted({d.horizon_s for d in inputs.demand})
     near = next((h for h in horizons if h >= inputs.shadow_lead), horizons[-1]) if horizons else 0.0
-    import os
-    from statistics import NormalDist
-    rq = float(os.environ.get("PQ_READY", sc.quantile))
-    zf = NormalDist().inv_cdf(rq) / NormalDist().inv_cdf(sc.quantile)
-    lu = load_at(inputs.demand, spec, near); lp = load_at(inputs.demand, spec, near, upper=False)
-    forecast_ready = members_for(lp + (lu - lp) * zf, spec) if horizons else 0
+    forecast_ready = members_for(load_at(inputs.demand, spec, near), spec) if horizons else 0
     peak_ready = members_for(load_at(inputs.demand, spec, max(sc.launch_lead, 900.0)), spec) if horizons else 0
 
     # Burst: live in-flight, HPA-style, with Knative's panic mode.
     current = len(inputs.ready_since)
-    reactive = members_for(inputs.live.in_flight_stable, spec)
+    reactive = members_for(inputs.live.in_flight_stable, spec, sc.burst_utilization)
     capacity_now = max(current, 1) * per_member
     if inputs.live.in_flight_panic >= sc.panic_threshold * capacity_now:
         if state.panic_until <= now:
@@ -142,7 +139,7 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
     # Stabilise scale-down: the highest recommendation of the window wins; panic never scales down.
     q = state.recommendations
     q.append((now, want))
-    while q and q[0][0] < now - float(os.environ.get("PQ_HOLD", sc.scale_down_delay)):
+    while q and q[0][0] < now - sc.scale_down_delay:
         q.popleft()
     stable = max(r for _, r in q)
     if panic:

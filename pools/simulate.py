@@ -97,50 +97,57 @@ def _total(runs: list[PolicyRun]) -> dict:
 @dataclass(frozen=True, slots=True)
 class ForecastPath:
     """What the live predictor said at each forecaster-bin boundary `j` (time j × bin_s), from data
-    that had ended by then: rates in requests per second per series and horizon, and open anomalies."""
+    that had ended by then: rates in requests per second per series and horizon, and the interval
+    (requests) it gave the bin that opened at `j`, which that bin's actual is judged by."""
     bin_s: float
     horizons: tuple[float, ...]
     point: np.ndarray      # [boundary, series, horizon]
     upper: np.ndarray
-    anomaly: np.ndarray    # [boundary, series] an upward anomaly is open
+    band: np.ndarray       # [boundary, series, 2] lower and upper bound of the bin opened at the boundary
+    actual: np.ndarray     # [boundary, series] requests in the bin that ended at the boundary
 
 
 def forecast_path(series: Series, quantile: float, bin_s: float, horizons_bins: int = 3) -> ForecastPath:
-    """Run the live Forecaster and anomaly detector along the trace, one forecaster bin at a time."""
+    """Run the live Forecaster along the trace, one forecaster bin at a time."""
     now = [0.0]
     fc = Forecaster(lambda: now[0], bin_s=bin_s, quantiles=(1.0 - quantile, quantile))
-    detector = AnomalyDetector()
     per = int(round(bin_s / series.bin_s))
     n_bounds = math.ceil(series.length / per) + 1
     horizons = tuple(bin_s * (k + 1) for k in range(horizons_bins))
     point = np.zeros((n_bounds, series.n, len(horizons)))
     upper = np.zeros_like(point)
-    anomaly = np.zeros((n_bounds, series.n), dtype=bool)
+    band = np.zeros((n_bounds, series.n, 2))
+    actual = np.zeros((n_bounds, series.n))
     index = {sid: i for i, sid in enumerate(series.ids)}
-    last: tuple[np.ndarray, np.ndarray] | None = None
     for j in range(1, n_bounds):
         now[0] = j * bin_s
         lo, hi = (j - 1) * per, min(j * per, series.length)
         for b in range(lo, hi):
             fc.observe(b * series.bin_s, dict(zip(series.ids, series.values[:, b].tolist())))
         fc.observe(now[0], {})   # the bin has ended: close it before forecasting
-        if last is not None:
-            detector.update_many(series.ids, (j - 1) * bin_s, series.values[:, lo:hi].sum(axis=1), *last)
-            for a in detector.active():
-                anomaly[j, index[a.series_id]] = a.direction == "up"
+        actual[j] = series.values[:, lo:hi].sum(axis=1)
         if fc.refit_due():
             fc.refit()
-        forecasts = fc.forecast(horizons)
-        lower_next = np.zeros(series.n)
-        upper_next = np.zeros(series.n)
-        for sid, fs in forecasts.items():
+        for sid, fs in fc.forecast(horizons).items():
             i = index[sid]
             for k, f in enumerate(fs):
                 point[j, i, k] = f.point / f.window_s
                 upper[j, i, k] = f.upper / f.window_s
-            lower_next[i], upper_next[i] = fs[0].lower, fs[0].upper
-        last = (lower_next, upper_next)
-    return ForecastPath(bin_s, horizons, point, upper, anomaly)
+            band[j, i] = fs[0].lower, fs[0].upper
+    return ForecastPath(bin_s, horizons, point, upper, band, actual)
+
+
+def pool_anomalies(path: ForecastPath, sources: list[int], name: str) -> np.ndarray:
+    """Open upward anomalies per boundary, judged as the live loop judges them: the pool's actual
+    against the sum of its sources' intervals, so a surprise on a source too small to matter does
+    not switch the whole pool to burst sizing."""
+    detector = AnomalyDetector()
+    open_up = np.zeros(len(path.actual), dtype=bool)
+    for j in range(2, len(path.actual)):
+        lower, upper = path.band[j - 1, sources].sum(axis=0)
+        detector.update(name, (j - 1) * path.bin_s, float(path.actual[j, sources].sum()), float(lower), float(upper))
+        open_up[j] = any(a.series_id == name and a.direction == "up" for a in detector.active())
+    return open_up
 
 
 # ---------------------------------------------------------------------------------------- policies
@@ -212,6 +219,7 @@ class Predictive:
         self._bound = -1
         self._demand: tuple[TypeDemand, ...] = ()
         self._anomaly = False
+        self._anomalies = pool_anomalies(path, [idx for idx, _ in pool.sources], pool.name)
 
     def desired(self, i: int, now: float, actor: SimulatedPool, replay: Replay) -> Desired:
         spec = self.pool.spec
@@ -234,8 +242,7 @@ class Predictive:
         demand = tuple(TypeDemand(rtype, h, float(self.path.point[j, idx, k].sum()),
                                   float(self.path.upper[j, idx, k].sum()))
                        for rtype, idx in by_type.items() for k, h in enumerate(self.path.horizons))
-        anomaly = bool(self.path.anomaly[j, [idx for idx, _ in self.pool.sources]].any())
-        return demand, anomaly
+        return demand, bool(self._anomalies[j])
 
 
 # ---------------------------------------------------------------------------------------- replay

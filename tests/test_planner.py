@@ -98,6 +98,15 @@ def test_burst_tier_follows_live_in_flight_without_a_forecast():
     assert p.ready == 5 and p.burst == 4 and p.predictive == 0
 
 
+def test_burst_tier_sizes_live_load_at_the_burst_utilization_not_the_target():
+    # 56 in flight: 8 members at the 70 % target (7 each), 7 at an 80 % burst utilisation (8 each).
+    live = LiveLoad(in_flight_stable=56.0, in_flight_panic=56.0)
+    assert plan(pool(burst_utilization=0.8), inputs(live=live, ready=7), PlannerState()).ready == 7
+    assert plan(pool(burst_utilization=0.7), inputs(live=live, ready=7), PlannerState()).ready == 8
+    # The forecast still plans at the target: the burst tier catches only what it missed.
+    assert plan(pool(burst_utilization=0.8), inputs(demand_=demand(560.0)), PlannerState()).ready == 8
+
+
 def test_max_caps_the_plan_and_reports_it():
     p = plan(pool(max_=4), inputs(demand_=demand(700.0)), PlannerState())
     assert p.ready == 4 and p.capped and p.wanted == 10

@@ -11,7 +11,7 @@ from config.models import Pool, Shadow
 from pools.backends.simulated import Delays, SimulatedPool
 from pools.members import MemberState
 from pools.reconciler import Desired
-from pools.simulate import forecast_path
+from pools.simulate import forecast_path, pool_anomalies
 from pools.simulate_cli import main
 from predictor.series import Series
 
@@ -77,6 +77,18 @@ def test_forecasts_see_only_the_past():
     np.testing.assert_array_equal(paths[0].point[:boundary + 1], paths[1].point[:boundary + 1])
     np.testing.assert_array_equal(paths[0].upper[:boundary + 1], paths[1].upper[:boundary + 1])
     assert not np.array_equal(paths[0].point[boundary + 2:], paths[1].point[boundary + 2:])
+
+
+def test_a_surprise_on_a_small_source_does_not_put_the_pool_in_anomaly():
+    # Two sources into one pool: `big` carries ~99 % of it; `small` jumps 10x on day 3. Alone, `small`
+    # is anomalous; within the pool its surprise hides inside the pool's interval, as the live loop
+    # judges it. The same jump on `big` is a pool anomaly.
+    big, small = daily(3, seed=1) * 10, daily(3, seed=2) / 10
+    jumped = lambda v: np.concatenate([v[:2 * DAY_MIN + 600], v[2 * DAY_MIN + 600:] * 10])  # noqa: E731
+    for values, pool_anomalous in (((big, jumped(small)), False), ((jumped(big), small), True)):
+        path = forecast_path(Series(("big", "small"), np.vstack(values), 60.0, 0.0), 0.9, 300.0)
+        assert pool_anomalies(path, [1], "small").any() == (values[1] is not small)
+        assert pool_anomalies(path, [0, 1], "pool").any() == pool_anomalous
 
 
 def test_five_minute_and_one_minute_traces_both_work(capsys, tmp_path):

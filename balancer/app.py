@@ -126,6 +126,7 @@ class App:
             "listen": f"{self.listen[0]}:{self.listen[1]}",
             "pools": pools,
             "sources": status_sources(self.history, 86400),
+            "models": self.control.model_status() if self.control is not None else [],
         }
 
     # ---------------------------------------------------------------- lifecycle

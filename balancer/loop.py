@@ -282,6 +282,18 @@ class ControlLoop:
                        max_members=spec.capacity.max, drain_timeout=spec.drain_timeout)
 
     # ------------------------------------------------------------------ status
+    def model_status(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The chosen model and live forecast error of the series (source, type), flagged first —
+        the feedback loop made visible."""
+        rows = []
+        for sid, snap in self.forecaster.status().items():
+            source, rtype = self._series.get(sid, (sid, ""))
+            rows.append({"source": source, "type": rtype, "model": snap["model"], "flagged": snap["flagged"],
+                         "errors": {f"{int(h * self.forecaster.bin_s // 60)}m": e
+                                                                for h, e in snap["horizons"].items()}})
+        rows.sort(key=lambda r: (not r["flagged"], r["source"], r["type"]))
+        return rows[:limit]
+
     def pool_status(self, pool: str) -> dict[str, Any]:
         st = self.pools[pool]
         p = st.plan

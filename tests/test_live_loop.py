@@ -110,6 +110,8 @@ async def test_live_loop_prewarms_shadows_before_the_ramp_and_activates_them_at_
     assert quarter["horizon_s"] == 900 and quarter["rate"] > 5 > near["rate"]   # the ramp is 15 minutes out
     actions = [a["action"] for a in status["recent_actions"]]
     assert "plan" in actions and actions.count("launch") >= 2 and "park" in actions
+    models = app.status()["models"]   # the feedback loop, visible: a model and live errors per series
+    assert any(m["model"] for m in models) and all(set(m["errors"]) == {"5m", "15m", "60m"} for m in models), str(models)[:900]
 
     # Noon: the ramp's bin opens; the forecast asks for 3 ready and the shadows are activated.
     now[0] = NOON + 30

@@ -24,6 +24,7 @@ import structlog
 
 from config.loader import load_config
 from config.models import Config, Pool
+from pools.backends.base import MEMBER_FIELDS
 from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
 
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-# Fields that shape the members themselves: changing one means new members.
-MEMBER_FIELDS = ("backend", "command", "env", "servers", "docker", "swarm", "health", "warmup")
 RESTART_FIELDS = ("listen", "admin", "state_dir", "tls", "history")
 ROLL_POLL = 0.1
 
@@ -58,11 +57,6 @@ def restart_fields(old: Config, new: Config) -> list[str]:
     return [f for f in RESTART_FIELDS if getattr(old.routing, f) != getattr(new.routing, f)]
 
 
-def _backend_key(spec: Pool) -> tuple:
-    """The key App._backend_for files a pool's backend under."""
-    return ("docker", spec.docker.host) if spec.backend == "docker" and spec.docker else (spec.backend,)
-
-
 def needs_roll(old: Pool, new: Pool) -> bool:
     return any(getattr(old, f) != getattr(new, f) for f in MEMBER_FIELDS)
 
@@ -85,18 +79,14 @@ async def reload_config(app: App) -> ReloadResult:
     # From here on, no await until the table is swapped: requests see the old table or the new one.
     app.cfg = new
     app.operator.events.replace_yaml(events)
-    # A rolled pool's new members come from a fresh backend object: the old manager keeps its own, so
-    # neither adopts the other's members. The old object is kept for closing at shutdown. (The static
-    # backend holds the server lists, so it is rebuilt from the new config the same way.)
-    for name in result.rolled + [n for n in result.added if new.pools[n].backend == "static"]:
-        key = _backend_key(new.pools[name])
-        if key in app.backends:
-            retired = app.backends.pop(key)
-            app.backends[(*key, "retired", len(app.backends))] = retired
-            fresh = app._backend_for(name, new.pools[name])
-            # Member ids must stay unique across the two objects (the proxy keys its stats by id).
-            if hasattr(retired, "_counters"):
-                fresh._counters.update(retired._counters)
+    # A rolled pool's old and new managers share the backend: members carry the generation of the
+    # spec they were built from (pools.backends.base.member_generation) and each manager adopts only
+    # its own. Static servers carry no labels; the static backend holds the server lists, so it is
+    # rebuilt from the new config (the old object is kept for closing at shutdown).
+    if any(new.pools[n].backend == "static" for n in result.rolled + result.added) and ("static",) in app.backends:
+        app.backends[("static", "retired", len(app.backends))] = app.backends.pop(("static",))
+        app._backend_for(next(n for n in new.pools if new.pools[n].backend == "static"),
+                         next(p for p in new.pools.values() if p.backend == "static"))
     for name in result.retuned:
         app.managers[name].spec = new.pools[name]
         app.managers[name].wake()

@@ -16,7 +16,8 @@ import aiohttp
 import structlog
 
 from config.models import Pool
-from pools.backends.base import Backend, BackendError, Instance, InstanceStatus, Subscription
+from pools.backends.base import (LABEL_GENERATION, Backend, BackendError, Instance, InstanceStatus, Subscription,
+                                 member_generation)
 from pools.health import HealthChecker, HealthTracker
 from pools.members import MemberState, MemberView
 from pools.reconciler import (Action, Activate, Desired, Drain, Launch, ObservedMember, Park, Replace, Retire,
@@ -172,7 +173,10 @@ class PoolManager:
 
     # ------------------------------------------------------------------ observing
     async def _observe(self) -> None:
-        instances = {i.id: i for i in await self.backend.list() if i.pool == self.name}
+        generation = member_generation(self.spec)
+        # Members of another generation belong to the manager a reload is rolling out: not ours.
+        instances = {i.id: i for i in await self.backend.list() if i.pool == self.name
+                     and i.labels.get(LABEL_GENERATION, generation) == generation}
         new = [i for i in instances.values() if i.id not in self._members]
         if new:
             # Running members from before a restart are probed before anything is decided, so the

@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from config.models import Pool
-from pools.backends.base import BackendError, BackendEvent, InstanceStatus
+from pools.backends.base import BackendError, BackendEvent, InstanceStatus, member_generation
 from pools.backends.docker import DockerBackend
 from tests.dockerkit import (SESSION, app_image, create_test_network, docker_client, new_owner,  # noqa: F401
                             remove_owned, require_engine)
@@ -53,13 +53,15 @@ async def status_of(backend: DockerBackend, instance_id: str) -> InstanceStatus 
 
 @engine
 async def test_launch_labels_the_container_and_host_mode_answers_on_loopback(backend, docker_client, app_image):
-    inst = await backend.launch("web", docker_pool(app_image, cpus=0.5, memory=64 * 1024 * 1024, env={"A": "b"}))
+    spec = docker_pool(app_image, cpus=0.5, memory=64 * 1024 * 1024, env={"A": "b"})
+    inst = await backend.launch("web", spec)
     c = docker_client.containers.get(inst.id)
     assert c.name.startswith("wf-web-")
     assert c.labels["warmfront.managed"] == "true"
     assert c.labels["warmfront.pool"] == "web"
     assert c.labels["warmfront.instance"] == backend.owner
     assert c.labels["warmfront.port"] == str(inst.port)
+    assert c.labels["warmfront.generation"] == member_generation(spec)
     host_config = c.attrs["HostConfig"]
     assert host_config["NetworkMode"] == "host" and host_config["Init"] is True
     assert host_config["NanoCpus"] == 500_000_000 and host_config["Memory"] == 64 * 1024 * 1024

@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from pools.backends.base import LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL, BackendError, InstanceStatus
+from pools.backends.base import (LABEL_GENERATION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL, BackendError,
+                                 InstanceStatus, member_generation)
 from pools.backends.process import ProcessBackend
 from tests.pools_support import TINY, alive, answers, fetch, pool_spec, proc_state, wait_until
 
@@ -36,7 +37,8 @@ async def test_launch_runs_the_command_on_a_loopback_port_with_port_env_and_labe
     assert inst.id == "p-web-1" and inst.host == "127.0.0.1"
     assert body["port_env"] == str(inst.port) and body["wf_test"] == f"on-{inst.port}"
     assert os.path.dirname(body["executable"]) == os.path.dirname(sys.executable)
-    assert inst.labels == {LABEL_MANAGED: "true", LABEL_POOL: "web", LABEL_INSTANCE: "test-wf"}
+    assert inst.labels == {LABEL_MANAGED: "true", LABEL_POOL: "web", LABEL_INSTANCE: "test-wf",
+                           LABEL_GENERATION: member_generation(spec)}
     assert backend.address(inst.id) == (inst.host, inst.port)
     assert (await backend.launch("web", spec)).id == "p-web-2"
     await wait_until(lambda: (tmp_path / "members" / "p-web-1.log").read_text().startswith("listening"), 2)

@@ -6,6 +6,8 @@ and touches instances labelled `warmfront.managed=true` with its own `warmfront.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,8 +20,20 @@ LABEL_POOL = "warmfront.pool"
 LABEL_INSTANCE = "warmfront.instance"
 
 
-def member_labels(pool: str, owner: str) -> dict[str, str]:
-    return {LABEL_MANAGED: "true", LABEL_POOL: pool, LABEL_INSTANCE: owner}
+LABEL_GENERATION = "warmfront.generation"
+# Pool fields that shape the members themselves: a change means new members (a new generation).
+MEMBER_FIELDS = ("backend", "command", "env", "servers", "docker", "swarm", "health", "warmup")
+
+
+def member_generation(spec: Pool) -> str:
+    """A short hash of what a member is built from: members of another generation are not adopted."""
+    shape = json.dumps({f: spec.model_dump(mode="json")[f] for f in MEMBER_FIELDS}, sort_keys=True)
+    return hashlib.sha256(shape.encode()).hexdigest()[:12]
+
+
+def member_labels(pool: str, owner: str, spec: Pool) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_POOL: pool, LABEL_INSTANCE: owner,
+            LABEL_GENERATION: member_generation(spec)}
 
 
 class InstanceStatus(StrEnum):

@@ -123,7 +123,7 @@ class DockerBackend:
         port = port or free_port(self.host_ip)
         inner = port if network == "host" else (d.container_port or port)
         name = f"wf-{re.sub(r'[^A-Za-z0-9_.-]', '-', pool)}-{secrets.token_hex(3)}"
-        labels = {**member_labels(pool, self.owner), LABEL_NETWORK: network,
+        labels = {**member_labels(pool, self.owner, spec), LABEL_NETWORK: network,
                   LABEL_PORT: str(inner if network not in ("host", "publish") else port)}
         if d.cpus is not None:
             labels[LABEL_CPUS] = repr(float(d.cpus))

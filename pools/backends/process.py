@@ -77,7 +77,7 @@ class ProcessBackend:
         env["PORT"] = str(port)
         # `warmfront ...` and `python` must resolve to this venv even when it is not activated.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", os.defpath)
-        instance = Instance(instance_id, pool, self.host, port, InstanceStatus.RUNNING, member_labels(pool, self.owner))
+        instance = Instance(instance_id, pool, self.host, port, InstanceStatus.RUNNING, member_labels(pool, self.owner, spec))
         child = _Child(instance, argv, env)
         self._spawn(child)
         self._children[instance_id] = child

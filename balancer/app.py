@@ -217,11 +217,12 @@ class App:
             await self.admin_runner.cleanup()
         log.info("proxy.stopped")
 
-    def make_manager(self, name: str, spec: Pool) -> PoolManager:
+    def make_manager(self, name: str, spec: Pool, retire_other_generations: bool = True) -> PoolManager:
         """A pool's manager, deciding by the control loop's plan within the operator's overrides."""
         return PoolManager(name, spec, self._backend_for(name, spec),
                            in_flight=self.proxy.in_flight, on_change=self.on_members,
-                           desired_fn=self.operator.desired_fn(self.control.desired), wall_clock=self.clock)
+                           desired_fn=self.operator.desired_fn(self.control.desired), wall_clock=self.clock,
+                           retire_other_generations=retire_other_generations)
 
     async def reload(self) -> ReloadResult:
         """SIGHUP and POST /admin/reload: see balancer.reload."""

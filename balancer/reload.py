@@ -95,8 +95,10 @@ async def reload_config(app: App) -> ReloadResult:
         outgoing[name] = app.managers.pop(name)
     for name in result.added + result.rolled:
         app.members.setdefault(name, [])
-        app.managers[name] = app.make_manager(name, new.pools[name])
+        # While a pool rolls, the outgoing manager drains the old generation's members.
+        app.managers[name] = app.make_manager(name, new.pools[name], retire_other_generations=name not in outgoing)
     for name, manager in outgoing.items():
+        manager.retire_other_generations = False   # the new generation's members belong to the new manager
         incoming = app.managers.get(name)
         app.tasks.append(asyncio.create_task(_roll(app, name, manager, incoming)))
     for name in result.added + result.rolled:
@@ -143,7 +145,9 @@ async def _roll(app: App, name: str, old: PoolManager, new: PoolManager | None) 
         while any(app.proxy.in_flight(m.id) for m in outgoing) and time.monotonic() < deadline:
             await asyncio.sleep(ROLL_POLL)
     finally:
-        await old.stop_all()
+        await old.stop_all(keep=False)
+        if new is not None:
+            new.retire_other_generations = True   # anything of the old generation left is now stale
         outgoing.clear()
         publish()
         log.info("pool.rolled", pool=name)

@@ -67,10 +67,12 @@ class PoolManager:
                  desired_fn: DesiredFn = baseline_desired,
                  checker: HealthChecker | None = None,
                  interval: float = 0.5,
+                 retire_other_generations: bool = True,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.name, self.spec, self.backend = name, spec, backend
         self.clock, self.in_flight, self.on_change, self.desired_fn = clock, in_flight, on_change, desired_fn
         self.interval = interval
+        self.retire_other_generations = retire_other_generations
         self._checker = checker or HealthChecker()
         self._owns_checker = checker is None
         self._static = spec.backend == "static"
@@ -121,8 +123,11 @@ class PoolManager:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
 
-    async def stop_all(self) -> None:
-        """Stop the loop, then stop and remove every member (static members are left alone)."""
+    async def stop_all(self, keep: bool | None = None) -> None:
+        """Stop the loop, then stop and remove every member (static members are left alone).
+
+        `keep` defaults to the docker pool's `on_exit: keep` (members survive for the next run to adopt);
+        a pool rolled out by a reload passes False: its members are of a generation nobody will adopt."""
         run = self._run_task
         if run is not None and not run.done() and run is not asyncio.current_task():
             run.cancel()
@@ -132,7 +137,8 @@ class PoolManager:
             t.cancel()
         await asyncio.gather(*busy, return_exceptions=True)
         docker = self.spec.docker
-        keep = self.spec.backend == "docker" and docker is not None and docker.on_exit == "keep"
+        if keep is None:
+            keep = self.spec.backend == "docker" and docker is not None and docker.on_exit == "keep"
         if keep:
             self._log.info("pool.kept", members=len(self._members))
         elif not self._static:
@@ -174,9 +180,22 @@ class PoolManager:
     # ------------------------------------------------------------------ observing
     async def _observe(self) -> None:
         generation = member_generation(self.spec)
-        # Members of another generation belong to the manager a reload is rolling out: not ours.
-        instances = {i.id: i for i in await self.backend.list() if i.pool == self.name
-                     and i.labels.get(LABEL_GENERATION, generation) == generation}
+        instances: dict[str, Instance] = {}
+        for i in await self.backend.list():
+            if i.pool != self.name:
+                continue
+            if i.labels.get(LABEL_GENERATION, generation) == generation or i.id in self._members:
+                instances[i.id] = i
+            elif self.retire_other_generations:
+                # Built from an earlier spec (changed while warmfront was down): drained and retired;
+                # the reconciler launches this generation's members in their place.
+                instances[i.id] = i
+                if i.id not in self._members:
+                    self._members[i.id] = _Member(i.id, i.host, i.port, MemberState.DRAINING, self.clock(),
+                                                  HealthTracker.for_check(self.spec.health))
+                    self._log.info("member.adopted", member=i.id, status=i.status.value,
+                                   reason="other generation: retiring")
+            # else: a reload is rolling it out; the old generation's manager owns it.
         new = [i for i in instances.values() if i.id not in self._members]
         if new:
             # Running members from before a restart are probed before anything is decided, so the

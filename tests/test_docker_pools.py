@@ -272,3 +272,21 @@ class DockerRelay:
             finally:
                 w.close()
         await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
+
+
+async def test_restart_with_a_changed_spec_replaces_the_old_generation(tmp_path, docker_client):
+    pool = web_pool(shadow={"state": "none", "size": 0}, docker=web_pool().docker.model_copy(update={"on_exit": "keep"}))
+    async with running_app(config(pool), tmp_path) as app:
+        await until(lambda: len(by_state(app).get("ready", [])) == 2, 60)
+        owner = app.instance_id
+        old = {c.name for c in our_containers(docker_client, owner)}
+    changed = pool.model_copy(update={"docker": pool.docker.model_copy(update={"env": {"WORK_MS": "1"}})})
+    try:
+        async with running_app(config(changed), tmp_path) as app2:
+            await until(lambda: len(by_state(app2).get("ready", [])) == 2
+                        and not old & {c.name for c in our_containers(docker_client, owner)}, 30)
+            ready = {m.id for m in by_state(app2)["ready"]}
+            assert not ready & old, "a member of the old spec is still routed"
+    finally:
+        for c in our_containers(docker_client, owner):
+            c.remove(force=True)

@@ -181,7 +181,7 @@ class App:
         self.operator = Operator(self, self.clock)
         self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.proxy.in_flight,
                                    self.managers, clock=self.clock, plan_interval=self.plan_interval,
-                                   events=self.operator.events.book)
+                                   events=self.operator.events.book, controls=self.operator.controls)
         registry = make_registry(self.proxy.stats, lambda: self.members, self._control_status)
         self.admin_runner = web.AppRunner(make_admin_app(self.operator.status, registry, self.token,
                                                          self.operator.add_routes),

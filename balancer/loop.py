@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -56,6 +56,14 @@ class PoolForecast:
     upper: float
 
 
+class SourcePolicy(Protocol):
+    """The operator's per-source settings the loop honours (balancer.controls.Controls)."""
+
+    def predictive(self, source: str) -> bool: ...
+
+    def profile(self, source: str) -> Any: ...   # a WorkloadProfile with .rates(bin_starts), or None
+
+
 @dataclass(slots=True)
 class _PoolState:
     spec: Pool
@@ -73,11 +81,14 @@ class ControlLoop:
     def __init__(self, cfg: Config, history: History, members: Callable[[], Mapping[str, Sequence[MemberView]]],
                  in_flight: Callable[[str], int], managers: Mapping[str, PoolManager], *,
                  clock: Callable[[], float], plan_interval: float = 5.0, sample_interval: float = 1.0,
-                 forecaster: Forecaster | None = None, events: EventBook | None = None) -> None:
+                 forecaster: Forecaster | None = None, events: EventBook | None = None,
+                 controls: SourcePolicy | None = None) -> None:
         self.cfg, self.history, self.clock = cfg, history, clock
         self.members_fn, self.in_flight, self.managers = members, in_flight, managers
         self.plan_interval, self.sample_interval = plan_interval, sample_interval
         self.events = events if events is not None else EventBook(_events_of(cfg))
+        self.controls = controls
+        self._first_seen: dict[str, float] = {}   # series id -> clock time of its first request
         self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers)
         self.anomalies = AnomalyDetector()
         self.profiles: dict[str, ResourceProfile] = {}
@@ -197,8 +208,21 @@ class ControlLoop:
 
     def _series_id(self, source: str, rtype: str) -> str:
         sid = f"{source}\x1f{rtype}"   # unit separator: cannot clash with names people write
-        self._series.setdefault(sid, (source, rtype))
+        if sid not in self._series:
+            self._series[sid] = (source, rtype)
+            self._first_seen[sid] = self.clock()
         return sid
+
+    def _prior_rate(self, sid: str, source: str, horizon_s: float) -> float:
+        """A young series of a source that declared a workload profile: the profile's rate for that
+        time, shared over the source's request types (the prior until a day of history exists)."""
+        if self.controls is None or self.clock() - self._first_seen.get(sid, 0.0) >= 86400:
+            return 0.0
+        profile = self.controls.profile(source)
+        if profile is None:
+            return 0.0
+        types = sum(1 for s, _ in self._series.values() if s == source)
+        return float(profile.rates(np.array([self.clock() + horizon_s]))[0]) / max(types, 1)
 
     def _multipliers(self, sid: str, bins: np.ndarray) -> np.ndarray:
         source, rtype = self._series.get(sid, ("", ""))
@@ -222,14 +246,20 @@ class ControlLoop:
                 source, rtype = self._series[sid]
                 if name not in self._pools_of_type.get(rtype, ()):
                     continue
+                # An opted-out source is served by the baseline and burst tiers only.
+                predictive = self.controls is None or self.controls.predictive(source)
                 for f in per_horizon:
                     rate, lower, upper = (v / f.window_s for v in (f.point, f.lower, f.upper))
+                    prior = self._prior_rate(sid, source, f.horizon_s)
+                    if prior > rate:
+                        rate, upper = prior, max(upper, prior)
                     # The predictor's band is at its own quantile; the pool plans at `scaling.quantile`,
                     # read off the same band assuming it is roughly normal.
                     rate_q = max(rate, rate + (upper - rate) * z_q / z_hi)
-                    acc = by_type.setdefault((rtype, f.horizon_s), [0.0, 0.0])
-                    acc[0] += rate
-                    acc[1] += rate_q
+                    if predictive:
+                        acc = by_type.setdefault((rtype, f.horizon_s), [0.0, 0.0])
+                        acc[0] += rate
+                        acc[1] += rate_q
                     t = totals[f.horizon_s]
                     t[0], t[1], t[2] = t[0] + rate, t[1] + lower, t[2] + upper
                     if f.horizon_s == self.forecaster.bin_s:   # the open bin: scored when it closes

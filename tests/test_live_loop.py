@@ -145,3 +145,31 @@ async def test_forecast_only_shows_the_same_plan_but_launches_nothing(start_app)
     assert status["desired"]["forecast_ready"] == 3 and status["desired"]["ready"] == 1
     reasons = [a["reason"] for a in status["recent_actions"] if a["action"] == "plan"]
     assert any("forecast-only: forecast wants 3 ready" in r for r in reasons)
+
+
+async def test_an_opted_out_source_gets_no_predictive_capacity(start_app):
+    from balancer.controls import SourceUpdate
+    now = [NOON - 600.0]
+    app = await start_app("forecast-and-scale", now)
+    await wait_until(lambda: (p := app.control.plan_of("web")) is not None and p.shadow == 2, timeout=10)
+    app.operator.controls.update_source("acme", SourceUpdate(predictive=False))
+    await wait_until(lambda: app.control.plan_of("web").shadow == 0, timeout=10)
+    assert app.control.plan_of("web").predictive == 0
+    app.operator.controls.update_source("acme", SourceUpdate(predictive=True))
+    await wait_until(lambda: app.control.plan_of("web").shadow == 2, timeout=10)
+
+
+async def test_a_declared_workload_profile_is_the_prior_of_a_young_source(start_app):
+    from balancer.controls import SourceUpdate, WorkloadProfile
+    now = [NOON - 600.0]
+    app = await start_app("forecast-and-scale", now)
+    app.operator.controls.update_source("newco", SourceUpdate(profile=WorkloadProfile.model_validate(
+        {"peak_rps": 20, "baseline_rps": 0.01, "schedule": [{"start": "12:00", "end": "14:00", "rps": 12}]})))
+    # One request from the newcomer: a series with minutes of history, nothing a forecaster can use.
+    await wait_until(lambda: (p := app.control.plan_of("web")) is not None and p.shadow == 2, timeout=10)
+    app.history.add_minute(int(now[0] // 60 * 60), "newco", "api", 1, 0.25)
+    now[0] += 60   # that minute closes: the loop reads it
+    # acme's ramp (6 req/s) and newco's declared 12 req/s, at 0.25 s each, need 7 members: the shadow
+    # pool grows to what max (4) leaves.
+    await wait_until(lambda: app.control.plan_of("web").shadow == 3, timeout=10)
+    assert any("needs 7" in r for r in app.control.plan_of("web").reasons), app.control.plan_of("web")

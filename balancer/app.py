@@ -117,6 +117,7 @@ class App:
             if self.control is not None:
                 pools[name].update(self.control.pool_status(name))
             manager = self.managers.get(name)
+            pools[name]["lead_times_s"] = manager.lead_times() if manager is not None else {}
             pools[name]["recent_actions"] = [
                 {"time": a.time, "action": a.action, "member": a.member, "reason": a.reason}
                 for a in list(manager.recent_actions)[-20:]] if manager is not None else []

@@ -286,7 +286,13 @@ class ControlLoop:
         live = LiveLoad(in_flight_stable=_mean_since(st.samples, now - spec.scaling.stable_window),
                         in_flight_panic=_mean_since(st.samples, now - spec.scaling.panic_window),
                         anomaly=any(a.series_id == name and a.direction == "up" for a in self.anomalies.active()))
-        lead = ACTIVATION_LEAD_S.get(spec.shadow.state, spec.scaling.launch_lead)
+        # Lead times as measured on this pool's members; the activation benchmark's medians until then.
+        manager = self.managers.get(name)
+        measured = manager.measured_lead if manager is not None else (lambda kind: None)
+        cold = measured("cold")
+        if cold is not None and cold > spec.scaling.launch_lead:
+            spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"launch_lead": cold})})
+        lead = measured(spec.shadow.state) or ACTIVATION_LEAD_S.get(spec.shadow.state, spec.scaling.launch_lead)
         new = plan(spec, PlanInputs(now, st.demand, live, tuple(st.ready_since.values()), lead), st.planner)
         old, st.plan = st.plan, new
         if old is not None and _same(old, new):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -31,6 +32,7 @@ MAX_BACKOFF = 10.0
 # 0.5 s, 1 s, 2 s ... up to MAX_BACKOFF, so a broken spec does not fork in a tight loop.
 LAUNCH_BACKOFF = 0.5
 RECENT_ACTIONS = 50
+LEAD_SAMPLES = 20   # activation and launch times kept per kind, for the planner's lead times
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class PoolManager:
         self.clock, self.in_flight, self.on_change, self.desired_fn = clock, in_flight, on_change, desired_fn
         self.interval = interval
         self.retire_other_generations = retire_other_generations
+        self._leads: dict[str, deque] = {}   # cold | running | paused | stopped -> recent seconds
         self._checker = checker or HealthChecker()
         self._owns_checker = checker is None
         self._static = spec.backend == "static"
@@ -148,6 +151,16 @@ class PoolManager:
         self._publish()
         if self._owns_checker:
             await self._checker.close()
+
+    def measured_lead(self, kind: str) -> float | None:
+        """Median time this pool took to bring a member in by `kind` (cold launch to healthy, or
+        activation of a running, paused or stopped shadow); None before it has done so."""
+        samples = self._leads.get(kind)
+        return statistics.median(samples) if samples else None
+
+    def lead_times(self) -> dict[str, float]:
+        """Median measured seconds per kind of bring-up, for /admin/status."""
+        return {kind: round(statistics.median(v), 4) for kind, v in self._leads.items() if v}
 
     def drain(self, member_id: str, reason: str) -> bool:
         """Take a ready member out of routing now; the reconciler retires it once drained (or at
@@ -295,19 +308,22 @@ class PoolManager:
     async def _launch(self) -> None:
         if self.clock() < self._launch_after:
             return  # crash-loop back-off; a later pass decides again
+        started = self.clock()
         inst = await self.backend.launch(self.name, self.spec)
         m = _Member(inst.id, inst.host, inst.port, MemberState.LAUNCHING, self.clock(),
                     HealthTracker.for_check(self.spec.health))
         self._members[m.id] = m
         self._log.info("member.launched", member=m.id, address=f"{m.host}:{m.port}")
-        self._spawn(m, self._boot(m))
+        self._spawn(m, self._boot(m, started, "cold"))
         self._publish()
 
-    async def _boot(self, m: _Member) -> None:
+    async def _boot(self, m: _Member, started: float | None = None, kind: str | None = None) -> None:
         deadline = self.clock() + self.spec.startup_timeout
         if await self._checker.wait_healthy(m.host, m.port, self.spec.health, deadline, self.clock):
             m.health = HealthTracker.for_check(self.spec.health, healthy=True)
             self._boot_failures = 0
+            if kind is not None and started is not None:
+                self._leads.setdefault(kind, deque(maxlen=LEAD_SAMPLES)).append(self.clock() - started)
         else:
             self._fail(m, f"not healthy within startup_timeout ({self.spec.startup_timeout}s)")
 
@@ -341,17 +357,20 @@ class PoolManager:
     async def _activate(self, m: _Member) -> None:
         if m.state is MemberState.SHADOW:
             self._log.info("member.activated", member=m.id, shadow_state=m.shadow_state)
+            started = self.clock()
             if m.shadow_state == "stopped":
                 # Cold again after a restart: it boots and warms like a new member, counted as pipeline.
                 await self.backend.start(m.id)
                 m.prewarmed = False
                 self._set(m, MemberState.LAUNCHING)
-                self._spawn(m, self._boot(m))
+                self._spawn(m, self._boot(m, started, "stopped"))
                 return
             restore = [self.backend.resize(m.id, None)] if self.spec.shadow.cpus is not None else []
             if m.shadow_state == "paused":
                 restore.append(self.backend.resume(m.id))
             await asyncio.gather(*restore)
+            self._leads.setdefault(m.shadow_state or "running", deque(maxlen=LEAD_SAMPLES)).append(
+                self.clock() - started)
         self._set(m, MemberState.READY)
         self._log.info("member.ready", member=m.id, address=f"{m.host}:{m.port}", prewarmed=m.prewarmed)
 

@@ -100,6 +100,11 @@ async def test_shadow_member_is_parked_and_activated_without_creating_anything(
         await until(lambda: shadow.id in [m.id for m in by_state(app).get("ready", [])], 30)
         assert container_status(docker_client, shadow.id) == "running"
         assert len(our_containers(docker_client, app.instance_id)) == 2, "activation created a container"
+        # Lead times are measured, not assumed: the planner uses them for the shadow and launch leads.
+        leads = app.status()["pools"]["web"]["lead_times_s"]
+        assert 0 < leads["cold"] < 30 and 0 <= leads[shadow_state] < 30, leads
+        if shadow_state != "stopped":
+            assert leads[shadow_state] < leads["cold"], leads
         async with aiohttp.ClientSession() as s:
             ports = set()
             for _ in range(20):

@@ -214,6 +214,7 @@ class App:
         await asyncio.gather(*(m.stop_all() for m in self.managers.values()), return_exceptions=True)
         await self._close_backends()
         self.history.close()
+        self.operator.timeline.close()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         log.info("proxy.stopped")

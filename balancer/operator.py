@@ -55,7 +55,7 @@ class Operator:
         self.events = EventFeed(Path(cfg.directory) / EVENTS_FILE if cfg.directory else None,
                                 app.state_dir / "events.json")
         self.events.replace_yaml(self.events.read_yaml())
-        self.timeline = MemberTimeline()
+        self.timeline = MemberTimeline(path=app.state_dir / "timeline.sqlite3", retention=cfg.routing.history.retention)
 
     # ---------------------------------------------------------------- hooks for the App
     def desired_fn(self, inner: DesiredFn) -> DesiredFn:

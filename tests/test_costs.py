@@ -71,3 +71,20 @@ def test_sample_splits_ready_members_into_tiers():
     s = sample(7.0, members, baseline_min=2, predictive_wanted=2)
     assert (s.ready, s.baseline, s.predictive, s.burst) == (5, 2, 2, 1)
     assert (s.shadow, s.shadow_stopped, s.launching, s.draining) == (1, 1, 1, 0)
+
+
+def test_the_member_timeline_survives_a_restart_and_reaches_back_past_memory(tmp_path):
+    from balancer.timeline import MemberTimeline
+    path = tmp_path / "timeline.sqlite3"
+    tl = MemberTimeline(keep=2, path=path)     # memory holds the last 2 samples of 3
+    for s in TIMELINE:
+        tl.add("web", s)
+    tl.close()
+    again = MemberTimeline(keep=2, path=path)
+    try:
+        assert again.series("web", since=TIMELINE[1].t) == TIMELINE[1:]   # memory, reloaded at start
+        assert again.series("web", since=TIMELINE[0].t) == TIMELINE   # older than memory: from SQLite
+        assert container_seconds(again.series("web", TIMELINE[0].t), TIMELINE[0].t, TIMELINE[-1].t + 60) == \
+            container_seconds(TIMELINE, TIMELINE[0].t, TIMELINE[-1].t + 60)
+    finally:
+        again.close()

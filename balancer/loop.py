@@ -39,7 +39,7 @@ from predictor.profiles import ResourceProfile
 
 log = structlog.get_logger("warmfront")
 
-HORIZONS_S = (300.0, 900.0, 1800.0, 3600.0)
+HORIZONS_S = (300.0, 900.0, 1800.0, 3600.0, 86400.0)
 MINUTE = 60
 BUFFER_DAYS = 2.0
 # Measured activation lead per shadow state (README, activation benchmark, medians); a stopped

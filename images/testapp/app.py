@@ -60,11 +60,13 @@ class Counters:
         with self._lock:
             self.in_flight += 1
 
-    def end(self, counted: bool) -> None:
+    def count(self) -> None:
+        with self._lock:
+            self.hits += 1
+
+    def end(self) -> None:
         with self._lock:
             self.in_flight -= 1
-            if counted:
-                self.hits += 1
             if self.in_flight == 0:
                 self._idle.notify_all()
 
@@ -136,10 +138,14 @@ class Handler(BaseHTTPRequestHandler):
                 status, content_type, body = self._route(url.path, parse_qs(url.query), body_in)
             except ValueError as exc:
                 status, content_type, body = 400, "text/plain", f"bad request: {exc}\n".encode()
+            if not probe:
+                # Counted before the write: a client that reads the answer and then asks /hits
+                # must see its own request.
+                counters.count()
             self._respond(status, content_type, body)
         finally:
-            # Counted only once written, so a drain waits for the bytes to leave too.
-            counters.end(counted=not probe)
+            # Out of flight only once written, so a drain waits for the bytes to leave too.
+            counters.end()
 
     def _respond(self, status: int, content_type: str, body: bytes) -> None:
         if self.server.stopping.is_set():

@@ -3,7 +3,10 @@
 Per step (every `plan_interval`, a few seconds):
 1. feed the predictor every minute that closed since the last step, read from `History`
    (unflushed rows included), and the learned service time per request type;
-2. refit the predictor when it says so, in a worker thread (the event loop keeps proxying);
+2. refit the predictor when it says so, in a worker thread (the event loop keeps proxying), and
+   start its statsmodels tier for the busiest series in a worker process when due (seconds of
+   CPU and 250 MB of imports that are not the proxy's; its result is applied by a later step,
+   never awaited);
 3. forecast every series (source × type), sum the request types routed to each pool, and
    compare the last closed bin of each pool with the interval forecast for it (anomalies);
 4. plan each managed pool from that demand and the live in-flight load (sampled every
@@ -15,6 +18,8 @@ All times come from `clock`, so the demo can compress a day into minutes and tes
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from pools.planner import LiveLoad, Plan, PlanInputs, PlannerState, TypeDemand, 
 from pools.reconciler import Desired, ObservedMember, baseline_desired
 from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
+from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy
 from predictor.events import EventBook
 from predictor.profiles import ResourceProfile
 
@@ -44,6 +50,7 @@ MINUTE = 60
 BUFFER_DAYS = 2.0
 # Measured activation lead per shadow state (README, activation benchmark, medians); a stopped
 # shadow boots again, so it is as slow as a cold launch.
+HEAVY_TIMEOUT_S = 900.0   # a statsmodels job takes seconds; one this late lost its worker
 ACTIVATION_LEAD_S = {"running": 0.001, "paused": 0.0175}
 
 
@@ -90,6 +97,9 @@ class ControlLoop:
         self.controls = controls
         self._first_seen: dict[str, float] = {}   # series id -> clock time of its first request
         self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers)
+        self._heavy: asyncio.Future[HeavyResult] | None = None
+        self._heavy_started = 0.0
+        self._heavy_pool: Any = None   # a one-process multiprocessing Pool, started on first use
         self.anomalies = AnomalyDetector()
         self.profiles: dict[str, ResourceProfile] = {}
         self.pools: dict[str, _PoolState] = {}
@@ -101,6 +111,9 @@ class ControlLoop:
     def reconfigure(self, cfg: Config) -> None:
         """Follow a (re)loaded config: new pools and routes; fitted forecasts and plans are kept."""
         self.cfg = cfg
+        self.forecaster.refit_every_s = cfg.routing.predictor.refit_every
+        self.forecaster.heavy_every_s = cfg.routing.predictor.refit_every
+        self.forecaster.statsmodels_top_n = cfg.routing.predictor.statsmodels_top_n
         for name in set(self.pools) - set(cfg.pools):
             del self.pools[name]
         for name, spec in cfg.pools.items():
@@ -129,12 +142,43 @@ class ControlLoop:
         finally:
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
+            self.close()
+
+    def _heavy_step(self) -> None:
+        """Apply a finished statsmodels job; start the next one when due and none is running."""
+        if self._heavy is not None:
+            if not self._heavy.done():
+                if time.monotonic() - self._heavy_started > HEAVY_TIMEOUT_S:
+                    # a worker that died loses its task silently in a Pool: start over
+                    log.error("predictor.heavy_timeout", seconds=HEAVY_TIMEOUT_S)
+                    self.close()
+                return
+            fut, self._heavy = self._heavy, None
+            if fut.exception() is not None:
+                log.error("predictor.heavy_failed", error=repr(fut.exception()))
+            else:
+                self.forecaster.apply_heavy(fut.result())
+        job = self.forecaster.heavy_job(max(HORIZONS_S))
+        if job is not None:
+            if self._heavy_pool is None:
+                self._heavy_pool = multiprocessing.get_context("spawn").Pool(1)
+            self._heavy, self._heavy_started = _submit(self._heavy_pool, job), time.monotonic()
+
+    def close(self) -> None:
+        """Stop the statsmodels worker process, if one was started (a job in flight is dropped)."""
+        if self._heavy_pool is not None:
+            self._heavy_pool.terminate()
+            self._heavy_pool = None
+        if self._heavy is not None and not self._heavy.done():
+            self._heavy.cancel()
+        self._heavy = None
 
     async def step(self) -> None:
         self.sample()
         self._observe_closed_minutes()
         if self.forecaster.refit_due():
             await asyncio.to_thread(self.forecaster.refit)
+        self._heavy_step()
         self._forecast()
         for name, st in self.pools.items():
             if st.spec.backend != "static":
@@ -373,3 +417,23 @@ def _summary(p: Plan) -> str:
     return (f"baseline {p.baseline} + predictive {p.predictive} + burst {p.burst}"
             f" (forecast alone: {p.forecast_ready})")
 
+
+
+
+def _submit(pool: Any, job: HeavyJob) -> asyncio.Future[HeavyResult]:
+    """`compute_heavy(job)` in the pool's worker process, as a future of the running loop."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[HeavyResult] = loop.create_future()
+
+    def settle(result: HeavyResult | None, error: BaseException | None) -> None:
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(result)
+
+    def deliver(result: HeavyResult | None, error: BaseException | None) -> None:
+        try:  # called on the pool's result thread
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile: nobody wants the result
+            pass
+
+    pool.apply_async(compute_heavy, (job,), callback=lambda r: deliver(r, None), error_callback=lambda e: deliver(None, e))
+    return fut

@@ -133,6 +133,18 @@ class HistoryConfig(Strict):
         1000, ge=1, description="Top-K sources kept by name; the rest count as `other`. Default `1000`.")
 
 
+class PredictorConfig(Strict):
+    """The live forecaster's schedule and its statsmodels tier."""
+    refit_every: Duration = Field(
+        900.0, gt=0, description="How often Holt-Winters is refitted for every series (and the statsmodels tier "
+                                 "refreshed). Default `15m`.")
+    statsmodels_top_n: int = Field(
+        2, ge=0, le=100,
+        description="Series with most traffic that also get statsmodels ETS, SARIMAX and STL in their blend once they "
+                    "have three days of history (each fit 0.05–1 s in a worker thread; importing statsmodels adds "
+                    "≈ 250 MB). `0` turns the tier off. Default `2`.")
+
+
 _METHOD = re.compile(r"[A-Z]+")
 
 
@@ -185,6 +197,7 @@ class RoutingConfig(Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Time limits.")
     limits: Limits = Field(default_factory=Limits, description="Request size limits.")
     history: HistoryConfig = Field(default_factory=HistoryConfig, description="Request history for forecasting.")
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="The live forecaster.")
     routes: list[Route] = Field(
         min_length=1, description="Routes, tried in order; the first match wins. At least one is required.")
 

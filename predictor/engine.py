@@ -13,6 +13,7 @@ its band sums the per-bin bands, which is conservative.
 from __future__ import annotations
 
 import math
+from collections import deque
 from statistics import NormalDist
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +23,7 @@ import structlog
 
 from predictor.backtest import BacktestConfig, run as backtest, seasonal_scale, widen
 from predictor.feedback import Feedback
+from predictor.heavy import ALL_MODELS, HEAVY_MODELS, NUMPY_MODELS, HeavyJob, HeavyPath, HeavyResult
 from predictor.holtwinters import HoltWinters
 from predictor.models import Naive, SeasonalNaive
 from predictor.series import RingBuffer
@@ -33,7 +35,7 @@ ShapeFor = Callable[[str], "np.ndarray | None"]
 Multipliers = Callable[[str, np.ndarray], np.ndarray]
 
 DEFAULT_HORIZONS_S = (300.0, 900.0, 3600.0, 86_400.0)
-BLEND = ("naive", "seasonal_naive", "holt_winters")
+BLEND = NUMPY_MODELS
 BUCKETS = (1, 3, 12)  # steps ahead the backtest weighs; longer steps use the last bucket's weights
 
 
@@ -60,6 +62,9 @@ class Forecaster:
         mase_threshold: float = 1.5,
         shape_for: ShapeFor | None = None,
         multipliers: Multipliers | None = None,
+        statsmodels_top_n: int = 0,
+        heavy_every_s: float | None = None,
+        heavy_rechoose_s: float = 86_400.0,
     ) -> None:
         self.clock = clock
         self.bin_s = bin_s
@@ -75,7 +80,7 @@ class Forecaster:
         self._hw_ready = np.zeros(0, dtype=bool)
         self.models: list[str] = []
         self._factor = np.ones((0, len(BUCKETS)))
-        self._weights = np.zeros((0, len(BLEND), len(BUCKETS)))
+        self._weights = np.zeros((0, len(ALL_MODELS), len(BUCKETS)))
         self._scale = np.zeros(0)
         self._first_bin = np.zeros(0, dtype=np.int64)
         self._open_bin: int | None = None
@@ -83,6 +88,14 @@ class Forecaster:
         self._last_refit = -math.inf
         self.feedback = Feedback(horizons=(1, 3, 12), mase_threshold=mase_threshold)
         self._needs_choice = np.zeros(0, dtype=bool)
+        # statsmodels tier (predictor.heavy): the top series by traffic keep three days of history
+        self.statsmodels_top_n = statsmodels_top_n
+        self.heavy_every_s = refit_every_s if heavy_every_s is None else heavy_every_s
+        self.heavy_rechoose_s = heavy_rechoose_s
+        self._long: dict[int, deque] = {}
+        self._heavy_paths: dict[str, HeavyPath] = {}
+        self._heavy_chosen_at: dict[int, float] = {}  # series -> clock time of its last six-model backtest
+        self._last_heavy = -math.inf
 
     # -- input ----------------------------------------------------------------------------------
     def observe(self, bin_start: float, counts: dict[str, float]) -> None:
@@ -111,7 +124,7 @@ class Forecaster:
         self._pending, self._hw_ready = grow(self._pending, 0.0), grow(self._hw_ready, False)
         self._scale = grow(self._scale, 0.0)
         self._factor = np.concatenate([self._factor, np.ones((n - len(self._factor), len(BUCKETS)))])
-        self._weights = np.concatenate([self._weights, np.zeros((n - len(self._weights), len(BLEND), len(BUCKETS)))])
+        self._weights = np.concatenate([self._weights, np.zeros((n - len(self._weights), len(ALL_MODELS), len(BUCKETS)))])
         self._first_bin, self._needs_choice = grow(self._first_bin, b), grow(self._needs_choice, True)
         self.models.append("last_value")
         self.feedback.resize(self.ids)
@@ -123,6 +136,8 @@ class Forecaster:
         if self._hw_ready.any():
             self.hw.update(values[: len(self.hw.level)])
         self.feedback.score(self._open_bin, values, self._scale)
+        for i, d in self._long.items():
+            d.append(float(values[i]))
         self._pending = np.zeros(len(self.ids))
         self._open_bin += 1
 
@@ -154,12 +169,58 @@ class Forecaster:
                            start_slot=(self._open_bin - t_len) % self.period)
             for k, i in enumerate(rows):
                 self.models[i] = res.chosen[k]
-            self._weights[rows] = np.stack([res.weights[m] for m in BLEND], axis=1)
+                self._heavy_chosen_at.pop(int(i), None)  # re-chosen without statsmodels: the heavy tier redoes it
+            self._weights[rows] = 0.0
+            self._weights[rows, : len(BLEND)] = np.stack([res.weights[m] for m in BLEND], axis=1)
             self._factor[rows] = res.interval_factor[None, :]
             self._needs_choice[rows] = False
             log.info("predictor.models_chosen", count=len(rows))
         for i in np.flatnonzero(~self._hw_ready):
             self.models[i] = "shape" if self.shape_for and self.shape_for(self.ids[i]) is not None else "last_value"
+
+    # -- statsmodels tier ---------------------------------------------------------------------------
+    def heavy_job(self, horizon_s: float = DEFAULT_HORIZONS_S[-1]) -> HeavyJob | None:
+        """The statsmodels work due now, as copies a worker thread can take, or None. Call on the
+        thread that feeds `observe`; run `predictor.heavy.compute` on the job anywhere; hand the
+        result back to `apply_heavy` on the feeding thread."""
+        if self.statsmodels_top_n <= 0 or self._open_bin is None or self.clock() - self._last_heavy < self.heavy_every_s:
+            return None
+        self._last_heavy = self.clock()
+        ready = np.flatnonzero(self._hw_ready & (self.buffer.filled >= 2 * self.period))
+        if not len(ready):
+            return None
+        traffic = self.buffer.window().sum(axis=1)[ready]
+        top = ready[np.argsort(-traffic, kind="stable")[: self.statsmodels_top_n]]
+        keep = {int(i) for i in top}
+        for i in set(self._long) - keep:  # left the top: back to the numpy blend
+            del self._long[i]
+            self._weights[i, len(BLEND) :] = 0.0
+            self._heavy_chosen_at.pop(i, None)
+        window = self.buffer.window()
+        for i in keep - set(self._long):
+            self._long[i] = deque(window[i].tolist(), maxlen=3 * self.period)
+        now = self.clock()
+        choose = np.array([now - self._heavy_chosen_at.get(int(i), -math.inf) >= self.heavy_rechoose_s for i in top])
+        steps = int(round(horizon_s / self.bin_s)) + int(math.ceil(self.heavy_every_s / self.bin_s)) + 12
+        return HeavyJob(top.copy(), tuple(self.ids[i] for i in top), tuple(np.array(self._long[int(i)]) for i in top),
+                        choose, self._weights[top].copy(), self._open_bin, steps, self.period, BUCKETS, self.quantiles)
+
+    def apply_heavy(self, result: HeavyResult) -> None:
+        """Take a finished job's blends and paths (series that left the top meanwhile are skipped)."""
+        live = np.array([int(i) in self._long for i in result.rows], dtype=bool)
+        now = self.clock()
+        for k, i in enumerate(result.rows):
+            if not live[k] or self.ids[i] != result.ids[k]:
+                continue
+            if result.chosen[k]:
+                self._weights[i] = result.weights[k]
+                self._factor[i] = result.factor[k]
+                self._heavy_chosen_at[int(i)] = now
+                self.models[i] = ALL_MODELS[int(self._weights[i, :, -1].argmax())]
+        log.info("predictor.heavy_refit", series=len(result.rows), backtested=int(result.chosen.sum()),
+                 fitted=sorted(result.paths), seconds=round(result.seconds, 2))
+        self._heavy_paths = {name: HeavyPath(p.open_bin, p.rows[np.isin(p.rows, result.rows[live])], *(
+            a[np.isin(p.rows, result.rows[live])] for a in (p.point, p.lower, p.upper))) for name, p in result.paths.items()}
 
     # -- output ---------------------------------------------------------------------------------
     def forecast(self, horizons: tuple[float, ...] = DEFAULT_HORIZONS_S) -> dict[str, tuple[Forecast, ...]]:
@@ -207,8 +268,26 @@ class Forecaster:
                 "holt_winters": tuple(a[rows] for a in self.hw.predict(h)),
             }
             w = self._weights[rows][:, :, bucket]  # [r, model, step]
+            for k, name in enumerate(HEAVY_MODELS, start=len(BLEND)):
+                # a statsmodels path serves the series it was fitted for while it still reaches h
+                full = [np.zeros((len(rows), h)) for _ in range(3)]
+                have = np.zeros(len(rows), dtype=bool)
+                path = self._heavy_paths.get(name)
+                part = path.slice(self._open_bin, h) if path is not None else None
+                if part is not None:
+                    pos = {int(i): j for j, i in enumerate(path.rows)}
+                    for r, i in enumerate(rows):
+                        j = pos.get(int(i))
+                        if j is not None:
+                            have[r] = True
+                            for a, src in zip(full, part):
+                                a[r] = src[j]
+                w[~have, k] = 0.0
+                paths[name] = tuple(full)
+            total = w.sum(axis=1, keepdims=True)
+            w = np.where(total > 1e-12, w / np.maximum(total, 1e-12), np.eye(len(ALL_MODELS))[BLEND.index("holt_winters")][None, :, None])
             sp, slo, shi = (np.zeros((len(rows), h)) for _ in range(3))
-            for k, name in enumerate(BLEND):
+            for k, name in enumerate(ALL_MODELS):
                 p, lo, hi = paths[name]
                 sp += w[:, k] * p
                 slo += w[:, k] * np.sqrt(lo)

@@ -1,0 +1,127 @@
+"""The live forecaster's statsmodels tier: only the busiest series, fitted off the feeding thread,
+blended in by backtest weight, and its paths served until they no longer reach."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+
+from balancer.history import History
+from balancer.loop import ControlLoop
+from config.loader import load_config
+from predictor.engine import Forecaster
+from predictor.heavy import ALL_MODELS, HEAVY_MODELS, HeavyPath, compute, history_needed
+
+PERIOD = 288
+BIN = 300.0
+
+
+def _feed(fcs: list[Forecaster], now: list[float], days: float, seed: int = 5) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(days * PERIOD))
+    big = rng.poisson(400 * (1.0 + 0.7 * np.sin(2 * np.pi * t / PERIOD))).astype(float)
+    small = rng.poisson(6 * (1.0 + 0.7 * np.sin(2 * np.pi * t / PERIOD + 1.0))).astype(float)
+    for k in t:
+        now[0] = k * BIN
+        for fc in fcs:
+            fc.observe(now[0], {"big": big[k], "small": small[k]})
+            if fc.refit_due():
+                fc.refit()
+
+
+def test_path_slice_serves_only_while_it_reaches():
+    p = HeavyPath(10, np.array([0]), *(np.arange(20.0)[None, :] for _ in range(3)))
+    assert p.slice(10, 20)[0].tolist() == [list(np.arange(20.0))]
+    assert p.slice(12, 5)[0].tolist() == [[2.0, 3.0, 4.0, 5.0, 6.0]]
+    assert p.slice(12, 19) is None and p.slice(9, 1) is None
+
+
+def test_no_job_without_the_tier_or_without_two_days():
+    now = [0.0]
+    off = Forecaster(clock=lambda: now[0])
+    young = Forecaster(clock=lambda: now[0], statsmodels_top_n=1)
+    _feed([off, young], now, days=1.5)
+    assert off.heavy_job() is None and young.heavy_job() is None
+
+
+def test_busiest_series_gets_statsmodels_in_its_blend_and_the_rest_do_not():
+    now = [0.0]
+    heavy = Forecaster(clock=lambda: now[0], statsmodels_top_n=1)
+    plain = Forecaster(clock=lambda: now[0])
+    days = (history_needed(PERIOD) + 2) / PERIOD + 1.0  # one day in the ring buffer before the long history starts
+    _feed([heavy, plain], now, days=days)
+    job = heavy.heavy_job()
+    assert job is not None and job.ids == ("big",) and job.choose.tolist() == [True]
+    # the first job only starts the long history (the ring buffer's two days); nothing to backtest yet
+    assert len(job.history[0]) == 2 * PERIOD
+    assert heavy.heavy_job() is None, "a second job before heavy_every_s"
+    first = compute(job)
+    assert not first.chosen.any()
+    heavy.apply_heavy(first)
+    # a day later the long history supports a six-model backtest
+    _feed_more(heavy, plain, now, bins=history_needed(PERIOD) - 2 * PERIOD)
+    job = heavy.heavy_job()
+    assert job is not None and len(job.history[0]) >= history_needed(PERIOD)
+    result = compute(job)
+    assert result.chosen.tolist() == [True]
+    w = result.weights[0]
+    assert w.shape == (len(ALL_MODELS), 3) and np.allclose(w.sum(axis=0), 1.0)
+    assert w[len(ALL_MODELS) - len(HEAVY_MODELS):].sum() > 0.01, "statsmodels earned no weight on a clean seasonal series"
+    assert result.paths and all(p.point.shape == (1, job.steps) for p in result.paths.values())
+    heavy.apply_heavy(result)
+
+    out_h, out_p = heavy.forecast(), plain.forecast()
+    for f in out_h["big"] + out_h["small"]:
+        assert np.isfinite([f.lower, f.point, f.upper]).all() and f.lower <= f.point <= f.upper
+    # the busy series' forecast now blends statsmodels paths in; the small one is untouched
+    assert [f.point for f in out_h["big"]] != pytest.approx([f.point for f in out_p["big"]], rel=1e-9)
+    assert [f.point for f in out_h["small"]] == pytest.approx([f.point for f in out_p["small"]], rel=1e-9)
+    assert heavy.status()["big"]["model"] in ALL_MODELS
+
+    # paths keep serving as bins close between jobs, then drop out once they no longer reach
+    _feed_more(heavy, plain, now, bins=2)
+    assert heavy.forecast()["big"][1].point != pytest.approx(plain.forecast()["big"][1].point, rel=1e-9)
+    _feed_more(heavy, plain, now, bins=job.steps)
+    late = heavy.forecast()["big"]
+    assert all(np.isfinite([f.lower, f.point, f.upper]).all() for f in late)
+
+
+def _feed_more(heavy: Forecaster, plain: Forecaster, now: list[float], bins: int, seed: int = 9) -> None:
+    rng = np.random.default_rng(seed + int(now[0]))
+    start = int(now[0] // BIN) + 1
+    for k in range(start, start + bins):
+        now[0] = k * BIN
+        counts = {"big": float(rng.poisson(400 * (1.0 + 0.7 * np.sin(2 * np.pi * k / PERIOD)))),
+                  "small": float(rng.poisson(6 * (1.0 + 0.7 * np.sin(2 * np.pi * k / PERIOD + 1.0))))}
+        for fc in (heavy, plain):
+            fc.observe(now[0], counts)
+
+
+async def test_control_loop_runs_the_job_off_the_loop_and_applies_it(tmp_path):
+    now = [0.0]
+    fc = Forecaster(clock=lambda: now[0], statsmodels_top_n=1, heavy_every_s=900.0)
+    _feed([fc], now, days=2.2)
+    cfg = load_config("config")
+    history = History(tmp_path / "history.sqlite3", clock=lambda: now[0])
+    loop = ControlLoop(cfg, history, lambda: {}, lambda pool: 0, {}, clock=lambda: now[0], forecaster=fc)
+    assert fc.statsmodels_top_n == cfg.routing.predictor.statsmodels_top_n == 2  # the config rules
+    try:
+        loop._heavy_step()
+        running = loop._heavy
+        assert running is not None
+        worker = loop._heavy_pool._pool[0]
+        assert worker.pid != os.getpid() and worker.is_alive()
+        loop._heavy_step()
+        assert loop._heavy is running, "no second job while one runs"
+        result = await asyncio.wait_for(asyncio.shield(running), 120)
+        assert result.ids == ("big", "small")
+        loop._heavy_step()  # applies the result; the next job is not due yet
+        assert loop._heavy is None
+        assert set(fc._long) == {fc.ids.index("big"), fc.ids.index("small")}
+    finally:
+        loop.close()
+        history.close()
+    worker.join(10)
+    assert not worker.is_alive(), "close() leaves no worker process behind"

@@ -5,6 +5,8 @@ token (see `admin_needs_token`); every route but /healthz then requires it. Erro
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
@@ -13,6 +15,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from balancer.history import History
@@ -98,14 +101,29 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _require_token(token: str | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Every path but the open ones needs the token: as a bearer token (APIs, Prometheus), or as
+    the password of HTTP Basic auth with any user name, so a browser can open the dashboard (it
+    asks for the credentials itself when it sees the Basic challenge)."""
     expected = f"Bearer {token}".encode() if token else None
+    secret = token.encode() if token else b""
+    challenges = CIMultiDict([("WWW-Authenticate", "Bearer"), ("WWW-Authenticate", 'Basic realm="warmfront admin"')])
+
+    def basic_ok(given: bytes) -> bool:
+        if given[:6].lower() != b"basic ":
+            return False
+        try:
+            _, _, password = base64.b64decode(given[6:].strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(password, secret)
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if expected is not None and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, expected):
-                return _error(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+            if not (hmac.compare_digest(given, expected) or basic_ok(given)):
+                return web.json_response({"error": "missing or invalid token (bearer, or basic auth password)"},
+                                         status=401, headers=challenges)
         return await handler(request)
 
     return require_token

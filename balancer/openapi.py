@@ -37,7 +37,7 @@ def _op(summary: str, ok: dict[str, Any], *, errors: tuple[int, ...] = (), body:
     if params:
         op["parameters"] = params
     if mutating:
-        op["description"] = "Requires the admin bearer token when one is configured."
+        op["description"] = "Requires the admin token (bearer, or basic auth password) when one is configured."
     return op
 
 
@@ -63,8 +63,9 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "warmfront admin API", "version": "1"},
         "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}, {}],
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                           "basic": {"type": "http", "scheme": "basic"}}},
+        "security": [{"bearer": []}, {"basic": []}, {}],
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": _json(_OBJECT)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {

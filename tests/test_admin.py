@@ -1,3 +1,5 @@
+import base64
+
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
@@ -105,6 +107,23 @@ async def test_token_is_required_except_for_healthz(stats):
         code, _, body = await get(server, "/admin/status", TOKEN)
         assert code == 200 and '"alice"' in body and '"ready": 2' in body
         assert (await get(server, "/metrics", TOKEN))[0] == 200
+    finally:
+        await server.close()
+
+
+async def test_a_browser_can_authenticate_with_basic_auth(stats):
+    server = await serve(stats, TOKEN, {"pools": {}, "sources": []})
+    basic = lambda user, password: {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}  # noqa: E731
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.make_url("/admin/status")) as resp:
+                assert resp.status == 401
+                assert 'Basic realm="warmfront admin"' in resp.headers.getall("WWW-Authenticate")
+                assert "Bearer" in resp.headers.getall("WWW-Authenticate")
+            for headers, code in ((basic("admin", TOKEN), 200), (basic("", TOKEN), 200), (basic("admin", "nope"), 401),
+                                  ({"Authorization": "Basic !!notbase64"}, 401), ({"Authorization": "Basic "}, 401)):
+                async with session.get(server.make_url("/admin/status"), headers=headers) as resp:
+                    assert resp.status == code, headers
     finally:
         await server.close()
 

@@ -94,6 +94,17 @@ class SourceControl:
         return WorkloadProfile.model_validate(self.profile) if self.profile is not None else None
 
 
+def planning_quantile(quantile: float, sensitivity: str) -> float:
+    """The forecast quantile a source's load is planned at, from the pool's `scaling.quantile`:
+    `high` halves the tail left uncovered (0.9 → 0.95), `low` halves the distance to the median
+    (0.9 → 0.7), `normal` keeps it. Latency-sensitive users get headroom; patient ones cost less."""
+    if sensitivity == "high":
+        return 1.0 - (1.0 - quantile) / 2.0
+    if sensitivity == "low":
+        return 0.5 + (quantile - 0.5) / 2.0
+    return quantile
+
+
 class ScaleRequest(Strict):
     """Body of POST /admin/pools/{name}/scale: `pin`, or `min` and/or `max`, for `duration`, with a reason."""
     pin: int | None = Field(None, ge=0, description="Hold exactly this many ready members.")

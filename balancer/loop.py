@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
+from balancer.controls import planning_quantile
 from balancer.history import LATENCY_BOUNDS, History, MinuteRow
 from config.events import EVENTS_FILE, load_events
 from config.models import Config, Pool
@@ -41,7 +42,7 @@ from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
 from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy
 from predictor.events import EventBook
-from predictor.profiles import ResourceProfile
+from predictor.profiles import ResourceProfile, histogram_quantile
 
 log = structlog.get_logger("warmfront")
 
@@ -50,6 +51,8 @@ MINUTE = 60
 BUFFER_DAYS = 2.0
 # Measured activation lead per shadow state (README, activation benchmark, medians); a stopped
 # shadow boots again, so it is as slow as a cold launch.
+MIN_LATENCY_SAMPLE = 3        # requests in a minute before its p95 counts
+LATENCY_RECENT_S = 300.0      # an abandon_after breach older than this no longer raises the quantile
 HEAVY_TIMEOUT_S = 900.0   # a statsmodels job takes seconds; one this late lost its worker
 ACTIVATION_LEAD_S = {"running": 0.001, "paused": 0.0175}
 
@@ -70,6 +73,8 @@ class SourcePolicy(Protocol):
 
     def profile(self, source: str) -> Any: ...   # a WorkloadProfile with .rates(bin_starts), or None
 
+    def source(self, source: str) -> Any: ...    # a SourceControl: .latency_sensitivity, .abandon_after
+
 
 @dataclass(slots=True)
 class _PoolState:
@@ -80,6 +85,7 @@ class _PoolState:
     demand: tuple[TypeDemand, ...] = ()
     samples: deque = field(default_factory=lambda: deque(maxlen=600))   # (time, in-flight)
     ready_since: dict[str, float] = field(default_factory=dict)
+    latency: tuple[dict[str, Any], ...] = ()   # sources planned at a non-default quantile, and why
     expected: dict[int, tuple[float, float]] = field(default_factory=dict)  # bin -> (lower, upper) requests
     actual: dict[int, float] = field(default_factory=dict)                 # bin -> requests
 
@@ -106,6 +112,7 @@ class ControlLoop:
         self._pools_of_type: dict[str, list[str]] = {}
         self.reconfigure(cfg)
         self._series: dict[str, tuple[str, str]] = {}   # series id -> (source, type)
+        self._p95: dict[str, tuple[int, float]] = {}     # source -> (minute, p95 upstream latency s) of its last busy minute
         self._next_minute: int | None = None
 
     def reconfigure(self, cfg: Config) -> None:
@@ -221,7 +228,10 @@ class ControlLoop:
         for minute in sorted(by_minute):
             counts: dict[str, float] = {}
             per_type: dict[str, list[float]] = {}
+            per_source: dict[str, np.ndarray] = {}
             for row in by_minute[minute]:
+                hist = per_source.setdefault(row.source, np.zeros(len(LATENCY_BOUNDS) + 1))
+                hist += row.latency_hist
                 sid = self._series_id(row.source, row.type)
                 counts[sid] = counts.get(sid, 0.0) + row.requests
                 acc = per_type.setdefault(row.type, [0.0, 0.0, np.zeros(len(LATENCY_BOUNDS) + 1)])
@@ -236,6 +246,9 @@ class ControlLoop:
             for rtype, (n, lat, hist) in per_type.items():
                 profile = self.profiles.setdefault(rtype, ResourceProfile(latency_bounds=LATENCY_BOUNDS))
                 profile.update(n, lat, latency_hist=hist)
+            for source, hist in per_source.items():
+                if hist.sum() >= MIN_LATENCY_SAMPLE:
+                    self._p95[source] = (minute, histogram_quantile(hist, LATENCY_BOUNDS, 0.95))
         # Advance to the current bin even through silent minutes, so forecasts start from now.
         self._close_bins_before(current // bin_s)
         fc.observe(current, {})
@@ -276,13 +289,32 @@ class ControlLoop:
             scope["pool"] = pools[0]
         return self.events.multipliers(scope, bins)
 
+    def _sensitivity(self, source: str) -> tuple[str, dict[str, Any] | None]:
+        """A source's latency sensitivity as planned: what it declared, raised to `high` while its
+        recent p95 latency is beyond the `abandon_after` it declared (its users are giving up)."""
+        control = self.controls.source(source) if self.controls is not None else None
+        if control is None:
+            return "normal", None
+        declared = control.latency_sensitivity
+        seen = self._p95.get(source)
+        recent = seen is not None and self.clock() - seen[0] <= LATENCY_RECENT_S
+        breach = bool(recent and control.abandon_after and seen[1] > control.abandon_after)
+        sensitivity = "high" if breach else declared
+        if sensitivity == "normal":
+            return sensitivity, None
+        return sensitivity, {"source": source, "declared": declared, "planned": sensitivity,
+                             "p95_ms": round(float(seen[1]) * 1000, 1) if recent else None,
+                             "abandon_after_ms": round(control.abandon_after * 1000, 1) if control.abandon_after else None,
+                             "breach": breach}
+
     # ------------------------------------------------------------------ predictor → demand
     def _forecast(self) -> None:
         forecasts = self.forecaster.forecast(HORIZONS_S)
         open_bin = int(self.clock() // self.forecaster.bin_s)
         z_hi = NormalDist().inv_cdf(self.forecaster.quantiles[1])
         for name, st in self.pools.items():
-            z_q = NormalDist().inv_cdf(st.spec.scaling.quantile)
+            z_of = {s: NormalDist().inv_cdf(planning_quantile(st.spec.scaling.quantile, s)) for s in ("low", "normal", "high")}
+            latency: dict[str, dict[str, Any]] = {}
             by_type: dict[tuple[str, float], list[float]] = {}   # (type, horizon) -> [rate, rate_q]
             totals = {h: [0.0, 0.0, 0.0] for h in HORIZONS_S}     # horizon -> point, lower, upper (req/s)
             band = [0.0, 0.0]   # the open bin's interval in requests, summed over series: conservative
@@ -292,6 +324,10 @@ class ControlLoop:
                     continue
                 # An opted-out source is served by the baseline and burst tiers only.
                 predictive = self.controls is None or self.controls.predictive(source)
+                sensitivity, why = self._sensitivity(source)
+                if why is not None:
+                    latency[source] = why
+                z_q = z_of[sensitivity]
                 for f in per_horizon:
                     rate, lower, upper = (v / f.window_s for v in (f.point, f.lower, f.upper))
                     prior = self._prior_rate(sid, source, f.horizon_s)
@@ -308,6 +344,7 @@ class ControlLoop:
                     t[0], t[1], t[2] = t[0] + rate, t[1] + lower, t[2] + upper
                     if f.horizon_s == self.forecaster.bin_s:   # the open bin: scored when it closes
                         band[0], band[1] = band[0] + f.lower, band[1] + f.upper
+            st.latency = tuple(latency[s] for s in sorted(latency))
             st.demand = tuple(TypeDemand(rtype, h, r, rq, self._service_time(rtype))
                               for (rtype, h), (r, rq) in sorted(by_type.items()))
             st.forecast = tuple(PoolForecast(h, round(p, 4), round(lo, 4), round(hi, 4))
@@ -383,6 +420,7 @@ class ControlLoop:
                          for f in st.forecast],
             "anomalies": [{"start": a.start, "direction": a.direction, "size": round(a.size, 3), "peak": a.peak}
                           for a in self.anomalies.active() if a.series_id == pool],
+            "latency": list(st.latency),
         }
         if p is not None:
             out["desired"] = {"ready": p.ready, "shadow": p.shadow, "baseline": p.baseline,

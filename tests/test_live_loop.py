@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 
 from balancer.app import App
@@ -36,11 +37,13 @@ def rate_at(t: float) -> float:
     return wave + (RAMP_RPS if 12 * 3600 <= tod < 14 * 3600 else 0.0)
 
 
-def seed_history(path: Path, until: float) -> None:
-    """Two days of per-minute rows up to `until`, written through History like live traffic would be."""
+def seed_history(path: Path, until: float, noise: float = 0.0) -> None:
+    """Two days of per-minute rows up to `until`, written through History like live traffic would be;
+    `noise` scatters the counts (fixed seed) so the forecast has a band."""
     history = History(path, clock=lambda: until)
+    rng = np.random.default_rng(7)
     for minute in range(int(until - 2 * DAY), int(until), 60):
-        n = round(rate_at(minute) * 60)
+        n = max(0, round(rate_at(minute) * 60 * (1.0 + noise * rng.standard_normal())))
         history.add_minute(minute, "acme", "api", n, n * SERVICE_S)
     history.close()
 
@@ -61,9 +64,9 @@ async def start_app():
     apps: list[tuple[App, list[int]]] = []
     tmp = tempfile.TemporaryDirectory(prefix="wf-loop-")
 
-    async def start(mode: str, now: list[float]) -> App:
+    async def start(mode: str, now: list[float], noise: float = 0.0) -> App:
         state = Path(tmp.name) / mode
-        seed_history(state / "history.sqlite3", now[0])
+        seed_history(state / "history.sqlite3", now[0], noise)
         app = App(config(mode), listen=("127.0.0.1", free_port()), admin=("127.0.0.1", free_port()),
                   state_dir=str(state), clock=lambda: now[0], plan_interval=0.1)
         pids: list[int] = []
@@ -173,3 +176,45 @@ async def test_a_declared_workload_profile_is_the_prior_of_a_young_source(start_
     # pool grows to what max (4) leaves.
     await wait_until(lambda: app.control.plan_of("web").shadow == 3, timeout=10)
     assert any("needs 7" in r for r in app.control.plan_of("web").reasons), app.control.plan_of("web")
+
+
+async def test_latency_sensitivity_moves_the_planning_quantile_and_an_abandon_breach_raises_it(start_app):
+    from balancer.controls import SourceUpdate
+    now = [NOON - 600.0]
+    app = await start_app("forecast-and-scale", now, noise=0.3)
+    await wait_until(lambda: app.control.plan_of("web") is not None, timeout=10)
+
+    def planned() -> float:
+        return sum(d.rate_upper for d in app.control.pools["web"].demand)
+
+    def latency_status() -> list:
+        return app.control.pool_status("web")["latency"]
+
+    normal = planned()
+    assert normal > 0 and latency_status() == []
+    controls = app.operator.controls
+    controls.update_source("acme", SourceUpdate(latency_sensitivity="high"))
+    await wait_until(lambda: planned() > normal * 1.01, timeout=10)
+    [row] = latency_status()
+    assert row == {"source": "acme", "declared": "high", "planned": "high", "p95_ms": row["p95_ms"],
+                   "abandon_after_ms": None, "breach": False}
+    assert isinstance(row["p95_ms"], float) and row["p95_ms"] >= 250
+    controls.update_source("acme", SourceUpdate(latency_sensitivity="low"))
+    await wait_until(lambda: planned() < normal * 0.99, timeout=10)
+    # acme's requests take 0.25 s upstream; users who give up after 0.1 s get the high quantile
+    controls.update_source("acme", SourceUpdate(latency_sensitivity="normal", abandon_after=0.1))
+    await wait_until(lambda: planned() > normal * 1.01, timeout=10)
+    [row] = latency_status()
+    assert row["breach"] and row["planned"] == "high" and row["declared"] == "normal"
+    assert row["p95_ms"] >= 250 and row["abandon_after_ms"] == 100.0
+    # patient users (2 s) are planned as declared
+    controls.update_source("acme", SourceUpdate(abandon_after=2.0))
+    await wait_until(lambda: abs(planned() - normal) < 1e-9 * max(1.0, normal), timeout=10)
+    assert latency_status() == []
+
+
+@pytest.mark.parametrize("quantile, sensitivity, planned", [
+    (0.9, "high", 0.95), (0.9, "normal", 0.9), (0.9, "low", 0.7), (0.5, "low", 0.5), (0.99, "high", 0.995)])
+def test_planning_quantile_by_sensitivity(quantile, sensitivity, planned):
+    from balancer.controls import planning_quantile
+    assert planning_quantile(quantile, sensitivity) == pytest.approx(planned)

@@ -128,6 +128,7 @@ class App:
             "pools": pools,
             "sources": status_sources(self.history, 86400),
             "models": self.control.model_status() if self.control is not None else [],
+            "next_types": self.control.next_types() if self.control is not None else {},
         }
 
     # ---------------------------------------------------------------- lifecycle

@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ log = structlog.get_logger(__name__)
 OTHER = "other"
 REBALANCE_INTERVAL = 60.0
 PRUNE_INTERVAL = 3600.0
+REQUEST_TAP = 100_000   # requests kept for the session model between two control-loop steps
 
 # Upper bounds (seconds) of the per-minute latency histogram; the last bucket is +Inf.
 LATENCY_BOUNDS: tuple[float, ...] = (0.002, 0.008, 0.032, 0.128, 0.512, 2.048, 8.192)
@@ -92,6 +94,9 @@ class History:
         self._last_rebalance = clock()
         self._last_prune = -math.inf
         self._lock = threading.Lock()      # guards the connection and _unwritten
+        # (source, type) of every request in order, for the session model of the control loop;
+        # bounded, so a loop that stops reading costs nothing but the oldest entries
+        self._requests: deque[tuple[str, str]] = deque(maxlen=REQUEST_TAP)
         self._db = _open(path)
         self._tracked.update(self._busiest_sources(self.clock() - 86400, max_sources))
 
@@ -106,6 +111,7 @@ class History:
         latency: float,
         aborted: bool,
     ) -> None:
+        self._requests.append((source, rtype))
         if source not in self._tracked:
             source = self._admit(source)
         key = (int(self.clock() // 60) * 60, source, rtype)
@@ -121,6 +127,13 @@ class History:
         row[_BYTES_OUT] += bytes_out
         row[_LATENCY_SUM] += latency
         row[_HIST + bisect_left(LATENCY_BOUNDS, latency)] += 1
+
+    def take_requests(self) -> list[tuple[str, str]]:
+        """(source, type) of the requests recorded since the last call, oldest first (at most the
+        last `REQUEST_TAP`)."""
+        taken = list(self._requests)
+        self._requests.clear()
+        return taken
 
     def _admit(self, source: str) -> str:
         if source == OTHER:

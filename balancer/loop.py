@@ -42,7 +42,7 @@ from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
 from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy
 from predictor.events import EventBook
-from predictor.profiles import ResourceProfile, histogram_quantile
+from predictor.profiles import ResourceProfile, SessionTransitions, histogram_quantile
 
 log = structlog.get_logger("warmfront")
 
@@ -53,6 +53,8 @@ BUFFER_DAYS = 2.0
 # shadow boots again, so it is as slow as a cold launch.
 MIN_LATENCY_SAMPLE = 3        # requests in a minute before its p95 counts
 LATENCY_RECENT_S = 300.0      # an abandon_after breach older than this no longer raises the quantile
+SESSION_GAP_S = 1800.0        # a source silent this long has ended its session
+SESSION_DECAY_PER_HOUR = 0.9  # weight of older transitions, so the model follows the workflow
 HEAVY_TIMEOUT_S = 900.0   # a statsmodels job takes seconds; one this late lost its worker
 ACTIVATION_LEAD_S = {"running": 0.001, "paused": 0.0175}
 
@@ -112,6 +114,11 @@ class ControlLoop:
         self._pools_of_type: dict[str, list[str]] = {}
         self.reconfigure(cfg)
         self._series: dict[str, tuple[str, str]] = {}   # series id -> (source, type)
+        # Next request type per session (keyed by source): which pool a session will need next.
+        self.sessions = SessionTransitions(max_sessions=100_000, session_gap=SESSION_GAP_S)
+        self._sessions_decayed = clock()
+        self._type_rates: dict[str, float] = {}     # req/s per type in the last closed minute (opted-in sources)
+        self._session_rates: dict[str, float] = {}  # req/s per type its sessions' next requests make
         self._p95: dict[str, tuple[int, float]] = {}     # source -> (minute, p95 upstream latency s) of its last busy minute
         self._next_minute: int | None = None
 
@@ -182,6 +189,7 @@ class ControlLoop:
 
     async def step(self) -> None:
         self.sample()
+        self._observe_sessions()
         self._observe_closed_minutes()
         if self.forecaster.refit_due():
             await asyncio.to_thread(self.forecaster.refit)
@@ -249,10 +257,29 @@ class ControlLoop:
             for source, hist in per_source.items():
                 if hist.sum() >= MIN_LATENCY_SAMPLE:
                     self._p95[source] = (minute, histogram_quantile(hist, LATENCY_BOUNDS, 0.95))
+            rates: dict[str, float] = {}
+            for row in by_minute[minute]:
+                if self.controls is None or self.controls.predictive(row.source):
+                    rates[row.type] = rates.get(row.type, 0.0) + row.requests / MINUTE
+            self._type_rates = rates
         # Advance to the current bin even through silent minutes, so forecasts start from now.
         self._close_bins_before(current // bin_s)
         fc.observe(current, {})
         self._next_minute = current
+
+    def _observe_sessions(self) -> None:
+        """Feed the session model the requests since the last step, then turn the last closed
+        minute's request mix into the rates its sessions' next requests will bring per type:
+        in steady flow Σ_src rate(src) × P(src → dst), ahead of them by the time between a
+        session's requests. A mix shifting toward a type that leads to another warms the
+        other's pool before those requests come."""
+        now = self.clock()
+        for source, rtype in self.history.take_requests():
+            self.sessions.observe(source, rtype, now)
+        if now - self._sessions_decayed >= 3600:
+            self.sessions.decay(SESSION_DECAY_PER_HOUR)
+            self._sessions_decayed = now
+        self._session_rates = self.sessions.expected_next(self._type_rates)
 
     def _close_bins_before(self, b: int) -> None:
         """Score every pool's bins before `b` against the interval forecast for them."""
@@ -344,6 +371,12 @@ class ControlLoop:
                     t[0], t[1], t[2] = t[0] + rate, t[1] + lower, t[2] + upper
                     if f.horizon_s == self.forecaster.bin_s:   # the open bin: scored when it closes
                         band[0], band[1] = band[0] + f.lower, band[1] + f.upper
+            # Sessions under way: their next requests are a floor for the nearest horizon.
+            near = HORIZONS_S[0]
+            for rtype, rate in self._session_rates.items():
+                if name in self._pools_of_type.get(rtype, ()) and rate > 0:
+                    acc = by_type.setdefault((rtype, near), [0.0, 0.0])
+                    acc[0], acc[1] = max(acc[0], rate), max(acc[1], rate)
             st.latency = tuple(latency[s] for s in sorted(latency))
             st.demand = tuple(TypeDemand(rtype, h, r, rq, self._service_time(rtype))
                               for (rtype, h), (r, rq) in sorted(by_type.items()))
@@ -411,6 +444,11 @@ class ControlLoop:
         rows.sort(key=lambda r: (not r["flagged"], r["source"], r["type"]))
         return rows[:limit]
 
+    def next_types(self) -> dict[str, dict[str, float]]:
+        """P(next request type | this one) per session, as learned (for /admin/status)."""
+        return {src: {dst: round(p, 4) for dst, p in sorted(row.items())}
+                for src, row in sorted(self.sessions.transitions().items())}
+
     def pool_status(self, pool: str) -> dict[str, Any]:
         st = self.pools[pool]
         p = st.plan
@@ -421,6 +459,8 @@ class ControlLoop:
             "anomalies": [{"start": a.start, "direction": a.direction, "size": round(a.size, 3), "peak": a.peak}
                           for a in self.anomalies.active() if a.series_id == pool],
             "latency": list(st.latency),
+            "sessions": {t: round(r, 4) for t, r in sorted(self._session_rates.items())
+                         if pool in self._pools_of_type.get(t, ())},
         }
         if p is not None:
             out["desired"] = {"ready": p.ready, "shadow": p.shadow, "baseline": p.baseline,

@@ -266,6 +266,16 @@ class SessionTransitions:
         row = self._counts.setdefault(src, {})
         row[dst] = row.get(dst, 0.0) + 1.0
 
+    def decay(self, factor: float) -> None:
+        """Weigh what was learned so far by `factor` (0–1), so the model follows a changing workflow."""
+        for row in self._counts.values():
+            for dst in row:
+                row[dst] *= factor
+
+    def transitions(self) -> dict[str, dict[str, float]]:
+        """Every learned `next_distribution`, by request type."""
+        return {src: self.next_distribution(src) for src in self._counts}
+
     def next_distribution(self, rtype: str) -> dict[str, float]:
         """P(next request is of each type | this request is `rtype`); the rest is P(session ends)."""
         row = self._counts.get(rtype)

@@ -192,3 +192,17 @@ def test_abort_sensitivity_is_the_slope_of_abort_rate_on_latency():
     assert abort_sensitivity(latency, np.zeros(500), requests) == pytest.approx(0.0, abs=1e-9)
     assert abort_sensitivity(np.full(10, 0.3), np.arange(10.0), np.full(10, 100.0)) == 0.0
     assert abort_sensitivity([], [], []) == 0.0
+
+
+def test_decay_lets_a_changed_workflow_take_over():
+    model = SessionTransitions(session_gap=30.0)
+    for i in range(20):
+        model.observe(f"s{i}", "browse", 0.0)
+        model.observe(f"s{i}", "cart", 1.0)
+    assert model.transitions() == {"browse": {"cart": 1.0}}
+    model.decay(0.1)
+    for i in range(20):
+        model.observe(f"t{i}", "browse", 2.0)
+        model.observe(f"t{i}", "checkout", 3.0)
+    after = model.next_distribution("browse")
+    assert after["checkout"] == pytest.approx(20 / 22) and after["cart"] == pytest.approx(2 / 22)

@@ -73,6 +73,7 @@ class MinuteRow:
     requests: int
     latency_sum: float
     latency_hist: tuple[int, ...]  # counts per LATENCY_BOUNDS bucket, the last one +Inf
+    aborts: int = 0                # requests the client gave up on before the answer
 
 
 class History:
@@ -264,12 +265,14 @@ class History:
             for key, row in rows.items():
                 if since <= key[0] < until:
                     _add(totals.setdefault(key, [0] * _WIDTH), row)
-        return [MinuteRow(minute, source, rtype, row[_REQUESTS], row[_LATENCY_SUM], tuple(row[_HIST:]))
+        return [MinuteRow(minute, source, rtype, row[_REQUESTS], row[_LATENCY_SUM], tuple(row[_HIST:]), row[_ABORTS])
                 for (minute, source, rtype), row in sorted(totals.items())]
 
-    def add_minute(self, minute: float, source: str, rtype: str, requests: int, latency_sum: float = 0.0) -> None:
-        """Count `requests` (with their summed latency) in a past minute at once: for importing or
-        seeding history; the next flush writes them. Latency lands in the bucket of the mean."""
+    def add_minute(self, minute: float, source: str, rtype: str, requests: int, latency_sum: float = 0.0,
+                   aborts: int = 0) -> None:
+        """Count `requests` (with their summed latency, `aborts` of them aborted by the client) in a
+        past minute at once: for importing or seeding history; the next flush writes them. Latency
+        lands in the bucket of the mean."""
         if requests <= 0:
             return
         key = (int(minute // 60) * 60, source if source in self._tracked else self._admit(source), rtype)
@@ -277,6 +280,7 @@ class History:
         if row is None:
             row = self._pending[key] = [0] * _WIDTH
         row[_REQUESTS] += requests
+        row[_ABORTS] += min(aborts, requests)
         row[_LATENCY_SUM] += latency_sum
         row[_HIST + bisect_left(LATENCY_BOUNDS, latency_sum / requests)] += requests
 

@@ -42,7 +42,7 @@ from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
 from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy
 from predictor.events import EventBook
-from predictor.profiles import ResourceProfile, SessionTransitions, histogram_quantile
+from predictor.profiles import AbortSlope, ResourceProfile, SessionTransitions, histogram_quantile
 
 log = structlog.get_logger("warmfront")
 
@@ -52,7 +52,9 @@ BUFFER_DAYS = 2.0
 # Measured activation lead per shadow state (README, activation benchmark, medians); a stopped
 # shadow boots again, so it is as slow as a cold launch.
 MIN_LATENCY_SAMPLE = 3        # requests in a minute before its p95 counts
-LATENCY_RECENT_S = 300.0      # an abandon_after breach older than this no longer raises the quantile
+LATENCY_RECENT_S = 300.0
+LEARNED_HIGH_SLOPE = 0.05     # abort rate rising 5 points per second of latency: plan the source as `high`
+LEARNED_MIN_REQUESTS = 500.0  # (decayed) requests behind a learned slope before it counts      # an abandon_after breach older than this no longer raises the quantile
 SESSION_GAP_S = 1800.0        # a source silent this long has ended its session
 SESSION_DECAY_PER_HOUR = 0.9  # weight of older transitions, so the model follows the workflow
 HEAVY_TIMEOUT_S = 900.0   # a statsmodels job takes seconds; one this late lost its worker
@@ -119,6 +121,7 @@ class ControlLoop:
         self._sessions_decayed = clock()
         self._type_rates: dict[str, float] = {}     # req/s per type in the last closed minute (opted-in sources)
         self._session_rates: dict[str, float] = {}  # req/s per type its sessions' next requests make
+        self._abort_slopes: dict[str, AbortSlope] = {}   # source -> learned rise of aborts with latency
         self._p95: dict[str, tuple[int, float]] = {}     # source -> (minute, p95 upstream latency s) of its last busy minute
         self._next_minute: int | None = None
 
@@ -237,9 +240,12 @@ class ControlLoop:
             counts: dict[str, float] = {}
             per_type: dict[str, list[float]] = {}
             per_source: dict[str, np.ndarray] = {}
+            source_sums: dict[str, list[float]] = {}   # source -> [requests, aborts, latency sum]
             for row in by_minute[minute]:
                 hist = per_source.setdefault(row.source, np.zeros(len(LATENCY_BOUNDS) + 1))
                 hist += row.latency_hist
+                acc = source_sums.setdefault(row.source, [0.0, 0.0, 0.0])
+                acc[0], acc[1], acc[2] = acc[0] + row.requests, acc[1] + row.aborts, acc[2] + row.latency_sum
                 sid = self._series_id(row.source, row.type)
                 counts[sid] = counts.get(sid, 0.0) + row.requests
                 acc = per_type.setdefault(row.type, [0.0, 0.0, np.zeros(len(LATENCY_BOUNDS) + 1)])
@@ -254,6 +260,9 @@ class ControlLoop:
             for rtype, (n, lat, hist) in per_type.items():
                 profile = self.profiles.setdefault(rtype, ResourceProfile(latency_bounds=LATENCY_BOUNDS))
                 profile.update(n, lat, latency_hist=hist)
+            for source, (n, aborts, lat) in source_sums.items():
+                if n > 0:
+                    self._abort_slopes.setdefault(source, AbortSlope()).update(lat / n, aborts, n)
             for source, hist in per_source.items():
                 if hist.sum() >= MIN_LATENCY_SAMPLE:
                     self._p95[source] = (minute, histogram_quantile(hist, LATENCY_BOUNDS, 0.95))
@@ -317,22 +326,25 @@ class ControlLoop:
         return self.events.multipliers(scope, bins)
 
     def _sensitivity(self, source: str) -> tuple[str, dict[str, Any] | None]:
-        """A source's latency sensitivity as planned: what it declared, raised to `high` while its
-        recent p95 latency is beyond the `abandon_after` it declared (its users are giving up)."""
+        """A source's latency sensitivity as planned: what it declared; `high` while its recent p95
+        latency is beyond the `abandon_after` it declared (its users are giving up); and for a
+        source that declared nothing but `normal`, `high` when its history shows its clients
+        abort markedly more as latency rises (learned: `AbortSlope`)."""
         control = self.controls.source(source) if self.controls is not None else None
-        if control is None:
-            return "normal", None
-        declared = control.latency_sensitivity
+        declared = control.latency_sensitivity if control is not None else "normal"
+        abandon_after = control.abandon_after if control is not None else None
         seen = self._p95.get(source)
         recent = seen is not None and self.clock() - seen[0] <= LATENCY_RECENT_S
-        breach = bool(recent and control.abandon_after and seen[1] > control.abandon_after)
-        sensitivity = "high" if breach else declared
+        breach = bool(recent and abandon_after and seen[1] > abandon_after)
+        learned = self._abort_slopes.get(source)
+        slope = learned.slope if learned is not None and learned.weight >= LEARNED_MIN_REQUESTS else 0.0
+        sensitivity = "high" if breach or (declared == "normal" and slope >= LEARNED_HIGH_SLOPE) else declared
         if sensitivity == "normal":
             return sensitivity, None
         return sensitivity, {"source": source, "declared": declared, "planned": sensitivity,
                              "p95_ms": round(float(seen[1]) * 1000, 1) if recent else None,
-                             "abandon_after_ms": round(control.abandon_after * 1000, 1) if control.abandon_after else None,
-                             "breach": breach}
+                             "abandon_after_ms": round(abandon_after * 1000, 1) if abandon_after else None,
+                             "breach": breach, "abort_slope": round(slope, 4)}
 
     # ------------------------------------------------------------------ predictor → demand
     def _forecast(self) -> None:

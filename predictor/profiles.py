@@ -308,3 +308,34 @@ def abort_sensitivity(latency_s: np.ndarray, aborts: np.ndarray, requests: np.nd
         return 0.0
     slope = float(np.sum(w * (x - x_mean) * (rate - np.average(rate, weights=w)))) / spread
     return max(0.0, slope) if math.isfinite(slope) else 0.0
+
+
+class AbortSlope:
+    """`abort_sensitivity` kept as running sums, one per-minute row at a time, with exponential
+    forgetting (`half_life` in rows), so the live loop learns it for every source in O(1) memory."""
+
+    def __init__(self, half_life: float = 1440.0) -> None:
+        self.decay = 0.5 ** (1.0 / half_life) if half_life > 0 else 1.0
+        self._sums = np.zeros(5)   # Σw, Σw·x, Σw·x², Σw·r, Σw·x·r  (w requests, x latency s, r abort rate)
+
+    def update(self, latency_s: float, aborts: float, requests: float) -> None:
+        if requests <= 0 or not math.isfinite(latency_s):
+            return
+        w, x, r = float(requests), float(latency_s), float(aborts) / float(requests)
+        self._sums = self._sums * self.decay + np.array([w, w * x, w * x * x, w * r, w * x * r])
+
+    @property
+    def weight(self) -> float:
+        return float(self._sums[0])
+
+    @property
+    def slope(self) -> float:
+        sw, sx, sxx, sr, sxr = self._sums
+        if sw <= 0:
+            return 0.0
+        x_mean = sx / sw
+        spread = sxx - sw * x_mean * x_mean
+        if spread <= 1e-12 * max(1.0, sw):
+            return 0.0
+        slope = (sxr - x_mean * sr) / spread
+        return max(0.0, float(slope)) if math.isfinite(slope) else 0.0

@@ -37,14 +37,18 @@ def rate_at(t: float) -> float:
     return wave + (RAMP_RPS if 12 * 3600 <= tod < 14 * 3600 else 0.0)
 
 
-def seed_history(path: Path, until: float, noise: float = 0.0) -> None:
+def seed_history(path: Path, until: float, noise: float = 0.0, abort_slope: float = 0.0) -> None:
     """Two days of per-minute rows up to `until`, written through History like live traffic would be;
-    `noise` scatters the counts (fixed seed) so the forecast has a band."""
+    `noise` scatters the counts (fixed seed) so the forecast has a band; with `abort_slope`, every
+    other minute is 1 s slower and clients abort that much more often per second of latency."""
     history = History(path, clock=lambda: until)
     rng = np.random.default_rng(7)
     for minute in range(int(until - 2 * DAY), int(until), 60):
         n = max(0, round(rate_at(minute) * 60 * (1.0 + noise * rng.standard_normal())))
-        history.add_minute(minute, "acme", "api", n, n * SERVICE_S)
+        slow = abort_slope > 0 and (minute // 60) % 2 == 1
+        latency = SERVICE_S + (1.0 if slow else 0.0)
+        aborts = round(n * (0.01 + (abort_slope if slow else 0.0)))
+        history.add_minute(minute, "acme", "api", n, n * latency, aborts)
     history.close()
 
 
@@ -64,9 +68,9 @@ async def start_app():
     apps: list[tuple[App, list[int]]] = []
     tmp = tempfile.TemporaryDirectory(prefix="wf-loop-")
 
-    async def start(mode: str, now: list[float], noise: float = 0.0) -> App:
+    async def start(mode: str, now: list[float], noise: float = 0.0, abort_slope: float = 0.0) -> App:
         state = Path(tmp.name) / mode
-        seed_history(state / "history.sqlite3", now[0], noise)
+        seed_history(state / "history.sqlite3", now[0], noise, abort_slope)
         app = App(config(mode), listen=("127.0.0.1", free_port()), admin=("127.0.0.1", free_port()),
                   state_dir=str(state), clock=lambda: now[0], plan_interval=0.1)
         pids: list[int] = []
@@ -197,7 +201,7 @@ async def test_latency_sensitivity_moves_the_planning_quantile_and_an_abandon_br
     await wait_until(lambda: planned() > normal * 1.01, timeout=10)
     [row] = latency_status()
     assert row == {"source": "acme", "declared": "high", "planned": "high", "p95_ms": row["p95_ms"],
-                   "abandon_after_ms": None, "breach": False}
+                   "abandon_after_ms": None, "breach": False, "abort_slope": 0.0}
     assert isinstance(row["p95_ms"], float) and row["p95_ms"] >= 250
     controls.update_source("acme", SourceUpdate(latency_sensitivity="low"))
     await wait_until(lambda: planned() < normal * 0.99, timeout=10)
@@ -218,3 +222,18 @@ async def test_latency_sensitivity_moves_the_planning_quantile_and_an_abandon_br
 def test_planning_quantile_by_sensitivity(quantile, sensitivity, planned):
     from balancer.controls import planning_quantile
     assert planning_quantile(quantile, sensitivity) == pytest.approx(planned)
+
+
+async def test_a_source_whose_clients_abort_as_latency_rises_is_learned_latency_sensitive(start_app):
+    from balancer.controls import SourceUpdate
+    now = [NOON - 600.0]
+    app = await start_app("forecast-and-scale", now, noise=0.3, abort_slope=0.2)
+    await wait_until(lambda: app.control.plan_of("web") is not None, timeout=10)
+    [row] = app.control.pool_status("web")["latency"]
+    assert (row["source"], row["declared"], row["planned"], row["breach"]) == ("acme", "normal", "high", False)
+    assert row["abort_slope"] == pytest.approx(0.2, abs=0.02)
+    learned = sum(d.rate_upper for d in app.control.pools["web"].demand)
+    # What the source declares outranks what was learned.
+    app.operator.controls.update_source("acme", SourceUpdate(latency_sensitivity="low"))
+    await wait_until(lambda: app.control.pool_status("web")["latency"][0]["planned"] == "low", timeout=10)
+    assert sum(d.rate_upper for d in app.control.pools["web"].demand) < learned

@@ -206,3 +206,22 @@ def test_decay_lets_a_changed_workflow_take_over():
         model.observe(f"t{i}", "checkout", 3.0)
     after = model.next_distribution("browse")
     assert after["checkout"] == pytest.approx(20 / 22) and after["cart"] == pytest.approx(2 / 22)
+
+
+def test_running_abort_slope_equals_the_batch_fit_and_forgets():
+    from predictor.profiles import AbortSlope
+    rng = np.random.default_rng(3)
+    latency = rng.uniform(0.1, 2.0, 300)
+    requests = rng.integers(1, 200, 300).astype(float)
+    aborts = rng.binomial(requests.astype(int), np.clip(0.01 + 0.08 * latency, 0, 1)).astype(float)
+    running = AbortSlope(half_life=0)   # no forgetting: the batch least squares exactly
+    for x, a, n in zip(latency, aborts, requests):
+        running.update(x, a, n)
+    assert running.slope == pytest.approx(abort_sensitivity(latency, aborts, requests), rel=1e-9)
+    assert running.slope == pytest.approx(0.08, abs=0.02)
+    forgetting = AbortSlope(half_life=50)
+    for x, a, n in zip(latency, aborts, requests):
+        forgetting.update(x, a, n)
+    for x, n in zip(latency, requests):   # then latency stops mattering
+        forgetting.update(x, 0.02 * n, n)
+    assert forgetting.slope < 0.01 and AbortSlope().slope == 0.0

@@ -1,0 +1,185 @@
+"""warmfront's own image, `warmfront:test`: the real Dockerfile built by scripts/build-warmfront-image on
+a stand-in for python:3.11-slim. It runs as a non-root user, serves through the config shipped in
+/etc/warmfront, reports `healthy` through its own HEALTHCHECK, and with the engine's socket mounted runs a
+docker-backed pool from a mounted config. Containers use host networking and listen on 127.0.0.1 only,
+on free ports (the image's default 0.0.0.0:8080 would collide with anything else on the machine)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+
+from tests.dockerkit import (  # noqa: F401
+    SESSION,
+    TEST_LABEL,
+    _unavailable,
+    app_image,
+    docker_client,
+    new_owner,
+    owned_containers,
+    remove_owned,
+    require_engine,
+)
+from tests.proxykit import ROOT, free_port
+from tests.runkit import http, wait_until
+
+IMAGE = "warmfront:test"
+BUILD_SCRIPT = ROOT / "scripts" / "build-warmfront-image"
+LABELS = {TEST_LABEL: f"image-{SESSION}"}   # on every container these tests start
+
+
+@pytest.fixture(scope="module")
+def warmfront_image(docker_client: docker.DockerClient) -> Iterator[docker.models.images.Image]:
+    """The image, built from the current Dockerfile and sources; skips (fails under
+    WARMFRONT_REQUIRE_DOCKER=1) when it is missing or stale. Building takes a minute or more and needs
+    PyPI, so it is the build script's job (CI runs it), not the tests'."""
+    check = subprocess.run(["bash", str(BUILD_SCRIPT), "--check"], capture_output=True, text=True, timeout=120,
+                           check=False)
+    if check.returncode != 0:
+        _unavailable((check.stdout + check.stderr).strip() or f"{BUILD_SCRIPT.name} --check failed")
+    yield docker_client.images.get(IMAGE)
+    for c in docker_client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={LABELS[TEST_LABEL]}"}):
+        c.remove(force=True, v=True)
+
+
+@contextmanager
+def started(client: docker.DockerClient, command: list[str], **kwargs) -> Iterator:
+    """A container of the image on the host's network; removed with its anonymous volume afterwards."""
+    container = client.containers.run(IMAGE, command, detach=True, network_mode="host", labels=LABELS, **kwargs)
+    try:
+        yield container
+    finally:
+        container.remove(force=True, v=True)
+
+
+def run_to_end(client: docker.DockerClient, command: list[str], **kwargs) -> tuple[int, str]:
+    with started(client, command, **kwargs) as container:
+        code = container.wait(timeout=60)["StatusCode"]
+        return code, container.logs().decode(errors="replace")
+
+
+def run_command(image: docker.models.images.Image, listen: int, admin: int) -> list[str]:
+    """The image's own CMD with the proxy and admin listeners moved to free loopback ports."""
+    cmd = list(image.attrs["Config"]["Cmd"])
+    cmd[cmd.index("--listen") + 1] = f"127.0.0.1:{listen}"
+    cmd[cmd.index("--admin") + 1] = f"127.0.0.1:{admin}"
+    return cmd
+
+
+def settled_health(container) -> str | None:
+    """Docker's verdict from the image's HEALTHCHECK, or None while it is still `starting`."""
+    container.reload()
+    status = container.attrs["State"].get("Health", {}).get("Status", "none")
+    return None if status == "starting" else status
+
+
+def tail(container) -> str:
+    return container.logs(tail=30).decode(errors="replace")
+
+
+def test_image_runs_as_non_root_and_checks_its_shipped_config(docker_client, warmfront_image):
+    user = warmfront_image.attrs["Config"]["User"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit(), f"USER should be a numeric non-root uid:gid, is {user!r}"
+
+    code, out = run_to_end(docker_client, ["check", "--config", "/etc/warmfront"])
+    assert code == 0, out
+    assert "/etc/warmfront: ok" in out
+
+    code, out = run_to_end(docker_client, ["-c", "id -u; id -g; touch /var/lib/warmfront/probe"], entrypoint=["sh"])
+    assert code == 0, out
+    assert out.split()[:2] == [uid, gid]
+
+
+def test_default_command_serves_through_shipped_config_and_reports_healthy(docker_client, warmfront_image):
+    port, admin = free_port(), free_port()
+    env = {"WARMFRONT_HEALTHZ": f"http://127.0.0.1:{admin}/healthz"}
+    with started(docker_client, run_command(warmfront_image, port, admin), environment=env) as container:
+        answered = wait_until(lambda: http(f"http://127.0.0.1:{port}/api/orders", {"X-Tenant": "acme"},
+                                           timeout=5)[0] == 200, 60, step=0.3)
+        assert answered, f"no 200 through the proxy within 60 s:\n{tail(container)}"
+        status, body, headers = http(f"http://127.0.0.1:{port}/api/orders", {"X-Tenant": "acme"})
+        assert status == 200 and json.loads(body) == {"type": "api", "path": "/api/orders"}
+        member_port = int(headers["X-Backend-Port"])
+        assert member_port not in (port, admin)
+        assert http(f"http://127.0.0.1:{admin}/healthz")[0] == 200
+
+        # The process backend's members are demo-backends inside this container, not on the host.
+        processes = " ".join(" ".join(row) for row in container.top()["Processes"])
+        assert f"demo-backend --port {member_port}" in processes
+
+        # Docker probes every 10 s after a 10 s start period; a loaded machine may need a few rounds.
+        state = wait_until(lambda: settled_health(container), 90, step=0.5)
+        assert state == "healthy", f"health {state}: {container.attrs['State'].get('Health')}\n{tail(container)}"
+
+        container.stop(timeout=60)   # SIGTERM: drain, stop the members, exit 0
+        assert container.wait(timeout=30)["StatusCode"] == 0, tail(container)
+
+
+def _engine_socket() -> Path:
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not host.startswith("unix://"):
+        _unavailable(f"DOCKER_HOST={host} is not a unix socket: there is no socket to mount into warmfront")
+    return Path(host.removeprefix("unix://"))
+
+
+def docker_config(tmp_path: Path, image: str) -> Path:
+    """config/docker with members removed on exit and no shadow pool (two ready members suffice here)."""
+    src, dst = ROOT / "config" / "docker", tmp_path / "config"
+    dst.mkdir()
+    (dst / "routing.yaml").write_text((src / "routing.yaml").read_text())
+    pools = yaml.safe_load((src / "pools.yaml").read_text())
+    web = pools["pools"]["web"]
+    web["docker"].update(image=image, on_exit="remove")
+    web["capacity"].update(min=2, max=2)
+    del web["shadow"]
+    (dst / "pools.yaml").write_text(yaml.safe_dump(pools))
+    return dst
+
+
+def test_in_a_container_with_the_socket_it_runs_and_removes_docker_members(
+        docker_client, warmfront_image, app_image, tmp_path):
+    socket_path = _engine_socket()
+    config = docker_config(tmp_path, app_image)
+    # A state dir of our own, so this test owns the members: they carry warmfront.instance=<owner>.
+    owner = new_owner()
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "instance-id").write_text(owner + "\n")
+    uid, _, gid = warmfront_image.attrs["Config"]["User"].partition(":")
+    for path in (state, state / "instance-id"):
+        os.chown(path, int(uid), int(gid))
+
+    port, admin = free_port(), free_port()
+    volumes = {str(socket_path): {"bind": "/var/run/docker.sock", "mode": "rw"},
+               str(config): {"bind": "/etc/warmfront", "mode": "ro"},
+               str(state): {"bind": "/var/lib/warmfront", "mode": "rw"}}
+    try:
+        # The user is not root: it reaches the socket through the socket's group, as deployments do.
+        with started(docker_client, run_command(warmfront_image, port, admin), volumes=volumes,
+                     group_add=[str(socket_path.stat().st_gid)],
+                     environment={"WARMFRONT_HEALTHZ": f"http://127.0.0.1:{admin}/healthz"}) as container:
+            answered = wait_until(lambda: http(f"http://127.0.0.1:{port}/api/x", timeout=5)[0] == 200, 90, step=0.3)
+            assert answered, f"no 200 through the docker pool within 90 s:\n{tail(container)}"
+            status, _, headers = http(f"http://127.0.0.1:{port}/api/x")
+            assert status == 200
+
+            members = owned_containers(docker_client, owner)
+            assert len(members) == 2, [m.name for m in members]
+            labels = [m.attrs["Labels"] for m in members]
+            assert all(lb["warmfront.managed"] == "true" and lb["warmfront.pool"] == "web" for lb in labels)
+            assert headers["X-Backend-Port"] in {lb["warmfront.port"] for lb in labels}
+
+            container.stop(timeout=60)   # on_exit: remove
+            assert container.wait(timeout=30)["StatusCode"] == 0, tail(container)
+            left = wait_until(lambda: not owned_containers(docker_client, owner), 30, step=0.3)
+            assert left, f"members left after warmfront stopped: {[m.name for m in owned_containers(docker_client, owner)]}"
+    finally:
+        remove_owned(docker_client, owner)

@@ -176,7 +176,9 @@ class ControlLoop:
             else:
                 self.forecaster.apply_heavy(fut.result())
         job = self.forecaster.heavy_job(max(HORIZONS_S))
-        if job is not None:
+        if job is not None and not job.fits_anything:
+            self.forecaster.apply_heavy(compute_heavy(job))   # nothing to fit: no process needed
+        elif job is not None:
             if self._heavy_pool is None:
                 self._heavy_pool = multiprocessing.get_context("spawn").Pool(1)
             self._heavy, self._heavy_started = _submit(self._heavy_pool, job), time.monotonic()

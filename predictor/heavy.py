@@ -44,6 +44,16 @@ class HeavyJob:
     quantiles: tuple[float, float]
 
 
+    @property
+    def fits_anything(self) -> bool:
+        """False when no series can be backtested yet and none has statsmodels weight to refresh:
+        the job then only starts long histories, and `compute` is instant (no fit, no import)."""
+        need = history_needed(self.period)
+        heavy = self.weights[:, len(NUMPY_MODELS):, :]
+        return any(self.choose[k] and len(self.history[k]) >= need for k in range(len(self.rows))) or \
+            bool((heavy >= MIN_WEIGHT).any())
+
+
 @dataclass(frozen=True, slots=True)
 class HeavyPath:
     open_bin: int

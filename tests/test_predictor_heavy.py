@@ -99,16 +99,20 @@ def _feed_more(heavy: Forecaster, plain: Forecaster, now: list[float], bins: int
             fc.observe(now[0], counts)
 
 
-async def test_control_loop_runs_the_job_off_the_loop_and_applies_it(tmp_path):
+async def test_control_loop_runs_the_job_in_a_worker_process_and_applies_it(tmp_path):
     now = [0.0]
     fc = Forecaster(clock=lambda: now[0], statsmodels_top_n=1, heavy_every_s=900.0)
-    _feed([fc], now, days=2.2)
+    plain = Forecaster(clock=lambda: now[0])
+    _feed([fc, plain], now, days=(history_needed(PERIOD) + 2) / PERIOD + 1.0)
     cfg = load_config("config")
     history = History(tmp_path / "history.sqlite3", clock=lambda: now[0])
     loop = ControlLoop(cfg, history, lambda: {}, lambda pool: 0, {}, clock=lambda: now[0], forecaster=fc)
     assert fc.statsmodels_top_n == cfg.routing.predictor.statsmodels_top_n == 2  # the config rules
     try:
-        loop._heavy_step()
+        loop._heavy_step()   # only starts the long histories: done inline, no process
+        assert loop._heavy is None and loop._heavy_pool is None and len(fc._long) == 2
+        _feed_more(fc, plain, now, bins=history_needed(PERIOD) - 2 * PERIOD)
+        loop._heavy_step()   # now there is something to fit: a worker process does it
         running = loop._heavy
         assert running is not None
         worker = loop._heavy_pool._pool[0]
@@ -116,10 +120,11 @@ async def test_control_loop_runs_the_job_off_the_loop_and_applies_it(tmp_path):
         loop._heavy_step()
         assert loop._heavy is running, "no second job while one runs"
         result = await asyncio.wait_for(asyncio.shield(running), 120)
-        assert result.ids == ("big", "small")
+        assert result.ids == ("big", "small") and result.chosen.all() and result.paths
         loop._heavy_step()  # applies the result; the next job is not due yet
         assert loop._heavy is None
-        assert set(fc._long) == {fc.ids.index("big"), fc.ids.index("small")}
+        big = fc.ids.index("big")
+        assert fc._weights[big, 3:].sum() > 0.01 and fc._heavy_paths
     finally:
         loop.close()
         history.close()

@@ -42,6 +42,7 @@ def render(status: Mapping[str, Any], timeline: Mapping[str, Sequence[Sample]],
         parts.append(_pool_section(name, pool, timeline.get(name, ()), actual.get(name, {}), now))
     parts.append(_events_section(events, now))
     parts.append(_sources_section(status.get("sources", [])))
+    parts.append(_next_types_section(status.get("next_types") or {}))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -61,7 +62,27 @@ def _pool_section(name: str, pool: Mapping[str, Any], samples: Sequence[Sample],
                  f"until {escape(str(override.get('until_iso', '')))} — {escape(str(override.get('reason', '')))}</p>")
     charts = (f'<div class=charts><figure class=plot data-pool="{escape(name)}">{_forecast_chart(name, pool, actual, now)}</figure>'
               f'<figure class=plot data-pool="{escape(name)}">{_members_chart(name, samples, now)}</figure></div>')
-    return head + charts + _tiers(samples, pool) + _actions(pool) + _anomalies(pool) + "</div>"
+    return head + charts + _tiers(samples, pool) + _demand_shapers(pool) + _actions(pool) + _anomalies(pool) + "</div>"
+
+
+def _demand_shapers(pool: Mapping[str, Any]) -> str:
+    """What besides the forecast shapes this pool's plan: sessions under way, latency-sensitive sources."""
+    out = ""
+    sessions = {t: r for t, r in (pool.get("sessions") or {}).items() if r}
+    if sessions:
+        out += ("<p>next from sessions under way: "
+                + ", ".join(f"{escape(str(t))} {float(r):.2f} req/s" for t, r in sessions.items()) + "</p>")
+    latency = pool.get("latency") or []
+    if latency:
+        rows = "".join(
+            f"<tr><td>{escape(str(r.get('source', '')))}</td><td>{escape(str(r.get('declared', '')))}</td>"
+            f"<td>{escape(str(r.get('planned', '')))}</td><td class=num>{r.get('p95_ms') if r.get('p95_ms') is not None else ''}</td>"
+            f"<td class=num>{r.get('abandon_after_ms') if r.get('abandon_after_ms') is not None else ''}</td>"
+            f"<td class=num>{r.get('abort_slope', '')}</td><td>{'yes' if r.get('breach') else ''}</td></tr>"
+            for r in latency)
+        out += ("<h3>latency-sensitive sources</h3><table><tr><th>source</th><th>declared</th><th>planned</th>"
+                "<th>p95 ms</th><th>abandon after ms</th><th>abort slope /s</th><th>breach</th></tr>" + rows + "</table>")
+    return out
 
 
 def _forecast_chart(name: str, pool: Mapping[str, Any], actual: Mapping[int, int], now: float) -> str:
@@ -148,6 +169,16 @@ def _sources_section(sources: Sequence[Mapping[str, Any]]) -> str:
         for s in list(sources)[:20])
     return ("<h2>top sources</h2><table><tr><th>source</th><th>type</th><th>requests (24h)</th><th>req/s</th>"
             f"<th>forecast error</th><th>p95 ms</th><th>predictive</th></tr>{rows}</table>")
+
+
+def _next_types_section(next_types: Mapping[str, Mapping[str, float]]) -> str:
+    if not next_types:
+        return ""
+    rows = "".join(f"<tr><td>{escape(str(src))}</td><td>"
+                   + ", ".join(f"{escape(str(dst))} {float(p):.0%}" for dst, p in sorted(row.items(), key=lambda kv: -kv[1]))
+                   + "</td></tr>" for src, row in next_types.items())
+    return ("<h2>what sessions do next</h2><table><tr><th>after</th><th>next request type (the rest end the session)</th>"
+            f"</tr>{rows}</table>")
 
 
 def _error_text(value: Any) -> str:

@@ -18,7 +18,6 @@ All times come from `clock`, so the demo can compress a day into minutes and tes
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +39,7 @@ from pools.planner import LiveLoad, Plan, PlanInputs, PlannerState, TypeDemand, 
 from pools.reconciler import Desired, ObservedMember, baseline_desired
 from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
-from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy
+from predictor.heavy import HeavyResult, compute as compute_heavy, start_process
 from predictor.events import EventBook
 from predictor.profiles import AbortSlope, ResourceProfile, SessionTransitions, histogram_quantile
 
@@ -109,7 +108,7 @@ class ControlLoop:
         self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers)
         self._heavy: asyncio.Future[HeavyResult] | None = None
         self._heavy_started = 0.0
-        self._heavy_pool: Any = None   # a one-process multiprocessing Pool, started on first use
+        self._heavy_proc: Any = None   # the worker process of the job in flight
         self.anomalies = AnomalyDetector()
         self.profiles: dict[str, ResourceProfile] = {}
         self.pools: dict[str, _PoolState] = {}
@@ -166,7 +165,6 @@ class ControlLoop:
         if self._heavy is not None:
             if not self._heavy.done():
                 if time.monotonic() - self._heavy_started > HEAVY_TIMEOUT_S:
-                    # a worker that died loses its task silently in a Pool: start over
                     log.error("predictor.heavy_timeout", seconds=HEAVY_TIMEOUT_S)
                     self.close()
                 return
@@ -179,15 +177,15 @@ class ControlLoop:
         if job is not None and not job.fits_anything:
             self.forecaster.apply_heavy(compute_heavy(job))   # nothing to fit: no process needed
         elif job is not None:
-            if self._heavy_pool is None:
-                self._heavy_pool = multiprocessing.get_context("spawn").Pool(1)
-            self._heavy, self._heavy_started = _submit(self._heavy_pool, job), time.monotonic()
+            self._heavy_proc, self._heavy = start_process(job)
+            self._heavy_started = time.monotonic()
 
     def close(self) -> None:
-        """Stop the statsmodels worker process, if one was started (a job in flight is dropped)."""
-        if self._heavy_pool is not None:
-            self._heavy_pool.terminate()
-            self._heavy_pool = None
+        """Stop the statsmodels worker process of a job in flight, if any (the job is dropped)."""
+        if self._heavy_proc is not None and self._heavy_proc.is_alive():
+            self._heavy_proc.kill()
+            self._heavy_proc.join(2)
+        self._heavy_proc = None
         if self._heavy is not None and not self._heavy.done():
             self._heavy.cancel()
         self._heavy = None
@@ -511,21 +509,3 @@ def _summary(p: Plan) -> str:
 
 
 
-
-def _submit(pool: Any, job: HeavyJob) -> asyncio.Future[HeavyResult]:
-    """`compute_heavy(job)` in the pool's worker process, as a future of the running loop."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[HeavyResult] = loop.create_future()
-
-    def settle(result: HeavyResult | None, error: BaseException | None) -> None:
-        if not fut.done():
-            fut.set_exception(error) if error is not None else fut.set_result(result)
-
-    def deliver(result: HeavyResult | None, error: BaseException | None) -> None:
-        try:  # called on the pool's result thread
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:  # the loop closed meanwhile: nobody wants the result
-            pass
-
-    pool.apply_async(compute_heavy, (job,), callback=lambda r: deliver(r, None), error_callback=lambda e: deliver(None, e))
-    return fut

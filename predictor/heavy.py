@@ -15,8 +15,12 @@ forecasts until the next job.
 """
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -122,3 +126,48 @@ def compute(job: HeavyJob) -> HeavyResult:
         p, lo, hi = model.predict(job.steps)
         paths[name] = HeavyPath(job.open_bin, job.rows[use], p, lo, hi)
     return HeavyResult(job.rows, job.ids, chosen, weights, factor, paths, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- running a job in its own process
+def _worker_main(conn: Connection, job: HeavyJob) -> None:
+    """Child process: compute, send the result (or the error) back, exit."""
+    try:
+        conn.send((compute(job), None))
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which decides
+        conn.send((None, RuntimeError(f"{type(e).__name__}: {e}")))
+    finally:
+        conn.close()
+
+
+def start_process(job: HeavyJob) -> tuple[multiprocessing.process.BaseProcess, asyncio.Future[HeavyResult]]:
+    """Run `compute(job)` in a fresh spawned process (statsmodels' memory goes with it when it
+    exits) and return it with a future of the running loop for its result. A process that dies
+    without answering fails the future; killing the process is always safe (nothing joins it
+    without a timeout, unlike a multiprocessing Pool)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[HeavyResult] = loop.create_future()
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker_main, args=(send, job), name="warmfront-statsmodels", daemon=True)
+    proc.start()
+    send.close()   # the child holds the only writer: its exit means EOF here
+
+    def settle(result: HeavyResult | None, error: BaseException | None) -> None:
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(result)
+
+    def wait() -> None:
+        try:
+            result, error = receive.recv()
+        except (EOFError, OSError):
+            result, error = None, RuntimeError(f"statsmodels worker exited with {proc.exitcode} before answering")
+        finally:
+            receive.close()
+        proc.join(5)
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile: nobody wants the result
+            pass
+
+    threading.Thread(target=wait, name="warmfront-statsmodels-wait", daemon=True).start()
+    return proc, fut

@@ -110,12 +110,12 @@ async def test_control_loop_runs_the_job_in_a_worker_process_and_applies_it(tmp_
     assert fc.statsmodels_top_n == cfg.routing.predictor.statsmodels_top_n == 2  # the config rules
     try:
         loop._heavy_step()   # only starts the long histories: done inline, no process
-        assert loop._heavy is None and loop._heavy_pool is None and len(fc._long) == 2
+        assert loop._heavy is None and loop._heavy_proc is None and len(fc._long) == 2
         _feed_more(fc, plain, now, bins=history_needed(PERIOD) - 2 * PERIOD)
         loop._heavy_step()   # now there is something to fit: a worker process does it
         running = loop._heavy
         assert running is not None
-        worker = loop._heavy_pool._pool[0]
+        worker = loop._heavy_proc
         assert worker.pid != os.getpid() and worker.is_alive()
         loop._heavy_step()
         assert loop._heavy is running, "no second job while one runs"
@@ -129,4 +129,33 @@ async def test_control_loop_runs_the_job_in_a_worker_process_and_applies_it(tmp_
         loop.close()
         history.close()
     worker.join(10)
-    assert not worker.is_alive(), "close() leaves no worker process behind"
+    assert not worker.is_alive(), "the worker exits once it has answered"
+
+
+async def test_close_kills_a_job_in_flight_and_a_dead_worker_fails_its_future(tmp_path):
+    now = [0.0]
+    fc = Forecaster(clock=lambda: now[0], statsmodels_top_n=1, heavy_every_s=900.0)
+    _feed([fc], now, days=(history_needed(PERIOD) + 2) / PERIOD + 1.0)
+    history = History(tmp_path / "history.sqlite3", clock=lambda: now[0])
+    loop = ControlLoop(load_config("config"), history, lambda: {}, lambda pool: 0, {}, clock=lambda: now[0], forecaster=fc)
+    loop.forecaster.statsmodels_top_n = 1
+    try:
+        loop._heavy_step()
+        _feed_more(fc, fc, now, bins=history_needed(PERIOD) - 2 * PERIOD)
+        loop._heavy_step()
+        proc, fut = loop._heavy_proc, loop._heavy
+        assert proc is not None and proc.is_alive()
+        proc.kill()   # as the OOM killer would
+        with pytest.raises(RuntimeError, match="before answering"):
+            await asyncio.wait_for(asyncio.shield(fut), 30)
+        loop._heavy_step()   # logs the failure, keeps going (the next job when due)
+        assert loop._heavy is None
+        now[0] += 900
+        loop._heavy_step()
+        assert loop._heavy_proc is not None and loop._heavy_proc.is_alive()
+        proc = loop._heavy_proc
+        loop.close()
+        assert not proc.is_alive() and loop._heavy is None
+    finally:
+        loop.close()
+        history.close()

@@ -105,7 +105,7 @@ class ControlLoop:
         self.events = events if events is not None else EventBook(_events_of(cfg))
         self.controls = controls
         self._first_seen: dict[str, float] = {}   # series id -> clock time of its first request
-        self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers)
+        self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers, long_history=self._long_history)
         self._heavy: asyncio.Future[HeavyResult] | None = None
         self._heavy_started = 0.0
         self._heavy_proc: Any = None   # the worker process of the job in flight
@@ -316,6 +316,18 @@ class ControlLoop:
             return 0.0
         types = sum(1 for s, _ in self._series.values() if s == source)
         return float(profile.rates(np.array([self.clock() + horizon_s]))[0]) / max(types, 1)
+
+    def _long_history(self, sid: str, first_bin: int, end_bin: int) -> np.ndarray | None:
+        """Requests per predictor bin of one series, read back from History: the statsmodels tier
+        wants three days and the ring buffer (reloaded at start) holds two."""
+        if sid not in self._series:
+            return None
+        source, rtype = self._series[sid]
+        bin_s = int(self.forecaster.bin_s)
+        out = np.zeros(end_bin - first_bin)
+        for minute, n in self.history.series(source, rtype, first_bin * bin_s, end_bin * bin_s):
+            out[minute // bin_s - first_bin] += n
+        return out
 
     def _multipliers(self, sid: str, bins: np.ndarray) -> np.ndarray:
         source, rtype = self._series.get(sid, ("", ""))

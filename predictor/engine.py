@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], float]
 ShapeFor = Callable[[str], "np.ndarray | None"]
 Multipliers = Callable[[str, np.ndarray], np.ndarray]
+LongHistory = Callable[[str, int, int], "np.ndarray | None"]   # (series, first bin, end bin) -> counts per bin
 
 DEFAULT_HORIZONS_S = (300.0, 900.0, 3600.0, 86_400.0)
 BLEND = NUMPY_MODELS
@@ -65,6 +66,7 @@ class Forecaster:
         statsmodels_top_n: int = 0,
         heavy_every_s: float | None = None,
         heavy_rechoose_s: float = 86_400.0,
+        long_history: LongHistory | None = None,
     ) -> None:
         self.clock = clock
         self.bin_s = bin_s
@@ -92,6 +94,8 @@ class Forecaster:
         self.statsmodels_top_n = statsmodels_top_n
         self.heavy_every_s = refit_every_s if heavy_every_s is None else heavy_every_s
         self.heavy_rechoose_s = heavy_rechoose_s
+        # where a series entering the statsmodels tier gets its third day (the ring buffer holds two)
+        self.long_history = long_history
         self._long: dict[int, deque] = {}
         self._heavy_paths: dict[str, HeavyPath] = {}
         self._heavy_chosen_at: dict[int, float] = {}  # series -> clock time of its last six-model backtest
@@ -198,7 +202,12 @@ class Forecaster:
             self._heavy_chosen_at.pop(i, None)
         window = self.buffer.window()
         for i in keep - set(self._long):
-            self._long[i] = deque(window[i].tolist(), maxlen=3 * self.period)
+            past = None
+            if self.long_history is not None:
+                past = self.long_history(self.ids[i], self._open_bin - 3 * self.period, self._open_bin)
+            if past is None or len(past) <= window.shape[1]:
+                past = window[i]
+            self._long[i] = deque(np.asarray(past, dtype=np.float64).tolist(), maxlen=3 * self.period)
         now = self.clock()
         choose = np.array([now - self._heavy_chosen_at.get(int(i), -math.inf) >= self.heavy_rechoose_s for i in top])
         steps = int(round(horizon_s / self.bin_s)) + int(math.ceil(self.heavy_every_s / self.bin_s)) + 12

@@ -159,3 +159,41 @@ async def test_close_kills_a_job_in_flight_and_a_dead_worker_fails_its_future(tm
     finally:
         loop.close()
         history.close()
+
+
+def test_warmfront_run_fits_statsmodels_for_its_busiest_series_and_exits_cleanly(tmp_path):
+    """The real command: three days of history for one busy series in the state dir. The first
+    control-loop step reloads two days, reads the third back from History for the statsmodels
+    tier, fits it in a spawned process, and SIGTERM still ends everything at once."""
+    import json
+    import time
+
+    from tests.runkit import Warmfront, wait_until
+
+    now = time.time()
+    history = History(tmp_path / "history.sqlite3", clock=lambda: now)
+    rng = np.random.default_rng(1)
+    first = int(now // 60 * 60) - int(3.3 * 86400)
+    for minute in range(first, int(now // 60 * 60), 60):
+        rate = 80 * (1.0 + 0.7 * np.sin(2 * np.pi * (minute % 86400) / 86400))
+        history.add_minute(minute, "acme", "api", int(rng.poisson(rate)), 0.01 * rate)
+    history.close()
+
+    def heavy_refits() -> list[dict]:
+        events = []
+        for line in wf.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"predictor.heavy_refit"' in line:
+                events.append(json.loads(line))
+        return events
+
+    wf = Warmfront("--config", "config", state_dir=tmp_path)
+    try:
+        done = wait_until(lambda: [e for e in heavy_refits() if e["fitted"]], 120)
+        assert done, wf.tail(30)
+        assert done[0]["backtested"] == 1 and set(done[0]["fitted"]) <= set(HEAVY_MODELS)
+        models = {(m["source"], m["type"]): m["model"] for m in wf.status()["models"]}
+        assert models[("acme", "api")] in ALL_MODELS
+        assert wf.stop(timeout=20) == 0
+        assert wait_until(lambda: not wf.group_pids(), 10), "a process outlived warmfront"
+    finally:
+        wf.cleanup()

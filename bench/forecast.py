@@ -198,35 +198,44 @@ def statsforecast_rows(values: np.ndarray, res: BacktestResult, subset: np.ndarr
     }
 
 
+def run_workers(jobs: list[tuple[list[str], Path]], env: dict, timeout_s: float, label: str) -> None:
+    """Run each (command, work dir) at once, its output in `dir/stderr.txt`; raise when one fails
+    or all are not done within `timeout_s`; never leave one running."""
+    procs = []
+    for cmd, d in jobs:
+        err = open(d / "stderr.txt", "w")  # noqa: SIM115 - closed below, after the worker ends
+        procs.append((subprocess.Popen(cmd, env=env, stdout=err, stderr=subprocess.STDOUT), err, d))
+    deadline = time.monotonic() + timeout_s
+    try:
+        for p, err, d in procs:
+            rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            err.close()
+            if rc != 0:
+                raise RuntimeError(f"{label} worker exited {rc}: {(d / 'stderr.txt').read_text()[-600:]}")
+    finally:
+        for p, err, _ in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+            err.close()
+
+
 def autoets(windows: np.ndarray, period: int, h: int, level: int, workers: int, model: str) -> tuple[np.ndarray, ...]:
     """Fit AutoETS on every row of `windows` with `workers` subprocesses of the statsforecast venv."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     parts = [idx for idx in (np.arange(w, len(windows), workers) for w in range(workers)) if len(idx)]
     with tempfile.TemporaryDirectory(prefix="warmfront-sf-") as tmp:
-        procs = []
+        jobs = []
         for w, idx in enumerate(parts):
             d = Path(tmp) / f"w{w}"
             d.mkdir()
             np.save(d / "windows.npy", windows[idx])
-            err = open(d / "stderr.txt", "w")  # noqa: SIM115 - closed below, after the worker ends
             cmd = [str(SF_PYTHON), str(SF_WORKER), str(d), "--season", str(period), "--horizon", str(h), "--level", str(level), "--model", model]
-            procs.append((subprocess.Popen(cmd, env=env, stdout=err, stderr=subprocess.STDOUT), err, d))
-        deadline = time.monotonic() + SF_TIMEOUT_S
-        try:
-            for p, err, d in procs:
-                rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
-                err.close()
-                if rc != 0:
-                    raise RuntimeError(f"statsforecast worker exited {rc}: {(d / 'stderr.txt').read_text()[-600:]}")
-        finally:
-            for p, err, _ in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(timeout=30)
-                err.close()
+            jobs.append((cmd, d))
+        run_workers(jobs, env, SF_TIMEOUT_S, "statsforecast")
         out = [np.full((len(windows), h), np.nan) for _ in range(3)] + [np.zeros(len(windows))]
         methods = [""] * len(windows)
-        for (_, _, d), idx in zip(procs, parts):
+        for (_, d), idx in zip(jobs, parts):
             for arr, name in zip(out, ("mean", "lower", "upper", "seconds")):
                 arr[idx] = np.load(d / f"{name}.npy")
             for j, m in zip(idx, json.loads((d / "methods.json").read_text())):

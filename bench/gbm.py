@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from forecast import HEAD, LABELS, RESULTS as FORECAST_JSON, TRACE_FILES, TRACES, numpy_only, only, progress, row, trace_label  # noqa: E402
+from forecast import HEAD, LABELS, RESULTS as FORECAST_JSON, TRACE_FILES, TRACES, numpy_only, only, progress, row, run_workers, trace_label  # noqa: E402
 
 from predictor.backtest import BacktestConfig, BacktestResult, choose, run, series_mase  # noqa: E402
 from predictor.holtwinters import HoltWinters  # noqa: E402
@@ -81,32 +81,19 @@ def lightgbm_rows(values: np.ndarray, res: BacktestResult, start_slot: int, work
     progress(f"LightGBM: {len(windows)} origins × {len(cfg.horizons)} horizons × 3 models, global over {len(res.ids)} series, {workers} worker(s)")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="warmfront-gbm-") as tmp:
-        procs = []
+        jobs = []
         for w, idx in enumerate(parts):
             d = Path(tmp) / f"w{w}"
             d.mkdir()
             np.save(d / "windows.npy", windows[idx])
             np.save(d / "slots.npy", slots[idx])
-            err = open(d / "stderr.txt", "w")  # noqa: SIM115 - closed below, after the worker ends
             cmd = [str(GBM_PYTHON), str(GBM_WORKER), str(d), "--period", str(period),
                    "--horizons", ",".join(map(str, cfg.horizons)), "--quantiles", ",".join(map(str, cfg.quantiles)), *worker_args]
-            procs.append((subprocess.Popen(cmd, env=env, stdout=err, stderr=subprocess.STDOUT), err, d))
-        deadline = time.monotonic() + TIMEOUT_S
-        try:
-            for p, err, d in procs:
-                rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
-                err.close()
-                if rc != 0:
-                    raise RuntimeError(f"LightGBM worker exited {rc}: {(d / 'stderr.txt').read_text()[-600:]}")
-        finally:
-            for p, err, _ in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(timeout=30)
-                err.close()
+            jobs.append((cmd, d))
+        run_workers(jobs, env, TIMEOUT_S, "LightGBM")
         k_n, n, h_n = len(windows), len(res.ids), len(cfg.horizons)
         out = {name: np.full((k_n, n, h_n), np.nan) for name in ("point", "lower", "upper")} | {"seconds": np.zeros(k_n)}
-        for (_, _, d), idx in zip(procs, parts):
+        for (_, d), idx in zip(jobs, parts):
             for name, arr in out.items():
                 arr[idx] = np.load(d / f"{name}.npy")
     wall = time.perf_counter() - t0

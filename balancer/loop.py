@@ -324,9 +324,14 @@ class ControlLoop:
             return None
         source, rtype = self._series[sid]
         bin_s = int(self.forecaster.bin_s)
-        out = np.zeros(end_bin - first_bin)
-        for minute, n in self.history.series(source, rtype, first_bin * bin_s, end_bin * bin_s):
-            out[minute // bin_s - first_bin] += n
+        rows = self.history.series(source, rtype, first_bin * bin_s, end_bin * bin_s)
+        if not rows:
+            return None
+        # From the series' first recorded minute on: days before it existed are not history.
+        start = rows[0][0] // bin_s
+        out = np.zeros(end_bin - start)
+        for minute, n in rows:
+            out[minute // bin_s - start] += n
         return out
 
     def _multipliers(self, sid: str, bins: np.ndarray) -> np.ndarray:

@@ -13,10 +13,13 @@ coarse clock instead of a timer per request.
 from __future__ import annotations
 
 import asyncio
-from time import perf_counter
+import errno
 import math
+import re
+import resource
 import socket
 import ssl
+from time import perf_counter
 from collections import deque
 from http import HTTPStatus
 
@@ -34,6 +37,14 @@ log = structlog.get_logger("warmfront.balancer")
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade"})
 X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Fields that decide where a message ends or where it goes. A Connection header naming one of them
+# asks the proxy to drop it, which would forward the body unframed (request smuggling): refused.
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Upgrades warmfront does not offer upstream (it speaks HTTP/1.1 to members): removed, as nginx does.
+STRIPPED_UPGRADES = frozenset({b"h2c", b"h2"})
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name or IP literal, optional port.
+HOST_RE = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 # Exact-case names of common headers that are forwarded as they are: one set lookup instead of
 # lower() and several comparisons (each header costs per request, see measurements.md).
 PLAIN_REQUEST_HEADERS = frozenset({
@@ -41,7 +52,7 @@ PLAIN_REQUEST_HEADERS = frozenset({
     b"Cache-Control", b"Pragma", b"Referer", b"Origin", b"If-None-Match", b"If-Modified-Since",
     b"Authorization", b"Sec-Fetch-Site", b"Sec-Fetch-Mode", b"Sec-Fetch-Dest", b"Sec-Fetch-User",
     b"Upgrade-Insecure-Requests", b"DNT", b"Priority", b"Sec-WebSocket-Key", b"Sec-WebSocket-Version",
-    b"Sec-WebSocket-Extensions", b"Sec-WebSocket-Protocol", b"Range", b"If-Range", b"Expect",
+    b"Sec-WebSocket-Extensions", b"Sec-WebSocket-Protocol", b"Range", b"If-Range",
     b"user-agent", b"accept", b"accept-encoding", b"content-type", b"authorization",
 })
 PLAIN_RESPONSE_HEADERS = frozenset({
@@ -56,6 +67,27 @@ STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in
 MAX_ATTEMPTS = 3
 BODY_BUFFER_HIGH = 256 * 1024     # request body bytes held while an upstream is not writable
 CLIENT_ABORTED = 499              # nginx's convention for "client closed the connection first"
+FD_RESERVE = 256                  # open files kept out of the client cap (listeners, logs, SQLite, health checks)
+CAPPED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 28\r\n"
+                   b"Retry-After: 1\r\nConnection: close\r\n\r\n503 too many connections open\n")
+
+
+def default_max_connections() -> int:
+    """Client connections the open-file limit allows: one upstream each, and headroom for the rest."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(16, (soft - FD_RESERVE) // 2)
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft open-file limit to the hard one, as nginx and HAProxy do at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 class _StopParsing(Exception):
@@ -70,7 +102,7 @@ class Exchange:
                  "upstream", "uconn", "tried", "body", "body_buffered", "body_done", "sent",
                  "head_sent", "status", "bytes_in", "bytes_out", "t_start", "t_sent", "latency",
                  "wait_until", "last_io", "deadline", "done", "error", "resp_mode", "is_head",
-                 "response_complete", "fresh", "stale_retries")
+                 "response_complete", "fresh", "stale_retries", "body_t0", "expect")
 
     def __init__(self, client: "ClientConnection"):
         self.client = client
@@ -109,6 +141,8 @@ class Exchange:
         self.response_complete = False
         self.fresh = False                 # next attempt must open a new connection
         self.stale_retries = 0
+        self.body_t0 = 0.0                 # when the body clock started (0: not yet)
+        self.expect = False                # Expect: 100-continue (the body waits for the member)
 
 
 class Proxy:
@@ -125,7 +159,10 @@ class Proxy:
         self.scheme = scheme
         self.pools: dict[str, UpstreamPool] = {}
         self.upstreams: dict[str, Upstream] = {}
-        self.clients: set[ClientConnection] = set()
+        self.clients: dict[ClientConnection, None] = {}   # insertion order: oldest first
+        self.max_connections = limits.max_connections or default_max_connections()
+        self.capped = False            # in an episode at max_connections (logged once per episode)
+        self.fd_exhausted = False      # in an episode of EMFILE/ENFILE (logged once per episode)
         self.now = self.loop.time()
         self.closing = False
         self.servers: list[asyncio.AbstractServer] = []
@@ -186,6 +223,9 @@ class Proxy:
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                     sock: socket.socket | None = None) -> None:
         """Listen on host:port with SO_REUSEPORT, the seam for several worker processes."""
+        raise_fd_limit()
+        if not self.limits.max_connections:
+            self.max_connections = default_max_connections()
         if sock is not None:
             server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock,
                                                    ssl=ssl_context, backlog=2048)
@@ -223,13 +263,54 @@ class Proxy:
         """Requests received and not yet answered."""
         return sum(len(c.queue) for c in self.clients)
 
+    def make_room(self) -> bool:
+        """At the connection cap: close the oldest connection that has nothing in progress (idle
+        keep-alive, or still sending a head), as nginx reuses idle keep-alive connections when it
+        runs out. False when every connection is busy."""
+        if not self.capped:
+            self.capped = True
+            log.warning("proxy.connections_capped", max_connections=self.max_connections, open=len(self.clients))
+        for c in self.clients:
+            if not c.queue and c.tunnel is None and not c.evicted:
+                c.evicted = True
+                self.stats.connections_evicted += 1
+                c.close()
+                return True
+        self.stats.connections_refused += 1
+        return False
+
+    def note_fd_exhausted(self, exc: OSError) -> None:
+        if not self.fd_exhausted:
+            self.fd_exhausted = True
+            log.error("proxy.fd_exhausted", error=str(exc), open_clients=len(self.clients),
+                      max_connections=self.max_connections,
+                      nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
     async def _sweep(self) -> None:
-        """Coarse clock and every timeout: queue wait, connect, upstream silence, total, idle."""
+        """Coarse clock and every timeout: head and body deadlines, queue wait, connect, upstream
+        silence, total, idle; the end of a connection-cap or fd-exhaustion episode."""
         t = self.timeouts
+        min_rate = self.limits.min_body_rate
         while True:
             await asyncio.sleep(0.1)
             now = self.now = self.loop.time()
+            if self.capped and len(self.clients) < 0.9 * self.max_connections:
+                self.capped = False
+                log.info("proxy.connections_uncapped", open=len(self.clients))
+            if self.fd_exhausted and len(self.clients) < 0.9 * self.max_connections:
+                self.fd_exhausted = False
             for c in list(self.clients):
+                if c.reading_paused or c.closed:
+                    pass   # the proxy holds reading back: the client's clocks are stopped
+                elif c.head_t0 and now - c.head_t0 >= t.client_header:
+                    c.timed_out()
+                    continue
+                else:
+                    cur = c.cur
+                    if (cur is not None and cur.body_t0 and min_rate and not c.in_head and
+                            now - cur.body_t0 > t.client_body + cur.bytes_in / min_rate):
+                        c.timed_out()
+                        continue
                 if not c.queue:
                     if now - c.last_io >= (t.client_idle if c.requests else t.client_header):
                         c.close()
@@ -280,24 +361,44 @@ class ClientConnection(asyncio.Protocol):
         self.writing_paused = False
         self.tunnel: UpstreamConnection | None = None
         self.closed = False
+        self.refused = False
+        self.evicted = False
+        # Hostile-input state. A head has a deadline from its first byte (`head_t0`) and its size
+        # is counted as the bytes arrive (`head_seen`), not once a header line has ended.
+        self.in_head = False
+        self.head_t0 = 0.0
+        self.head_seen = 0
+        self.paused_at = 0.0
+        # An Upgrade request is plain HTTP/1.1 until the member answers 101: the bytes after its
+        # head wait here, unforwarded, and are parsed as HTTP again if the answer is not 101.
+        self.upgrading: Exchange | None = None
+        self.held: bytes | None = None
 
     # ---------------------------------------------------------------- transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        proxy = self.proxy
+        if len(proxy.clients) >= proxy.max_connections and not proxy.make_room():
+            self.refused = self.closed = True
+            transport.write(CAPPED_RESPONSE)  # type: ignore[attr-defined]
+            transport.close()
+            return
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         # X-Forwarded-For/-Proto as sent when the client sent none: built once per connection.
         self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\n" % (
             self.client_ip.encode(), self.proxy.scheme)
-        self.proxy.clients.add(self)
+        self.proxy.clients[self] = None
         self.proxy.stats.connections_accepted += 1
         self.proxy.stats.connections_open += 1
         if self.proxy.closing:
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
         self.closed = True
-        self.proxy.clients.discard(self)
+        self.proxy.clients.pop(self, None)
         self.proxy.stats.connections_open -= 1
         if self.tunnel is not None:
             self.tunnel.close()
@@ -328,36 +429,95 @@ class ClientConnection(asyncio.Protocol):
     def pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
+            self.paused_at = self.proxy.now
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed:
+        if self.reading_paused and self.transport is not None and not self.closed and self.held is None:
             self.reading_paused = False
+            # Time the proxy held reading back is not the client's: its head and body clocks move on.
+            held_back = self.proxy.now - self.paused_at
+            if self.head_t0:
+                self.head_t0 += held_back
+            cur = self.cur
+            if cur is not None and cur.body_t0:
+                cur.body_t0 += held_back
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self.last_io = self.proxy.now
+        now = self.last_io = self.proxy.now
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
             return
+        if self.held is not None:   # an Upgrade awaits its answer (reading is paused; be safe)
+            self.held += data
+            return
+        if not self.head_t0 and self.cur is None:
+            self.head_t0 = now      # a head starts with this read: its deadline runs from here
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            ex = self.queue[-1] if self.queue else None
-            if ex is not None and ex.upgrade is not None:
-                rest = data[e.args[0]:]
-                if rest:
-                    ex.body.append(rest)
-                    ex.body_buffered += len(rest)
-                # Nothing more is parsed on this connection: it becomes a tunnel or closes.
-                self.pause_reading()
+            self._parser_stopped(data[e.args[0]:])
+            return
         except httptools.HttpParserCallbackError:
             cur = self.cur
             if cur is None or not cur.error:
                 log.exception("proxy.request_error")
             self._reject(cur.error if cur is not None and cur.error else 400)
-        except httptools.HttpParserError:
+            return
+        except httptools.HttpParserError as e:
+            # llhttp knows the version only as "invalid": a major version it does not speak is 505.
+            self._reject(505 if "HTTP version" in str(e) else 400)
+            return
+        if self.in_head:
+            self._head_growing(data)
+
+    def _head_growing(self, data: bytes) -> None:
+        """A head is still incomplete after this read: count what arrived, refuse it as soon as it
+        passes the limit (httptools buffers a header line until it ends, so waiting for the line is
+        quadratic in its length), and answer an HTTP/0.9 request line instead of waiting for
+        headers it will never send."""
+        if self.head_seen < 0:
+            self.head_seen = 0      # the head began in this read: part of it was someone else's
+        else:
+            self.head_seen += len(data)
+        if self.head_seen > self.proxy.limits.max_header_bytes:
+            self.cur.error = 431
+            self._reject(431)
+        elif data.endswith(b"\n") and self.parser.get_http_version() == "0.0":
+            # A request line that ended without a version: HTTP/0.9 (llhttp waits for headers).
+            self.cur.error = 400
             self._reject(400)
+
+    def _parser_stopped(self, rest: bytes) -> None:
+        """httptools stops at a request carrying Connection: upgrade. With an upgrade on offer the
+        bytes after it wait for the member's answer; otherwise (h2c removed) parsing goes on."""
+        if self.upgrading is not None:
+            self.held = rest
+            self.pause_reading()
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        if rest:
+            self.data_received(rest)
+
+    def timed_out(self) -> None:
+        """A head past `client_header`, or a body slower than `min_body_rate`: 408, then close."""
+        ex = self.cur
+        self.head_t0 = 0.0
+        if ex is not None and not self.in_head:
+            # A body in progress, perhaps already streaming to a member: it will never be whole.
+            self.cur = None
+            ex.keep_alive = False
+            self.pause_reading()
+            if ex.uconn is not None:
+                ex.uconn.abandon()
+                self._release(ex)
+            if ex.head_sent:
+                self._complete(ex, keep_alive=False)
+            else:
+                self.reply_error(ex, 408, retry_after=False)
+            return
+        self._reject(408)
 
     def _reject(self, status: int) -> None:
         """A request that cannot be parsed or exceeds a limit: answer in order, then close."""
@@ -366,6 +526,8 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = False
         ex.error = status
         ex.t_start = self.proxy.loop.time()
+        self.in_head = False
+        self.head_t0 = 0.0
         self.pause_reading()
         if ex not in self.queue:
             self.queue.append(ex)
@@ -380,6 +542,10 @@ class ClientConnection(asyncio.Protocol):
             ex = self.cur = Exchange(self)
             ex.url = url
             self.hdr_bytes = len(url)
+            self.in_head = True
+            self.head_seen = -1
+            if not self.head_t0:
+                self.head_t0 = self.proxy.now   # a pipelined head that began mid-read
         else:
             ex.url += url
             self.hdr_bytes += len(url)
@@ -401,6 +567,10 @@ class ClientConnection(asyncio.Protocol):
             if lname == b"connection":
                 ex.conn_tokens += tuple(t.strip().lower() for t in value.split(b","))
             elif lname == b"transfer-encoding":
+                # Only `chunked` is re-framed faithfully; another coding would be lost (RFC 9112 §6.1).
+                if value.strip().lower() != b"chunked":
+                    ex.error = 501
+                    raise _StopParsing
                 ex.chunked = True
             elif lname == b"upgrade":
                 ex.upgrade = value
@@ -409,12 +579,14 @@ class ClientConnection(asyncio.Protocol):
             ex.hdrs[lname] = value
             return
         if lname == b"host":
-            if b"host" in ex.hdrs:
+            if b"host" in ex.hdrs or not HOST_RE.fullmatch(value):
                 ex.error = 400
                 raise _StopParsing
             ex.hdrs[b"host"] = value
         elif lname == b"content-length":
             ex.content_length = int(value)
+        elif lname == b"expect":
+            ex.expect = value.lower() == b"100-continue"
         elif lname in self.proxy.header_names:
             ex.hdrs[lname] = value
         ex.headers += (name, b": ", value, b"\r\n")
@@ -428,10 +600,14 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = p.should_keep_alive() and not proxy.closing
         ex.is_head = ex.method == b"HEAD"
         ex.t_start = proxy.now
+        ex.body_t0 = 0.0 if ex.expect else proxy.now
         self.requests += 1
+        self.in_head = False
+        self.head_t0 = 0.0
+        self._check_request(ex)
         if ex.upgrade is not None:
             if b"upgrade" in ex.conn_tokens:
-                ex.keep_alive = False   # the parser stops at an upgrade: this connection ends with it
+                self._offer_upgrade(ex)
             else:
                 ex.upgrade = None
         limit = proxy.limits.max_body_bytes
@@ -439,12 +615,18 @@ class ClientConnection(asyncio.Protocol):
             ex.error = 413
             raise _StopParsing
         if ex.conn_tokens:
-            # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-            named = set(ex.conn_tokens) - {b"close", b"keep-alive", b"upgrade"}
+            # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1) — except the ones
+            # that frame or direct the message: dropping those would forward it unframed.
+            named = set(ex.conn_tokens) - CONNECTION_OPTIONS
             if named:
+                if not named.isdisjoint(FRAMING):
+                    ex.error = 400
+                    raise _StopParsing
                 h = ex.headers
                 ex.headers = [x for i in range(0, len(h), 4) if h[i].lower() not in named for x in h[i:i + 4]]
         path, _, query = ex.url.partition(b"?")
+        if path == b"*":
+            path = b"/"              # OPTIONS * asks about the server: routed as its root
         table = proxy.table
         route = table.match(ex.method, ex.hdrs.get(b"host", b""), path, ex.hdrs)
         if route is not None:
@@ -458,10 +640,67 @@ class ClientConnection(asyncio.Protocol):
         elif len(self.queue) > 16:
             self.pause_reading()
 
+    def _check_request(self, ex: Exchange) -> None:
+        """RFC 9112 rules on the request line, Host and framing; `ex.error` and stop on a breach."""
+        version = ex.version
+        if version != "1.1" and version != "1.0":
+            ex.error = 505 if version[:1] not in ("0", "1") else 400
+            raise _StopParsing
+        if ex.method == b"CONNECT":
+            ex.error = 405           # a reverse proxy opens no tunnels to arbitrary authorities
+            raise _StopParsing
+        if ex.chunked and version == "1.0":
+            ex.error = 400           # RFC 9112 §6.1: chunked in a 1.0 request is faulty framing
+            raise _StopParsing
+        if ex.url[:1] != b"/":
+            self._non_origin_form(ex)
+        elif version == "1.1" and b"host" not in ex.hdrs:
+            ex.error = 400           # RFC 9112 §3.2: a 1.1 request without Host
+            raise _StopParsing
+
+    def _non_origin_form(self, ex: Exchange) -> None:
+        """Absolute-form targets are accepted and their authority replaces Host (RFC 9112 §3.2.2);
+        `*` is for OPTIONS only; anything else is not a request target for this server."""
+        url = ex.url
+        if url == b"*" and ex.method == b"OPTIONS":
+            return
+        low = url[:8].lower()
+        if not (low.startswith(b"http://") or low.startswith(b"https://")):
+            ex.error = 400
+            raise _StopParsing
+        try:
+            u = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            ex.error = 400
+            raise _StopParsing from None
+        if u.userinfo or not u.host:
+            ex.error = 400           # RFC 9110 §4.2.4: userinfo in an http(s) URI is an error
+            raise _StopParsing
+        authority = u.host if u.port is None else b"%s:%d" % (u.host, u.port)
+        if not HOST_RE.fullmatch(authority):
+            ex.error = 400
+            raise _StopParsing
+        ex.url = (u.path or b"/") + (b"?" + u.query if u.query else b"")
+        h = ex.headers
+        ex.headers = [x for i in range(0, len(h), 4) if h[i].lower() != b"host" for x in h[i:i + 4]]
+        ex.headers += (b"Host", b": ", authority, b"\r\n")
+        ex.hdrs[b"host"] = authority
+
+    def _offer_upgrade(self, ex: Exchange) -> None:
+        """Keep the protocols warmfront can tunnel (not HTTP/2: it speaks 1.1 upstream)."""
+        kept = [t for t in (t.strip() for t in ex.upgrade.split(b",")) if t and t.lower() not in STRIPPED_UPGRADES]
+        if not kept:
+            ex.upgrade = None        # a plain request; the parser still stops, `_parser_stopped` goes on
+            return
+        ex.upgrade = b", ".join(kept)
+        self.upgrading = ex
+
     def on_body(self, body: bytes) -> None:
         ex = self.cur
         ex.bytes_in += len(body)
         ex.last_io = self.proxy.now
+        if not ex.body_t0:
+            ex.body_t0 = self.proxy.now   # Expect: 100-continue: the body clock starts with the body
         limit = self.proxy.limits.max_body_bytes
         if limit and ex.bytes_in > limit:
             ex.error = 413
@@ -665,6 +904,16 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive or proxy.closing:
             self.close()
             return
+        if ex is self.upgrading:
+            # Answered without 101: the connection stays HTTP/1.1 and what the client sent after
+            # the head is its next request, parsed afresh (it was never forwarded).
+            self.upgrading = None
+            held, self.held = self.held, None
+            self.parser = httptools.HttpRequestParser(self)
+            self.resume_reading()
+            if held:
+                self.data_received(held)
+            return
         if queue:
             self.start(queue[0])
         if self.reading_paused and len(queue) <= 16 and (not queue or queue[-1].body_buffered <= BODY_BUFFER_HIGH):
@@ -680,6 +929,9 @@ class ClientConnection(asyncio.Protocol):
         if ex.body:
             uc.transport.write(b"".join(ex.body))
             ex.body.clear()
+        held, self.held, self.upgrading = self.held, None, None
+        if held:
+            uc.transport.write(held)   # the first bytes of the new protocol, held until now
         self.proxy.finish(ex)
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
@@ -687,7 +939,14 @@ class ClientConnection(asyncio.Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """A connection to one member; carries one exchange at a time, kept alive between them."""
+    """A connection to one member; carries one exchange at a time, kept alive between them.
+
+    The response head is assembled in `out` and written only once it is whole (a status line and
+    its headers may arrive in any number of reads, and interim 1xx heads come before it); the
+    body after it is written once per read. Bytes past the end of the response mean the member
+    and warmfront disagree about framing: the connection is not reused and nothing past the end
+    reaches the client.
+    """
 
     def __init__(self, proxy: Proxy, upstream: Upstream):
         self.proxy = proxy
@@ -703,6 +962,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.reused = False
+        self.in_head = False      # a response head is being parsed (not yet written)
+        self.head_seen = 0        # bytes of response heads of this exchange so far
+        self.bad = ""             # why the member's response is refused (502)
 
     # ---------------------------------------------------------------- connecting and sending
     def connect(self, ex: Exchange) -> None:
@@ -715,7 +977,9 @@ class UpstreamConnection(asyncio.Protocol):
         up = self.upstream
         try:
             await self.proxy.loop.create_connection(lambda: self, up.host, up.port)
-        except (OSError, asyncio.CancelledError):
+        except (OSError, asyncio.CancelledError) as e:
+            if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+                self.proxy.note_fd_exhausted(e)
             self.connecting = False
             ex = self.ex
             self.ex = None
@@ -737,6 +1001,8 @@ class UpstreamConnection(asyncio.Protocol):
         client = ex.client
         head = client.head_bytes(ex, self.upstream)
         ex.sent = True
+        self.head_seen = 0
+        self.out.clear()
         self.begin_response()
         ex.t_sent = perf_counter()
         if ex.body:
@@ -763,6 +1029,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         ex.last_io = self.proxy.now
+        self._read_len = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -775,31 +1042,62 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.client.become_tunnel(self, ex)
                 return
         except httptools.HttpParserCallbackError:
-            # Raised on purpose after the head of a response that has no body (HEAD).
-            self._flush()
+            # Raised on purpose: after the head of a response that has no body (HEAD), on bytes
+            # past the end of the response, or on a response refused (`bad`).
             if self.ex is ex and ex.response_complete:
-                # Parsing stopped at the head, so whether the member (wrongly) sent a body after
-                # it is unknown: the connection is not reused.
+                self._flush()
+                # Parsing stopped at the end, so what (if anything) follows is unknown: the
+                # connection is not reused.
                 ex.client.response_done(ex, reusable=False)
             elif not ex.done:
-                log.exception("proxy.response_error", member=self.upstream.id)
-                ex.client.upstream_failed(ex, 502)
+                self._refuse(ex)
             return
-        except httptools.HttpParserError:
-            self._flush()
-            ex.client.upstream_failed(ex, 502)
+        except httptools.HttpParserError as e:
+            if not ex.done:
+                self.bad = self.bad or f"unparsable response: {e}"
+                self._refuse(ex)
             return
-        out = self.out
-        if out:
-            ex.client.write(b"".join(out))
-            out.clear()
+        if self.in_head:
+            self.head_seen += len(data)
+            if self.head_seen > self.proxy.limits.max_response_header_bytes:
+                self.bad = "response head over limits.max_response_header_bytes"
+                self._refuse(ex)
+                return
+            self._flush()   # interim (1xx) heads that are complete; the head in progress waits
+        else:
+            out = self.out
+            if out:
+                ex.client.write(b"".join(out))
+                out.clear()
         if ex.response_complete and self.ex is ex:
             ex.client.response_done(ex, reusable=self.keep_alive)
 
+    def _refuse(self, ex: Exchange) -> None:
+        """The member's response cannot be forwarded: drop what is unsent of it, then 502 (or a
+        cut connection if its head already went out)."""
+        if not ex.head_sent:
+            del self.out[self._head_at:]   # the refused head, whole or in part
+            self.in_head = False
+        self._flush()
+        if self.bad:
+            log.warning("proxy.bad_response", member=self.upstream.id, reason=self.bad)
+        else:
+            log.exception("proxy.response_error", member=self.upstream.id)
+        self.keep_alive = False
+        ex.client.upstream_failed(ex, 502)
+
     def _flush(self) -> None:
+        """Write what is complete: everything, or only the interim heads before the one in progress."""
         out = self.out
+        ex = self.ex
+        if self.in_head:
+            n = self._head_at
+            if n and ex is not None:
+                ex.client.write(b"".join(out[:n]))
+                del out[:n]
+                self._head_at = 0
+            return
         if out:
-            ex = self.ex
             if ex is not None:
                 ex.client.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
@@ -816,6 +1114,8 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.ex
         if ex is None or ex.done:
             return
+        if self.in_head:
+            del self.out[self._head_at:]   # a head cut short is never forwarded
         self._flush()
         if ex.head_sent and ex.resp_mode == 2:
             # A close-delimited body ends when the member closes the connection.
@@ -867,6 +1167,8 @@ class UpstreamConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- response parser callbacks
     _close_delimited = False
     _head_at = 0
+    _read_len = 0
+    _named: frozenset[bytes] = frozenset()
 
     def begin_response(self) -> None:
         """Expect a response head (called when a request is sent and after an interim response)."""
@@ -874,8 +1176,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._has_length = False
         self._chunked = False
+        self._named = frozenset()
+        self.in_head = True
         self._head_at = len(self.out)
         self.out.append(b"")   # placeholder for the status line
+
+    def on_message_begin(self) -> None:
+        ex = self.ex
+        if ex is not None and ex.response_complete:
+            # A second response to one request: the member's framing and ours disagree. Nothing
+            # of it is forwarded and the connection is not reused.
+            raise _StopParsing
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name in PLAIN_RESPONSE_HEADERS:
@@ -884,12 +1195,19 @@ class UpstreamConnection(asyncio.Protocol):
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection":
-                if b"close" in value.lower():
+                tokens = {t.strip() for t in value.lower().split(b",")}
+                if b"close" in tokens:
                     self.keep_alive = False
+                named = tokens - CONNECTION_OPTIONS - FRAMING - {b""}
+                if named:
+                    self._named |= named
             elif lname == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    self.bad = f"transfer-encoding {value.decode('latin-1')!r} (only chunked is forwarded)"
+                    raise _StopParsing
                 self._chunked = True
             elif lname == b"upgrade":
-                self.out += (b"Upgrade: ", value, b"\r\n")
+                self.out += (b"Upgrade", b": ", value, b"\r\n")
             return
         if lname == b"content-length":
             self._has_length = True
@@ -899,28 +1217,46 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.ex
         p = self.parser
         status = p.get_status_code()
+        self.in_head = False
+        out = self.out
+        idx = self._head_at
+        if self.head_seen + self._read_len > self.proxy.limits.max_response_header_bytes and \
+                self.head_seen + sum(map(len, out[idx:])) > self.proxy.limits.max_response_header_bytes:
+            self.bad = "response head over limits.max_response_header_bytes"
+            raise _StopParsing
+        if self._named:
+            # Fields the member named in Connection are hop-by-hop (RFC 9110 §7.6.1); framing stays.
+            head = out[idx + 1:]
+            out[idx + 1:] = [x for i in range(0, len(head), 4) if head[i].lower() not in self._named
+                             for x in head[i:i + 4]]
         if not ex.latency:
             ex.latency = perf_counter() - ex.t_sent
         if p.get_http_version() == "1.0" or not p.should_keep_alive():
             self.keep_alive = False
-        out = self.out
-        idx = self._head_at
         line = STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
         if status < 200:
             if status == 101:
+                if ex.upgrade is None:
+                    self.bad = "101 Switching Protocols to a request that offered no upgrade"
+                    raise _StopParsing
                 ex.status = 101
                 out[idx] = line
                 out.append(b"Connection: Upgrade\r\n\r\n")
+                return
+            if ex.version == "1.0":
+                del out[idx:]        # RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
                 return
             out[idx] = line          # interim (100 Continue, 103 Early Hints): relay as is
             out.append(b"\r\n")
             return
         ex.status = status
         ex.head_sent = True
+        if ex.upgrade is not None:
+            self.keep_alive = False  # the member saw an upgrade offer: its connection is not reused
         no_body = ex.is_head or status == 204 or status == 304
         tail = b"\r\n"
         client_keep = ex.keep_alive and ex.body_done
-        if no_body or self._has_length:
+        if no_body or (self._has_length and not self._chunked):
             ex.resp_mode = 0
         elif ex.version == "1.1":
             ex.resp_mode = 1

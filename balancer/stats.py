@@ -29,6 +29,8 @@ class ProxyStats:
     latency: dict[str, LatencyHistogram] = field(default_factory=dict)
     connections_accepted: int = 0
     connections_open: int = 0
+    connections_refused: int = 0   # at `limits.max_connections` with nothing to make room
+    connections_evicted: int = 0   # idle or head-trickling connections closed to make room
 
     def count(self, pool: str, rtype: str, code: int) -> None:
         key = (pool, rtype, code)

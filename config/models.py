@@ -13,7 +13,8 @@ import re
 import shlex
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from config.units import ByteSize, Cpus, Duration
@@ -24,6 +25,15 @@ CONFIG_ERROR = "config"
 def config_error(at: tuple[str | int, ...], message: str) -> PydanticCustomError:
     """A validation error located at `at`, relative to the model raising it."""
     return PydanticCustomError(CONFIG_ERROR, message, {"at": at})
+
+
+def first_error(err: ValidationError) -> tuple[str, str]:
+    """The first problem of `err` as (dotted key, message), with `config_error`'s `at` appended to
+    the key: what the admin API answers and what logs name."""
+    first = err.errors()[0]
+    ctx = first.get("ctx")
+    loc = list(first["loc"]) + list(ctx.get("at", ()) if isinstance(ctx, dict) else ())
+    return ".".join(str(p) for p in loc) or "-", first["msg"].removeprefix("Value error, ")
 
 
 class Strict(BaseModel):
@@ -113,7 +123,13 @@ class Timeouts(Strict):
     queue: Duration = Field(
         5.0, description="How long a request waits for a ready member before a 503 with Retry-After. Default `5s`.")
     client_idle: Duration = Field(60.0, description="Idle timeout of a keep-alive client connection. Default `60s`.")
-    client_header: Duration = Field(30.0, description="Time allowed to receive a request head. Default `30s`.")
+    client_header: Duration = Field(
+        30.0, gt=0, description="Deadline for a whole request head, from its first byte (a trickled head does not "
+                                "extend it); beyond it the answer is 408 and the connection closes. Default `30s`.")
+    client_body: Duration = Field(
+        30.0, gt=0, description="Time allowed for a request body before `limits.min_body_rate` applies: a body must "
+                                "be complete within `client_body` + its bytes so far / `min_body_rate` (time the "
+                                "proxy itself held reading back does not count). Default `30s`.")
 
 
 class Limits(Strict):
@@ -122,6 +138,17 @@ class Limits(Strict):
         65536, ge=1, description="Largest request line plus headers; beyond it the answer is 431. Default `64k`.")
     max_body_bytes: ByteSize = Field(
         1024 ** 3, description="Largest request body; beyond it the answer is 413; `0` means unlimited. Default `1g`.")
+    min_body_rate: ByteSize = Field(
+        500, description="Slowest average request-body rate (bytes per second) accepted once `timeouts.client_body` "
+                         "has passed; a slower body gets 408 and the connection closes. `0` disables. Default `500`.")
+    max_response_header_bytes: ByteSize = Field(
+        65536, ge=1024, description="Largest response head (status line plus headers) accepted from a member; beyond "
+                                    "it the client gets 502. Default `64k`.")
+    max_connections: int = Field(
+        0, ge=0, description="Client connections held open at once; at the cap an idle or still-sending-its-head "
+                             "connection is closed to make room, else the new one is refused. `0` derives it from "
+                             "the open-file limit: (limit − 256) / 2, leaving one upstream per client and room for "
+                             "health checks. Default `0`.")
 
 
 class HistoryConfig(Strict):
@@ -212,6 +239,9 @@ class RoutingConfig(Strict):
 
 
 # ---------------------------------------------------------------- pools.yaml
+MAX_POOL_MEMBERS = 1000     # a hard ceiling on capacity.max: past it a typo, not a plan
+
+
 class HealthCheck(Strict):
     """Active HTTP health check of each member."""
     path: str = Field(
@@ -228,7 +258,9 @@ class Capacity(Strict):
     """How many routable members the pool may have and how busy each should run."""
     min: int = Field(1, ge=0, description="Members always kept ready (baseline tier); `0` allows scale to zero. "
                                           "Default `1`.")
-    max: int = Field(4, ge=1, description="Most members ever ready at once, across all tiers. Default `4`.")
+    max: int = Field(4, ge=1, le=MAX_POOL_MEMBERS,
+                     description=f"Most members ever ready at once, across all tiers; at most {MAX_POOL_MEMBERS}. "
+                                 "Default `4`.")
     target_utilization: float = Field(
         0.7, gt=0, le=1, description="Share of `concurrency` the planner aims to use per member, in (0, 1]. "
                                      "Default `0.7`.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -49,7 +50,8 @@ def copy_config(tmp: Path, src: Path = ROOT / "config") -> Path:
 
 
 class Warmfront:
-    def __init__(self, *args: str, state_dir: Path | None = None, env: dict | None = None):
+    def __init__(self, *args: str, state_dir: Path | None = None, env: dict | None = None,
+                 nofile: int | None = None):
         self.port, self.admin_port = free_port(), free_port()
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="wf-test-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,9 @@ class Warmfront:
                     "--admin", f"127.0.0.1:{self.admin_port}", "--state-dir", str(self.state_dir)]
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log,
                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+                                     if nofile else None)
 
     @property
     def url(self) -> str:

@@ -578,6 +578,8 @@ class ClientConnection(asyncio.Protocol):
         if lname in X_FORWARDED:
             ex.hdrs[lname] = value
             return
+        if b"_" in lname and lname.replace(b"_", b"-") in X_FORWARDED:
+            return   # X_Forwarded_For: CGI-style backends read it as the header warmfront sets
         if lname == b"host":
             if b"host" in ex.hdrs or not HOST_RE.fullmatch(value):
                 ex.error = 400

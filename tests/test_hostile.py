@@ -58,6 +58,16 @@ async def test_connection_naming_an_ordinary_header_removes_it_and_keeps_the_fra
         assert all("x-forwarded-for" in s.headers for s in b.seen)
 
 
+async def test_underscore_spellings_of_forwarded_headers_are_dropped():
+    async with LoggingBackend() as b, running_proxy(table_for(one(b))) as p:
+        out, _ = await exchange(p.port, [req("/", "u", b"X_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n"
+                                                   b"X_Other: kept\r\nConnection: close\r\n")])
+        assert statuses(out) == [200]
+        h = b.seen[0].headers
+        assert "x_forwarded_for" not in h and "x_forwarded_proto" not in h and h["x_other"] == "kept"
+        assert h["x-forwarded-for"] == "127.0.0.1"
+
+
 async def test_smuggling_attempt_cannot_reach_a_second_client():
     """The reported attack end to end: attacker then victim on a shared upstream keep-alive pool."""
     async with LoggingBackend() as b, running_proxy(table_for(one(b))) as p:
@@ -155,6 +165,25 @@ async def test_h2c_upgrade_is_removed_and_the_request_served_as_http1():
         out, _ = await exchange(p.port, [h2c + req("/next", "n")], until=lambda d: len(parse_responses(d)) == 2)
         assert [r.json()["id"] for r in parse_responses(out)] == ["h", "n"]
         assert "upgrade" not in b.seen[0].headers and "http2-settings" not in b.seen[0].headers
+
+
+@pytest.mark.parametrize("answer", [
+    b"",                                                                  # closes without a word
+    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",                         # 101 without Upgrade
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+])
+async def test_upgrade_failing_in_other_ways_forwards_nothing_unframed(answer):
+    async def script(head, w):
+        if answer:
+            w.write(answer)
+            await w.drain()
+        return False
+    async with ScriptedBackend(script) as b, running_proxy(table_for(one(b))) as p:
+        out, _ = await exchange(p.port, [WS + SMUGGLED], timeout=3)
+        assert statuses(out)[:1] in ([502], [400]), out
+        assert all(b"/smuggled" not in h or h.startswith(b"GET /smuggled HTTP/1.1\r\n") and b"X-Forwarded-For" in h
+                   for h in b.heads), b.heads
+        assert b.heads[0].startswith(b"GET /ws ")
 
 
 async def test_101_to_a_request_that_offered_no_upgrade_is_a_502():

@@ -43,6 +43,7 @@ FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Upgrades warmfront does not offer upstream (it speaks HTTP/1.1 to members): removed, as nginx does.
 STRIPPED_UPGRADES = frozenset({b"h2c", b"h2"})
+NO_NAMES: frozenset[bytes] = frozenset()
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name or IP literal, optional port.
 HOST_RE = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 # Exact-case names of common headers that are forwarded as they are: one set lookup instead of
@@ -606,7 +607,8 @@ class ClientConnection(asyncio.Protocol):
         self.requests += 1
         self.in_head = False
         self.head_t0 = 0.0
-        self._check_request(ex)
+        if ex.version != "1.1" or ex.url[:1] != b"/" or b"host" not in ex.hdrs or ex.method == b"CONNECT":
+            self._check_request(ex)      # the common case (1.1, origin-form, Host) needs no more
         if ex.upgrade is not None:
             if b"upgrade" in ex.conn_tokens:
                 self._offer_upgrade(ex)
@@ -1004,7 +1006,6 @@ class UpstreamConnection(asyncio.Protocol):
         head = client.head_bytes(ex, self.upstream)
         ex.sent = True
         self.head_seen = 0
-        self.out.clear()
         self.begin_response()
         ex.t_sent = perf_counter()
         if ex.body:
@@ -1170,7 +1171,7 @@ class UpstreamConnection(asyncio.Protocol):
     _close_delimited = False
     _head_at = 0
     _read_len = 0
-    _named: frozenset[bytes] = frozenset()
+    _named: frozenset[bytes] = NO_NAMES
 
     def begin_response(self) -> None:
         """Expect a response head (called when a request is sent and after an interim response)."""
@@ -1178,7 +1179,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._has_length = False
         self._chunked = False
-        self._named = frozenset()
+        self._named = NO_NAMES
         self.in_head = True
         self._head_at = len(self.out)
         self.out.append(b"")   # placeholder for the status line

@@ -206,8 +206,9 @@ async def test_upgrade_answered_by_the_proxy_parses_the_held_bytes_as_http():
 
 async def test_connect_is_refused():
     async with LoggingBackend() as b, running_proxy(table_for(one(b))) as p:
-        out, _ = await exchange(p.port, [b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n" + SMUGGLED])
-        assert statuses(out) == [405] and b.seen == []
+        for target in (b"evil:443", b"/"):
+            out, _ = await exchange(p.port, [b"CONNECT %b HTTP/1.1\r\nHost: evil:443\r\n\r\n" % target + SMUGGLED])
+            assert statuses(out) == [405] and b.seen == []
 
 
 # ------------------------------------------------------------------ Response heads in pieces, 1xx

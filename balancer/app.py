@@ -7,6 +7,7 @@ control loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import os
 import secrets
@@ -37,6 +38,8 @@ from pools.members import MemberState, MemberView
 from pools.ports import parse_hostport
 
 log = structlog.get_logger("warmfront")
+
+FIRST_PLAN_WAIT_S = 10.0   # longest start-up waits for the control loop's first plan
 
 
 class StartupError(Exception):
@@ -190,6 +193,7 @@ class App:
                                           access_log=None, handle_signals=False)
         await self.admin_runner.setup()
         await web.TCPSite(self.admin_runner, self.admin_addr[0], self.admin_addr[1]).start()
+        gc.freeze()   # see below: what was built so far lives as long as the process
         await self.proxy.start(self.listen[0], self.listen[1], ssl_ctx)
         log.info("proxy.started", listen=f"{self.listen[0]}:{self.listen[1]}",
                  admin=f"{self.admin_addr[0]}:{self.admin_addr[1]}", tls=bool(ssl_ctx),
@@ -199,11 +203,24 @@ class App:
             self.managers[name] = self.make_manager(name, spec)
         self.tasks.append(asyncio.create_task(self.history.run(r.history.flush_interval)))
         self.tasks.append(asyncio.create_task(self.operator.sample_loop()))
-        # The first plan comes before the managers' first pass, so they start from the forecast.
-        await self.control.step()
-        self.tasks.append(asyncio.create_task(self.control.run()))
-        for m in self.managers.values():
-            self.tasks.append(asyncio.create_task(m.run()))
+        # Static pools route at once. The first plan comes before the other managers' first pass,
+        # so they start from the forecast; the step runs off the event loop (the proxy serves
+        # meanwhile), and a long replay of history does not hold the managers back past
+        # FIRST_PLAN_WAIT_S: they start from the baseline and follow the plan when it comes.
+        for name, m in self.managers.items():
+            if self.cfg.pools[name].backend == "static":
+                self.tasks.append(asyncio.create_task(m.run()))
+        first = asyncio.create_task(self.control.step())
+        self.tasks.append(first)
+        await asyncio.wait({first}, timeout=FIRST_PLAN_WAIT_S)
+        # What start-up built lives as long as the process: keep it out of the collector's full
+        # passes, which run on whichever thread allocates (the proxy's too) and hold the GIL for
+        # as long as they take (≈ 100 ms over a large heap).
+        gc.freeze()
+        self.tasks.append(asyncio.create_task(self.control.run()))   # its first step waits for `first`
+        for name, m in self.managers.items():
+            if self.cfg.pools[name].backend != "static":
+                self.tasks.append(asyncio.create_task(m.run()))
 
     async def stop(self) -> None:
         """SIGTERM: stop accepting, finish in-flight requests, flush history, stop members."""

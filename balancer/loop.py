@@ -2,15 +2,27 @@
 
 Per step (every `plan_interval`, a few seconds):
 1. feed the predictor every minute that closed since the last step, read from `History`
-   (unflushed rows included), and the learned service time per request type;
-2. refit the predictor when it says so, in a worker thread (the event loop keeps proxying), and
-   start its statsmodels tier for the busiest series in a worker process when due (seconds of
-   CPU and 250 MB of imports that are not the proxy's; its result is applied by a later step,
-   never awaited);
-3. forecast every series (source × type), sum the request types routed to each pool, and
+   (sealed rows included), and the learned service time per request type;
+2. refit the predictor when it says so, and start its statsmodels tier for the busiest series in
+   a worker process when due (seconds of CPU and 250 MB of imports that are not the proxy's; its
+   result is applied by a later step, never awaited);
+3. retire series without a request for `RETIRE_AFTER_S` (a day), so the forecaster's size
+   follows the sources that are alive, not every name ever seen;
+4. forecast every series (source × type), sum the request types routed to each pool, and
    compare the last closed bin of each pool with the interval forecast for it (anomalies);
-4. plan each managed pool from that demand and the live in-flight load (sampled every
+5. plan each managed pool from that demand and the live in-flight load (sampled every
    `sample_interval`), and wake its manager when the plan changed.
+
+The proxy's event loop runs none of 1–4: a step copies its inputs on the loop (`StepInputs`:
+the clock, the requests tapped since the last step, the pools' specs, a finished statsmodels
+job — O(1) work after `History.seal`), computes in a worker thread (`ControlLoop.compute`: a
+function of those inputs and of state only that thread touches — forecaster, profiles, session
+model, anomaly detector), and applies the `StepResult` back on the loop in O(pools): the
+per-pool demand, forecast and status, then `plan`, which is pure and small. What
+/admin/status reads from the loop is part of that result, so it costs nothing to serve. The
+worker shares the GIL with the proxy; `GIL_SWITCH_S` bounds how long it holds it at a time
+(measured: bench/loop_probe.py). Moving `compute` into its own process later means sending
+`StepInputs` and `StepResult` instead of passing them.
 
 Nothing here is on the proxy's request path: the proxy writes counters, this loop reads them.
 All times come from `clock`, so the demo can compress a day into minutes and tests can stop time.
@@ -18,9 +30,12 @@ All times come from `clock`, so the demo can compress a day into minutes and tes
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -30,7 +45,7 @@ import numpy as np
 import structlog
 
 from balancer.controls import planning_quantile
-from balancer.history import LATENCY_BOUNDS, History, MinuteRow
+from balancer.history import LATENCY_BOUNDS, OTHER, History, MinuteRow
 from config.events import EVENTS_FILE, load_events
 from config.models import Config, Pool
 from pools.manager import PoolManager
@@ -39,7 +54,7 @@ from pools.planner import LiveLoad, Plan, PlanInputs, PlannerState, TypeDemand, 
 from pools.reconciler import Desired, ObservedMember, baseline_desired
 from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
-from predictor.heavy import HeavyResult, compute as compute_heavy, start_process
+from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy, start_process
 from predictor.events import EventBook
 from predictor.profiles import AbortSlope, ResourceProfile, SessionTransitions, histogram_quantile
 
@@ -58,6 +73,12 @@ SESSION_GAP_S = 1800.0        # a source silent this long has ended its session
 SESSION_DECAY_PER_HOUR = 0.9  # weight of older transitions, so the model follows the workflow
 HEAVY_TIMEOUT_S = 900.0   # a statsmodels job takes seconds; one this late lost its worker
 ACTIVATION_LEAD_S = {"running": 0.001, "paused": 0.0175}
+RETIRE_AFTER_S = 86400.0  # a series without a request for this long leaves the forecaster (not History)
+MODEL_ROWS = 50           # series /admin/status lists under "models", flagged first
+# Longest the step's worker thread holds the GIL while the proxy's loop waits for it (CPython's
+# default is 5 ms, and a proxied request waits for the GIL twice); set when a loop is built.
+GIL_SWITCH_S = 0.001
+SENSITIVITIES = ("low", "normal", "high")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +100,60 @@ class SourcePolicy(Protocol):
     def source(self, source: str) -> Any: ...    # a SourceControl: .latency_sensitivity, .abandon_after
 
 
+@dataclass(frozen=True, slots=True)
+class PoolOutlook:
+    """One pool's part of a step's result: what the planner and /admin/status read."""
+    forecast: tuple[PoolForecast, ...] = ()
+    demand: tuple[TypeDemand, ...] = ()
+    latency: tuple[dict[str, Any], ...] = ()     # sources planned at a non-default quantile, and why
+    anomalies: tuple[dict[str, Any], ...] = ()   # open anomalies of the pool, as /admin/status lists them
+    anomaly_up: bool = False                     # one of them is upward: the planner sizes for bursts
+    sessions: Mapping[str, float] = field(default_factory=dict)   # req/s per type sessions will bring
+
+
+@dataclass(frozen=True, slots=True)
+class StepInputs:
+    """What a step reads on the loop thread: copies (or values never mutated in place)."""
+    now: float
+    requests: Sequence[tuple[str, str]]          # (source, type) of each request since the last step
+    specs: Mapping[str, Pool]
+    pools_of_type: Mapping[str, Sequence[str]]   # replaced whole by reconfigure, never mutated
+    heavy: HeavyResult | None                    # a finished statsmodels job to apply
+    heavy_running: bool                          # a job is still in its worker process
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What a step hands back to the loop thread."""
+    pools: Mapping[str, PoolOutlook]
+    models: tuple[dict[str, Any], ...]           # /admin/status "models", first MODEL_ROWS
+    next_types: Mapping[str, Mapping[str, float]]
+    heavy_job: HeavyJob | None                   # statsmodels work to start in a process
+    series: int                                  # series the forecaster holds
+
+
 @dataclass(slots=True)
 class _PoolState:
+    """Loop-thread state of one pool: its spec, live load samples, the latest outlook and plan."""
     spec: Pool
     planner: PlannerState = field(default_factory=PlannerState)
     plan: Plan | None = None
-    forecast: tuple[PoolForecast, ...] = ()
-    demand: tuple[TypeDemand, ...] = ()
+    outlook: PoolOutlook = field(default_factory=PoolOutlook)
     samples: deque = field(default_factory=lambda: deque(maxlen=600))   # (time, in-flight)
     ready_since: dict[str, float] = field(default_factory=dict)
-    latency: tuple[dict[str, Any], ...] = ()   # sources planned at a non-default quantile, and why
+
+    @property
+    def demand(self) -> tuple[TypeDemand, ...]:
+        return self.outlook.demand
+
+    @property
+    def forecast(self) -> tuple[PoolForecast, ...]:
+        return self.outlook.forecast
+
+
+@dataclass(slots=True)
+class _Scores:
+    """Worker-thread state of one pool: the interval forecast of each open bin, and its actual."""
     expected: dict[int, tuple[float, float]] = field(default_factory=dict)  # bin -> (lower, upper) requests
     actual: dict[int, float] = field(default_factory=dict)                 # bin -> requests
 
@@ -103,18 +168,15 @@ class ControlLoop:
         self.members_fn, self.in_flight, self.managers = members, in_flight, managers
         self.plan_interval, self.sample_interval = plan_interval, sample_interval
         self.events = events if events is not None else EventBook(_events_of(cfg))
-        self.controls = controls
+        self.controls = controls   # read (never written) by the worker thread too
+        # State of the thread running `compute` (one step at a time; the loop thread does not touch it).
+        self._series: dict[str, tuple[str, str]] = {}   # series id -> (source, type)
         self._first_seen: dict[str, float] = {}   # series id -> clock time of its first request
+        self._last_seen: dict[str, int] = {}      # series id -> last minute with a request
         self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers, long_history=self._long_history)
-        self._heavy: asyncio.Future[HeavyResult] | None = None
-        self._heavy_started = 0.0
-        self._heavy_proc: Any = None   # the worker process of the job in flight
         self.anomalies = AnomalyDetector()
         self.profiles: dict[str, ResourceProfile] = {}
-        self.pools: dict[str, _PoolState] = {}
-        self._pools_of_type: dict[str, list[str]] = {}
-        self.reconfigure(cfg)
-        self._series: dict[str, tuple[str, str]] = {}   # series id -> (source, type)
+        self._scores: dict[str, _Scores] = {}
         # Next request type per session (keyed by source): which pool a session will need next.
         self.sessions = SessionTransitions(max_sessions=100_000, session_gap=SESSION_GAP_S)
         self._sessions_decayed = clock()
@@ -123,6 +185,18 @@ class ControlLoop:
         self._abort_slopes: dict[str, AbortSlope] = {}   # source -> learned rise of aborts with latency
         self._p95: dict[str, tuple[int, float]] = {}     # source -> (minute, p95 upstream latency s) of its last busy minute
         self._next_minute: int | None = None
+        # State of the loop thread: pools (specs, samples, the last outlook and plan), the
+        # statsmodels process, and the last step's results for /admin/status.
+        self._heavy: asyncio.Future[HeavyResult] | None = None
+        self._heavy_started = 0.0
+        self._heavy_proc: Any = None   # the worker process of the job in flight
+        self.pools: dict[str, _PoolState] = {}
+        self._pools_of_type: dict[str, list[str]] = {}
+        self._models: tuple[dict[str, Any], ...] = ()
+        self._next_types: Mapping[str, Mapping[str, float]] = {}
+        self._stepping = asyncio.Lock()
+        self.reconfigure(cfg)
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
 
     def reconfigure(self, cfg: Config) -> None:
         """Follow a (re)loaded config: new pools and routes; fitted forecasts and plans are kept."""
@@ -137,12 +211,14 @@ class ControlLoop:
                 self.pools[name].spec = spec
             else:
                 self.pools[name] = _PoolState(spec)
-        # A request type feeds every pool a route sends it to.
-        self._pools_of_type.clear()
+        # A request type feeds every pool a route sends it to. Built anew and swapped: a step in
+        # its worker thread may be reading the old one.
+        pools_of_type: dict[str, list[str]] = {}
         for route in cfg.routing.routes:
-            pools = self._pools_of_type.setdefault(route.type, [])
+            pools = pools_of_type.setdefault(route.type, [])
             if route.pool not in pools:
                 pools.append(route.pool)
+        self._pools_of_type = pools_of_type
 
     # ------------------------------------------------------------------ running
     async def run(self) -> None:
@@ -161,43 +237,94 @@ class ControlLoop:
             self.close()
 
     def _heavy_step(self) -> None:
-        """Apply a finished statsmodels job; start the next one when due and none is running."""
-        if self._heavy is not None:
-            if not self._heavy.done():
-                if time.monotonic() - self._heavy_started > HEAVY_TIMEOUT_S:
-                    log.error("predictor.heavy_timeout", seconds=HEAVY_TIMEOUT_S)
-                    self.close()
-                return
-            fut, self._heavy = self._heavy, None
-            if fut.exception() is not None:
-                log.error("predictor.heavy_failed", error=repr(fut.exception()))
-            else:
-                self.forecaster.apply_heavy(fut.result())
+        """Apply a finished statsmodels job; start the next one when due and none is running (what
+        a step does with the tier, on the calling thread)."""
+        done, running = self._collect_heavy()
+        self._start_heavy(self._heavy_work(done, running))
+
+    def _collect_heavy(self) -> tuple[HeavyResult | None, bool]:
+        """Loop thread: the result of a finished job (None if none or it failed), and whether one
+        is still running."""
+        if self._heavy is None:
+            return None, False
+        if not self._heavy.done():
+            if time.monotonic() - self._heavy_started > HEAVY_TIMEOUT_S:
+                log.error("predictor.heavy_timeout", seconds=HEAVY_TIMEOUT_S)
+                self.close()
+            return None, True
+        fut, self._heavy = self._heavy, None
+        if fut.exception() is not None:
+            log.error("predictor.heavy_failed", error=repr(fut.exception()))
+            return None, False
+        return fut.result(), False
+
+    def _heavy_work(self, done: HeavyResult | None, running: bool) -> HeavyJob | None:
+        """Worker thread: apply `done`, and return the next job when due (one that fits nothing is
+        computed here at once: no process needed)."""
+        if done is not None:
+            self.forecaster.apply_heavy(done)
+        if running:
+            return None
         job = self.forecaster.heavy_job(max(HORIZONS_S))
         if job is not None and not job.fits_anything:
-            self.forecaster.apply_heavy(compute_heavy(job))   # nothing to fit: no process needed
-        elif job is not None:
+            self.forecaster.apply_heavy(compute_heavy(job))
+            return None
+        return job
+
+    def _start_heavy(self, job: HeavyJob | None) -> None:
+        """Loop thread: run `job` in a fresh worker process."""
+        if job is not None:
             self._heavy_proc, self._heavy = start_process(job)
             self._heavy_started = time.monotonic()
 
     def close(self) -> None:
         """Stop the statsmodels worker process of a job in flight, if any (the job is dropped)."""
-        if self._heavy_proc is not None and self._heavy_proc.is_alive():
-            self._heavy_proc.kill()
-            self._heavy_proc.join(2)
+        proc = self._heavy_proc
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            # The job's waiter thread reaps the process too; whichever waitpid loses sees it
+            # "alive" for a moment, so poll the exit briefly instead of trusting one join.
+            deadline = time.monotonic() + 2.0
+            proc.join(2)
+            while proc.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
         self._heavy_proc = None
         if self._heavy is not None and not self._heavy.done():
             self._heavy.cancel()
         self._heavy = None
 
     async def step(self) -> None:
-        self.sample()
-        self._observe_sessions()
-        self._observe_closed_minutes()
-        if self.forecaster.refit_due():
-            await asyncio.to_thread(self.forecaster.refit)
-        self._heavy_step()
-        self._forecast()
+        async with self._stepping:   # one `compute` at a time: it owns the worker-thread state
+            self.sample()
+            result = await asyncio.to_thread(self.compute, self.inputs())
+            self.apply(result)
+
+    def inputs(self) -> StepInputs:
+        """Loop thread: what the next `compute` reads, in O(1) after `History.seal` (which hands
+        the pending counters over, O(rows pending))."""
+        self.history.seal()
+        done, running = self._collect_heavy()
+        return StepInputs(self.clock(), self.history.take_requests(),
+                          {name: st.spec for name, st in self.pools.items()}, self._pools_of_type, done, running)
+
+    def compute(self, inputs: StepInputs) -> StepResult:
+        """Worker thread: one step's heavy part — observe, refit, retire, forecast, demand per pool."""
+        with _collector_paused():
+            self._observe_sessions(inputs)
+            self._observe_closed_minutes(inputs)
+            if self.forecaster.refit_due():
+                self.forecaster.refit()
+            self._retire_quiet(inputs.now)
+            job = self._heavy_work(inputs.heavy, inputs.heavy_running)
+            outlooks = self._forecast(inputs)
+            return StepResult(outlooks, self._model_rows(), self._transitions(), job, len(self.forecaster.ids))
+
+    def apply(self, result: StepResult) -> None:
+        """Loop thread: publish a step's result and plan every managed pool, O(pools)."""
+        for name, st in self.pools.items():
+            st.outlook = result.pools.get(name, st.outlook)
+        self._models, self._next_types = result.models, result.next_types
+        self._start_heavy(result.heavy_job)
         for name, st in self.pools.items():
             if st.spec.backend != "static":
                 self._plan(name, st)
@@ -221,8 +348,8 @@ class ControlLoop:
                 del st.ready_since[mid]
 
     # ------------------------------------------------------------------ history → predictor
-    def _observe_closed_minutes(self) -> None:
-        current = int(self.clock() // MINUTE) * MINUTE
+    def _observe_closed_minutes(self, inputs: StepInputs) -> None:
+        current = int(inputs.now // MINUTE) * MINUTE
         if self._next_minute is None:
             # First step: learn from what history already holds (as much as the predictor keeps).
             since = current - int(BUFFER_DAYS * 86400)
@@ -230,92 +357,142 @@ class ControlLoop:
             since = self._next_minute
         if since >= current:
             return
-        rows = self.history.minute_rows(since, current)
+        rows = self.history.minute_rows(since, current, live=False)
         by_minute: dict[int, list[MinuteRow]] = {}
         for row in rows:
             by_minute.setdefault(row.minute, []).append(row)
         fc = self.forecaster
         bin_s = int(fc.bin_s)
+        busy: dict[str, tuple[int, list]] = {}   # source -> (minute, its latency histograms) of its last busy minute
         for minute in sorted(by_minute):
             counts: dict[str, float] = {}
-            per_type: dict[str, list[float]] = {}
-            per_source: dict[str, np.ndarray] = {}
-            source_sums: dict[str, list[float]] = {}   # source -> [requests, aborts, latency sum]
+            per_type: dict[str, list] = {}           # type -> [requests, latency sum, histograms]
+            source_sums: dict[str, list] = {}        # source -> [requests, aborts, latency sum, histograms]
             for row in by_minute[minute]:
-                hist = per_source.setdefault(row.source, np.zeros(len(LATENCY_BOUNDS) + 1))
-                hist += row.latency_hist
-                acc = source_sums.setdefault(row.source, [0.0, 0.0, 0.0])
-                acc[0], acc[1], acc[2] = acc[0] + row.requests, acc[1] + row.aborts, acc[2] + row.latency_sum
-                sid = self._series_id(row.source, row.type)
+                acc = source_sums.get(row.source)
+                if acc is None:
+                    acc = source_sums[row.source] = [0, 0, 0.0, []]
+                acc[0] += row.requests
+                acc[1] += row.aborts
+                acc[2] += row.latency_sum
+                acc[3].append(row.latency_hist)
+                sid = self._series_id(row.source, row.type, inputs.now)
+                self._last_seen[sid] = minute
                 counts[sid] = counts.get(sid, 0.0) + row.requests
-                acc = per_type.setdefault(row.type, [0.0, 0.0, np.zeros(len(LATENCY_BOUNDS) + 1)])
+                acc = per_type.get(row.type)
+                if acc is None:
+                    acc = per_type[row.type] = [0, 0.0, []]
                 acc[0] += row.requests
                 acc[1] += row.latency_sum
-                acc[2] += row.latency_hist
-                for pool in self._pools_of_type.get(row.type, ()):
-                    b = minute // bin_s
-                    self.pools[pool].actual[b] = self.pools[pool].actual.get(b, 0.0) + row.requests
-            self._close_bins_before(minute // bin_s)
+                acc[2].append(row.latency_hist)
+            self._close_bins_before(minute // bin_s, inputs)
+            b = minute // bin_s
+            for rtype, (n, _, _) in per_type.items():
+                for pool in inputs.pools_of_type.get(rtype, ()):
+                    sc = self._scores.setdefault(pool, _Scores())
+                    sc.actual[b] = sc.actual.get(b, 0.0) + n
             fc.observe(minute, counts)
-            for rtype, (n, lat, hist) in per_type.items():
+            for rtype, (n, lat, hists) in per_type.items():
                 profile = self.profiles.setdefault(rtype, ResourceProfile(latency_bounds=LATENCY_BOUNDS))
-                profile.update(n, lat, latency_hist=hist)
-            for source, (n, aborts, lat) in source_sums.items():
+                profile.update(n, lat, latency_hist=np.sum(hists, axis=0))
+            for source, (n, aborts, lat, hists) in source_sums.items():
                 if n > 0:
                     self._abort_slopes.setdefault(source, AbortSlope()).update(lat / n, aborts, n)
-            for source, hist in per_source.items():
-                if hist.sum() >= MIN_LATENCY_SAMPLE:
-                    self._p95[source] = (minute, histogram_quantile(hist, LATENCY_BOUNDS, 0.95))
+                if n >= MIN_LATENCY_SAMPLE:   # a histogram holds one count per request
+                    busy[source] = (minute, hists)
+        # Only a source's last busy minute sets its p95: one quantile per source, not per minute.
+        for source, (minute, hists) in busy.items():
+            self._p95[source] = (minute, histogram_quantile(np.sum(hists, axis=0), LATENCY_BOUNDS, 0.95))
+        last = by_minute.get(max(by_minute)) if by_minute else None
+        if last is not None:
             rates: dict[str, float] = {}
-            for row in by_minute[minute]:
+            for row in last:
                 if self.controls is None or self.controls.predictive(row.source):
                     rates[row.type] = rates.get(row.type, 0.0) + row.requests / MINUTE
             self._type_rates = rates
         # Advance to the current bin even through silent minutes, so forecasts start from now.
-        self._close_bins_before(current // bin_s)
+        self._close_bins_before(current // bin_s, inputs)
         fc.observe(current, {})
         self._next_minute = current
 
-    def _observe_sessions(self) -> None:
+    def _observe_sessions(self, inputs: StepInputs) -> None:
         """Feed the session model the requests since the last step, then turn the last closed
         minute's request mix into the rates its sessions' next requests will bring per type:
         in steady flow Σ_src rate(src) × P(src → dst), ahead of them by the time between a
         session's requests. A mix shifting toward a type that leads to another warms the
         other's pool before those requests come."""
-        now = self.clock()
-        for source, rtype in self.history.take_requests():
+        now = inputs.now
+        for source, rtype in inputs.requests:
             self.sessions.observe(source, rtype, now)
         if now - self._sessions_decayed >= 3600:
             self.sessions.decay(SESSION_DECAY_PER_HOUR)
             self._sessions_decayed = now
         self._session_rates = self.sessions.expected_next(self._type_rates)
 
-    def _close_bins_before(self, b: int) -> None:
+    def _close_bins_before(self, b: int, inputs: StepInputs) -> None:
         """Score every pool's bins before `b` against the interval forecast for them."""
-        for name, st in self.pools.items():
-            for done in sorted(k for k in st.expected if k < b):
-                lower, upper = st.expected.pop(done)
-                self.anomalies.update(name, done * self.forecaster.bin_s, st.actual.get(done, 0.0), lower, upper)
-            for done in [k for k in st.actual if k < b]:
-                del st.actual[done]
+        for name in set(self._scores) - set(inputs.specs):
+            del self._scores[name]
+        for name, sc in self._scores.items():
+            for done in sorted(k for k in sc.expected if k < b):
+                lower, upper = sc.expected.pop(done)
+                self.anomalies.update(name, done * self.forecaster.bin_s, sc.actual.get(done, 0.0), lower, upper)
+            for done in [k for k in sc.actual if k < b]:
+                del sc.actual[done]
 
-    def _series_id(self, source: str, rtype: str) -> str:
+    def _series_id(self, source: str, rtype: str, now: float) -> str:
         sid = f"{source}\x1f{rtype}"   # unit separator: cannot clash with names people write
         if sid not in self._series:
             self._series[sid] = (source, rtype)
-            self._first_seen[sid] = self.clock()
+            self._first_seen[sid] = now
         return sid
 
-    def _prior_rate(self, sid: str, source: str, horizon_s: float) -> float:
-        """A young series of a source that declared a workload profile: the profile's rate for that
-        time, shared over the source's request types (the prior until a day of history exists)."""
-        if self.controls is None or self.clock() - self._first_seen.get(sid, 0.0) >= 86400:
-            return 0.0
-        profile = self.controls.profile(source)
-        if profile is None:
-            return 0.0
-        types = sum(1 for s, _ in self._series.values() if s == source)
-        return float(profile.rates(np.array([self.clock() + horizon_s]))[0]) / max(types, 1)
+    def _retire_quiet(self, now: float) -> None:
+        """Series without a request for RETIRE_AFTER_S leave the forecaster and every per-series
+        map: they forecast zero by any model, and a flood of names admitted once would otherwise
+        grow the forecasting cost without end. "other" stays; History keeps every row on disk, and
+        a retired source that comes back starts as a new series."""
+        quiet = [sid for sid, seen in self._last_seen.items()
+                 if now - seen >= RETIRE_AFTER_S and self._series[sid][0] != OTHER]
+        if not quiet:
+            return
+        self.forecaster.retire(quiet)
+        gone = {self._series[sid][0] for sid in quiet}
+        for sid in quiet:
+            del self._series[sid], self._first_seen[sid], self._last_seen[sid]
+        gone -= {source for source, _ in self._series.values()}
+        for source in gone:
+            self._abort_slopes.pop(source, None)
+            self._p95.pop(source, None)
+        log.info("predictor.series_retired", count=len(quiet), series=len(self._series),
+                 quiet_for_s=RETIRE_AFTER_S)
+
+    def _prior_rates(self, ids: Sequence[str], now: float) -> np.ndarray | None:
+        """[series, horizon] req/s: for a young series (under a day) of a source that declared a
+        workload profile, the profile's rate at each horizon, shared over the source's request
+        types (the prior until a day of history exists); None when no series has one."""
+        if self.controls is None:
+            return None
+        young = [(i, sid) for i, sid in enumerate(ids) if now - self._first_seen.get(sid, 0.0) < 86400]
+        if not young:
+            return None
+        out: np.ndarray | None = None
+        profiles: dict[str, Any] = {}
+        types: dict[str, int] = {}
+        for source, _ in self._series.values():
+            types[source] = types.get(source, 0) + 1
+        at = np.array([now + h for h in HORIZONS_S])
+        for i, sid in young:
+            source = self._series[sid][0]
+            if source not in profiles:
+                profiles[source] = self.controls.profile(source)
+            profile = profiles[source]
+            if profile is None:
+                continue
+            if out is None:
+                out = np.zeros((len(ids), len(HORIZONS_S)))
+            out[i] = np.asarray(profile.rates(at), dtype=np.float64) / max(types[source], 1)
+        return out
 
     def _long_history(self, sid: str, first_bin: int, end_bin: int) -> np.ndarray | None:
         """Requests per predictor bin of one series, read back from History: the statsmodels tier
@@ -324,7 +501,7 @@ class ControlLoop:
             return None
         source, rtype = self._series[sid]
         bin_s = int(self.forecaster.bin_s)
-        rows = self.history.series(source, rtype, first_bin * bin_s, end_bin * bin_s)
+        rows = self.history.series(source, rtype, first_bin * bin_s, end_bin * bin_s, live=False)
         if not rows:
             return None
         # From the series' first recorded minute on: days before it existed are not history.
@@ -342,7 +519,7 @@ class ControlLoop:
             scope["pool"] = pools[0]
         return self.events.multipliers(scope, bins)
 
-    def _sensitivity(self, source: str) -> tuple[str, dict[str, Any] | None]:
+    def _sensitivity(self, source: str, now: float) -> tuple[str, dict[str, Any] | None]:
         """A source's latency sensitivity as planned: what it declared; `high` while its recent p95
         latency is beyond the `abandon_after` it declared (its users are giving up); and for a
         source that declared nothing but `normal`, `high` when its history shows its clients
@@ -351,7 +528,7 @@ class ControlLoop:
         declared = control.latency_sensitivity if control is not None else "normal"
         abandon_after = control.abandon_after if control is not None else None
         seen = self._p95.get(source)
-        recent = seen is not None and self.clock() - seen[0] <= LATENCY_RECENT_S
+        recent = seen is not None and now - seen[0] <= LATENCY_RECENT_S
         breach = bool(recent and abandon_after and seen[1] > abandon_after)
         learned = self._abort_slopes.get(source)
         slope = learned.slope if learned is not None and learned.weight >= LEARNED_MIN_REQUESTS else 0.0
@@ -364,56 +541,83 @@ class ControlLoop:
                              "breach": breach, "abort_slope": round(slope, 4)}
 
     # ------------------------------------------------------------------ predictor → demand
-    def _forecast(self) -> None:
-        forecasts = self.forecaster.forecast(HORIZONS_S)
-        open_bin = int(self.clock() // self.forecaster.bin_s)
-        z_hi = NormalDist().inv_cdf(self.forecaster.quantiles[1])
-        for name, st in self.pools.items():
-            z_of = {s: NormalDist().inv_cdf(planning_quantile(st.spec.scaling.quantile, s)) for s in ("low", "normal", "high")}
-            latency: dict[str, dict[str, Any]] = {}
+    def _forecast(self, inputs: StepInputs) -> dict[str, PoolOutlook]:
+        """Every pool's forecast, demand per (type, horizon) and status, from one vectorised
+        forecast of all series: numpy over series, Python over pools, types and sources only."""
+        fc = self.forecaster
+        fa = fc.forecast_arrays(HORIZONS_S)
+        ids = fa.ids if fa is not None else ()
+        k = len(HORIZONS_S)
+        open_bin = int(inputs.now // fc.bin_s)
+        z_hi = NormalDist().inv_cdf(fc.quantiles[1])
+        sources = [self._series[sid][0] for sid in ids]
+        type_names = sorted({self._series[sid][1] for sid in ids})
+        type_index = {t: j for j, t in enumerate(type_names)}
+        type_of = np.array([type_index[self._series[sid][1]] for sid in ids], dtype=np.int64)
+        # Per source, once a step: planned or not (an opted-out source is served by the baseline
+        # and burst tiers only), and the latency sensitivity it is planned at.
+        per_source: dict[str, tuple[bool, int, dict[str, Any] | None]] = {}
+        for source in set(sources):
+            sensitivity, why = self._sensitivity(source, inputs.now)
+            per_source[source] = (self.controls is None or self.controls.predictive(source),
+                                  SENSITIVITIES.index(sensitivity), why)
+        predictive = np.array([per_source[s][0] for s in sources], dtype=bool)
+        sens = np.array([per_source[s][1] for s in sources], dtype=np.int64)
+        if fa is not None:
+            window = np.asarray(fa.window_s)
+            rate, lower, upper = fa.point / window, fa.lower / window, fa.upper / window
+            prior = self._prior_rates(ids, inputs.now)
+            if prior is not None:
+                bump = prior > rate
+                rate, upper = np.where(bump, prior, rate), np.where(bump, np.maximum(upper, prior), upper)
+            open_lower, open_upper = fa.lower[:, 0], fa.upper[:, 0]   # HORIZONS_S[0] is the open bin, in requests
+        else:
+            rate = lower = upper = np.zeros((0, k))
+            open_lower = open_upper = np.zeros(0)
+        active = self.anomalies.active()
+        out: dict[str, PoolOutlook] = {}
+        for name, spec in inputs.specs.items():
+            routed = [j for j, t in enumerate(type_names) if name in inputs.pools_of_type.get(t, ())]
+            in_pool = np.isin(type_of, routed)
+            # The predictor's band is at its own quantile; the pool plans at `scaling.quantile`,
+            # read off the same band assuming it is roughly normal.
+            z_of = np.array([NormalDist().inv_cdf(planning_quantile(spec.scaling.quantile, x)) for x in SENSITIVITIES])
+            rate_q = np.maximum(rate, rate + (upper - rate) * (z_of[sens] / z_hi)[:, None])
             by_type: dict[tuple[str, float], list[float]] = {}   # (type, horizon) -> [rate, rate_q]
-            totals = {h: [0.0, 0.0, 0.0] for h in HORIZONS_S}     # horizon -> point, lower, upper (req/s)
-            band = [0.0, 0.0]   # the open bin's interval in requests, summed over series: conservative
-            for sid, per_horizon in forecasts.items():
-                source, rtype = self._series[sid]
-                if name not in self._pools_of_type.get(rtype, ()):
-                    continue
-                # An opted-out source is served by the baseline and burst tiers only.
-                predictive = self.controls is None or self.controls.predictive(source)
-                sensitivity, why = self._sensitivity(source)
-                if why is not None:
-                    latency[source] = why
-                z_q = z_of[sensitivity]
-                for f in per_horizon:
-                    rate, lower, upper = (v / f.window_s for v in (f.point, f.lower, f.upper))
-                    prior = self._prior_rate(sid, source, f.horizon_s)
-                    if prior > rate:
-                        rate, upper = prior, max(upper, prior)
-                    # The predictor's band is at its own quantile; the pool plans at `scaling.quantile`,
-                    # read off the same band assuming it is roughly normal.
-                    rate_q = max(rate, rate + (upper - rate) * z_q / z_hi)
-                    if predictive:
-                        acc = by_type.setdefault((rtype, f.horizon_s), [0.0, 0.0])
-                        acc[0] += rate
-                        acc[1] += rate_q
-                    t = totals[f.horizon_s]
-                    t[0], t[1], t[2] = t[0] + rate, t[1] + lower, t[2] + upper
-                    if f.horizon_s == self.forecaster.bin_s:   # the open bin: scored when it closes
-                        band[0], band[1] = band[0] + f.lower, band[1] + f.upper
+            for j in routed:
+                sel = in_pool & predictive & (type_of == j)
+                if sel.any():
+                    r, rq = rate[sel].sum(axis=0), rate_q[sel].sum(axis=0)
+                    for c, h in enumerate(HORIZONS_S):
+                        by_type[(type_names[j], h)] = [float(r[c]), float(rq[c])]
             # Sessions under way: their next requests are a floor for the nearest horizon.
             near = HORIZONS_S[0]
-            for rtype, rate in self._session_rates.items():
-                if name in self._pools_of_type.get(rtype, ()) and rate > 0:
+            sessions = {t: r for t, r in self._session_rates.items() if name in inputs.pools_of_type.get(t, ())}
+            for rtype, r in sessions.items():
+                if r > 0:
                     acc = by_type.setdefault((rtype, near), [0.0, 0.0])
-                    acc[0], acc[1] = max(acc[0], rate), max(acc[1], rate)
-            st.latency = tuple(latency[s] for s in sorted(latency))
-            st.demand = tuple(TypeDemand(rtype, h, r, rq, self._service_time(rtype))
-                              for (rtype, h), (r, rq) in sorted(by_type.items()))
-            st.forecast = tuple(PoolForecast(h, round(p, 4), round(lo, 4), round(hi, 4))
-                                for h, (p, lo, hi) in totals.items())
-            # The first forecast made for a bin is the one it is judged by, not one made halfway in.
+                    acc[0], acc[1] = max(acc[0], r), max(acc[1], r)
+            point_sum, lower_sum, upper_sum = (a[in_pool].sum(axis=0) for a in (rate, lower, upper))
+            latency = {s: per_source[s][2] for s in {sources[i] for i in np.flatnonzero(in_pool)}
+                       if per_source[s][2] is not None}
+            pool_anomalies = [a for a in active if a.series_id == name]
+            out[name] = PoolOutlook(
+                forecast=tuple(PoolForecast(h, round(float(point_sum[c]), 4), round(float(lower_sum[c]), 4),
+                                            round(float(upper_sum[c]), 4)) for c, h in enumerate(HORIZONS_S)),
+                demand=tuple(TypeDemand(rtype, h, r, rq, self._service_time(rtype))
+                             for (rtype, h), (r, rq) in sorted(by_type.items())),
+                latency=tuple(latency[s] for s in sorted(latency)),
+                anomalies=tuple({"start": a.start, "direction": a.direction, "size": round(a.size, 3), "peak": a.peak}
+                                for a in pool_anomalies),
+                anomaly_up=any(a.direction == "up" for a in pool_anomalies),
+                sessions={t: round(r, 4) for t, r in sorted(sessions.items())},
+            )
+            # The first forecast made for a bin is the one it is judged by, not one made halfway in;
+            # the band sums the series' intervals in requests: conservative.
             if by_type:
-                st.expected.setdefault(open_bin, (band[0], band[1]))
+                self._scores.setdefault(name, _Scores()).expected.setdefault(
+                    open_bin, (float(open_lower[in_pool].sum()), float(open_upper[in_pool].sum())))
+        return out
 
     def _service_time(self, rtype: str) -> float | None:
         profile = self.profiles.get(rtype)
@@ -428,7 +632,7 @@ class ControlLoop:
         now = self.clock()
         live = LiveLoad(in_flight_stable=_mean_since(st.samples, now - spec.scaling.stable_window),
                         in_flight_panic=_mean_since(st.samples, now - spec.scaling.panic_window),
-                        anomaly=any(a.series_id == name and a.direction == "up" for a in self.anomalies.active()))
+                        anomaly=st.outlook.anomaly_up)
         # Lead times as measured on this pool's members; the activation benchmark's medians until then.
         manager = self.managers.get(name)
         measured = manager.measured_lead if manager is not None else (lambda kind: None)
@@ -461,35 +665,43 @@ class ControlLoop:
                        max_members=spec.capacity.max, drain_timeout=spec.drain_timeout)
 
     # ------------------------------------------------------------------ status
-    def model_status(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The chosen model and live forecast error of the series (source, type), flagged first —
-        the feedback loop made visible."""
+    def _model_rows(self) -> tuple[dict[str, Any], ...]:
+        """Worker thread: the chosen model and live forecast error of the first MODEL_ROWS series
+        (source, type), flagged first — the feedback loop made visible."""
+        fc = self.forecaster
+        flagged = fc.feedback.flagged
+        order = sorted(range(len(fc.ids)), key=lambda i: (not flagged[i], *self._series.get(fc.ids[i], (fc.ids[i], ""))))
         rows = []
-        for sid, snap in self.forecaster.status().items():
+        for sid, snap in fc.status(order[:MODEL_ROWS]).items():
             source, rtype = self._series.get(sid, (sid, ""))
             rows.append({"source": source, "type": rtype, "model": snap["model"], "flagged": snap["flagged"],
-                         "errors": {f"{int(h * self.forecaster.bin_s // 60)}m": e
-                                                                for h, e in snap["horizons"].items()}})
-        rows.sort(key=lambda r: (not r["flagged"], r["source"], r["type"]))
-        return rows[:limit]
+                         "errors": {f"{int(h * fc.bin_s // 60)}m": e for h, e in snap["horizons"].items()}})
+        return tuple(rows)
 
-    def next_types(self) -> dict[str, dict[str, float]]:
-        """P(next request type | this one) per session, as learned (for /admin/status)."""
+    def _transitions(self) -> dict[str, dict[str, float]]:
         return {src: {dst: round(p, 4) for dst, p in sorted(row.items())}
                 for src, row in sorted(self.sessions.transitions().items())}
+
+    def model_status(self, limit: int = MODEL_ROWS) -> list[dict[str, Any]]:
+        """The chosen model and live forecast error of the series (source, type), flagged first,
+        as of the last step (at most MODEL_ROWS)."""
+        return list(self._models[:limit])
+
+    def next_types(self) -> Mapping[str, Mapping[str, float]]:
+        """P(next request type | this one) per session, as learned by the last step (for /admin/status)."""
+        return self._next_types
 
     def pool_status(self, pool: str) -> dict[str, Any]:
         st = self.pools[pool]
         p = st.plan
+        o = st.outlook
         out: dict[str, Any] = {
             "mode": "static" if st.spec.backend == "static" else st.spec.scaling.mode,
             "forecast": [{"horizon_s": f.horizon_s, "rate": f.rate, "lower": f.lower, "upper": f.upper}
-                         for f in st.forecast],
-            "anomalies": [{"start": a.start, "direction": a.direction, "size": round(a.size, 3), "peak": a.peak}
-                          for a in self.anomalies.active() if a.series_id == pool],
-            "latency": list(st.latency),
-            "sessions": {t: round(r, 4) for t, r in sorted(self._session_rates.items())
-                         if pool in self._pools_of_type.get(t, ())},
+                         for f in o.forecast],
+            "anomalies": [dict(a) for a in o.anomalies],
+            "latency": list(o.latency),
+            "sessions": dict(o.sessions),
         }
         if p is not None:
             out["desired"] = {"ready": p.ready, "shadow": p.shadow, "baseline": p.baseline,
@@ -499,6 +711,23 @@ class ControlLoop:
 
     def plan_of(self, pool: str) -> Plan | None:
         return self.pools[pool].plan
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a step computes. A step allocates many short-lived
+    containers (a replay of two days: 100,000s of rows), which set off full collections over the
+    whole heap in the worker thread, and a collection never lets go of the GIL: the probe saw the
+    proxy stop for 60–150 ms at each. What a step allocates is freed by reference counting; the
+    collector resumes afterwards, its young generations cleared here, off the loop."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.collect(1)
+            gc.enable()
 
 
 def _events_of(cfg: Config) -> list:

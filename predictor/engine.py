@@ -16,7 +16,7 @@ import math
 from collections import deque
 from statistics import NormalDist
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import structlog
@@ -50,6 +50,18 @@ class Forecast:
     model: str
     quantiles: tuple[float, float]
     window_s: float  # length of that window: one bin, or an hour for the 24 h horizon
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastArrays:
+    """`Forecaster.forecast` for every series at once: rows follow `ids`, columns `horizons_s`."""
+    ids: tuple[str, ...]
+    horizons_s: tuple[float, ...]
+    point: np.ndarray   # [n, horizons] requests in each horizon's window
+    lower: np.ndarray
+    upper: np.ndarray
+    window_s: tuple[float, ...]   # per horizon: one bin, or an hour for the 24 h horizon
+    models: tuple[str, ...]
 
 
 class Forecaster:
@@ -112,27 +124,57 @@ class Forecaster:
             return
         while self._open_bin < b:
             self._close_bin()
+        index = self._index
+        new = [sid for sid in counts if sid not in index]
+        if new:
+            self._add(new, b)
+        pending = self._pending
         for sid, c in counts.items():
-            i = self._index.get(sid)
-            if i is None:
-                i = self._add(sid, b)
-            self._pending[i] += c
+            pending[index[sid]] += c
 
-    def _add(self, sid: str, b: int) -> int:
-        i = len(self.ids)
-        self.ids.append(sid)
-        self._index[sid] = i
-        n = i + 1
+    def _add(self, sids: list[str], b: int) -> None:
+        # All of a bin's new series at once: every per-series array is reallocated once, not once
+        # per series (1,000 new sources were O(n²) copying of the ring buffer, 0.7 s).
+        start = len(self.ids)
+        self.ids.extend(sids)
+        self._index.update((sid, start + k) for k, sid in enumerate(sids))
+        n = len(self.ids)
         self.buffer.grow(n)
-        grow = lambda a, fill: np.concatenate([a, np.full(n - len(a), fill, a.dtype)])  # noqa: E731
+        grow = lambda a, fill: np.concatenate([a, np.full((n - len(a),) + a.shape[1:], fill, a.dtype)])  # noqa: E731
         self._pending, self._hw_ready = grow(self._pending, 0.0), grow(self._hw_ready, False)
-        self._scale = grow(self._scale, 0.0)
-        self._factor = np.concatenate([self._factor, np.ones((n - len(self._factor), len(BUCKETS)))])
-        self._weights = np.concatenate([self._weights, np.zeros((n - len(self._weights), len(ALL_MODELS), len(BUCKETS)))])
+        self._scale, self._factor, self._weights = grow(self._scale, 0.0), grow(self._factor, 1.0), grow(self._weights, 0.0)
         self._first_bin, self._needs_choice = grow(self._first_bin, b), grow(self._needs_choice, True)
-        self.models.append("last_value")
+        self.models.extend(["last_value"] * len(sids))
         self.feedback.resize(self.ids)
-        return i
+
+    def retire(self, sids: Iterable[str]) -> int:
+        """Forget these series entirely (state, history buffer, errors, statsmodels tier); the
+        others keep theirs. Returns how many were known. A retired id that shows up again starts
+        over as a new series."""
+        drop = {self._index[sid] for sid in sids if sid in self._index}
+        if not drop:
+            return 0
+        keep = np.array([i for i in range(len(self.ids)) if i not in drop], dtype=np.int64)
+        new_of = {int(old): new for new, old in enumerate(keep)}
+        self.ids = [self.ids[i] for i in keep]
+        self._index = {sid: i for i, sid in enumerate(self.ids)}
+        self.models = [self.models[i] for i in keep]
+        self.buffer.select(keep)
+        for name in ("_pending", "_hw_ready", "_scale", "_factor", "_weights", "_first_bin", "_needs_choice"):
+            setattr(self, name, getattr(self, name)[keep])
+        if hasattr(self.hw, "level"):
+            fitted = keep[keep < len(self.hw.level)]
+            self.hw.select(fitted)
+        self.feedback.select(keep, self.ids)
+        self._long = {new_of[i]: d for i, d in self._long.items() if i in new_of}
+        self._heavy_chosen_at = {new_of[i]: t for i, t in self._heavy_chosen_at.items() if i in new_of}
+        paths = {}
+        for name, p in self._heavy_paths.items():
+            live = np.array([int(i) in new_of for i in p.rows], dtype=bool)
+            rows = np.array([new_of[int(i)] for i in p.rows[live]], dtype=np.int64)
+            paths[name] = HeavyPath(p.open_bin, rows, p.point[live], p.lower[live], p.upper[live])
+        self._heavy_paths = paths
+        return len(drop)
 
     def _close_bin(self) -> None:
         values = self._pending
@@ -216,10 +258,12 @@ class Forecaster:
 
     def apply_heavy(self, result: HeavyResult) -> None:
         """Take a finished job's blends and paths (series that left the top meanwhile are skipped)."""
-        live = np.array([int(i) in self._long for i in result.rows], dtype=bool)
+        # rows by id: series retired while the job ran have moved the others' indices
+        rows = np.array([self._index.get(sid, -1) for sid in result.ids], dtype=np.int64)
+        live = np.array([int(i) in self._long for i in rows], dtype=bool)
         now = self.clock()
-        for k, i in enumerate(result.rows):
-            if not live[k] or self.ids[i] != result.ids[k]:
+        for k, i in enumerate(rows):
+            if not live[k]:
                 continue
             if result.chosen[k]:
                 self._weights[i] = result.weights[k]
@@ -228,15 +272,28 @@ class Forecaster:
                 self.models[i] = ALL_MODELS[int(self._weights[i, :, -1].argmax())]
         log.info("predictor.heavy_refit", series=len(result.rows), backtested=int(result.chosen.sum()),
                  fitted=sorted(result.paths), seconds=round(result.seconds, 2))
-        self._heavy_paths = {name: HeavyPath(p.open_bin, p.rows[np.isin(p.rows, result.rows[live])], *(
-            a[np.isin(p.rows, result.rows[live])] for a in (p.point, p.lower, p.upper))) for name, p in result.paths.items()}
+        current = dict(zip(result.rows.tolist(), rows.tolist()))
+        self._heavy_paths = {name: HeavyPath(p.open_bin, np.array([current[int(i)] for i in p.rows[m]], dtype=np.int64), *(
+            a[m] for a in (p.point, p.lower, p.upper))) for name, p in result.paths.items()
+            for m in [np.isin(p.rows, result.rows[live])]}
 
     # -- output ---------------------------------------------------------------------------------
     def forecast(self, horizons: tuple[float, ...] = DEFAULT_HORIZONS_S) -> dict[str, tuple[Forecast, ...]]:
         """Per series, one Forecast per horizon (same order). Horizon `H` is the bin `H` after the
         open bin's start, i.e. `H / bin_s` steps ahead of the last closed bin."""
-        if not self.ids or self._open_bin is None:
+        f = self.forecast_arrays(horizons)
+        if f is None:
             return {}
+        p, lo, hi = (a.tolist() for a in (f.point, f.lower, f.upper))
+        return {sid: tuple(Forecast(sid, float(H), p[i][j], lo[i][j], hi[i][j], f.models[i], self.quantiles, f.window_s[j])
+                           for j, H in enumerate(horizons))
+                for i, sid in enumerate(f.ids)}
+
+    def forecast_arrays(self, horizons: tuple[float, ...] = DEFAULT_HORIZONS_S) -> ForecastArrays | None:
+        """`forecast` as arrays over all series at once (what the live loop sums per pool), or
+        None before the first count."""
+        if not self.ids or self._open_bin is None:
+            return None
         steps_for = {H: max(1, int(round(H / self.bin_s))) for H in horizons}
         long = {H: H >= 6 * 3600 for H in horizons}  # long horizons: the hour ending there
         h_max = max(steps_for.values())
@@ -250,18 +307,19 @@ class Forecaster:
                 lower[i] *= m
                 upper[i] *= m
         per_hour = max(1, int(round(3600 / self.bin_s)))
-        out: dict[str, list[Forecast]] = {sid: [] for sid in self.ids}
+        n = len(self.ids)
+        out = [np.zeros((n, len(horizons))) for _ in range(3)]
+        windows = []
         for j, H in enumerate(horizons):
             k = steps_for[H]
             sl = slice(max(0, k - per_hour), k) if long[H] else slice(k - 1, k)
-            p, lo, hi = (a[:, sl].sum(axis=1) for a in (point, lower, upper))
+            for dst, a in zip(out, (point, lower, upper)):
+                dst[:, j] = a[:, sl].sum(axis=1)
             if H in (self.bin_s, 3 * self.bin_s, 12 * self.bin_s):
                 fb = {1: 0, 3: 1, 12: 2}[k]
                 self.feedback.register(first_target + k - 1, fb, point[:, k - 1].copy(), lower[:, k - 1].copy(), upper[:, k - 1].copy())
-            window = (sl.stop - sl.start) * self.bin_s
-            for i, sid in enumerate(self.ids):
-                out[sid].append(Forecast(sid, float(H), float(p[i]), float(lo[i]), float(hi[i]), self.models[i], self.quantiles, window))
-        return {sid: tuple(v) for sid, v in out.items()}
+            windows.append((sl.stop - sl.start) * self.bin_s)
+        return ForecastArrays(tuple(self.ids), tuple(float(H) for H in horizons), *out, tuple(windows), tuple(self.models))
 
     def _paths(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(self.ids)
@@ -317,24 +375,28 @@ class Forecaster:
         recent = min(12, y.shape[1])
         slots = (self._open_bin + np.arange(h)) % self.period
         past = (self._open_bin - np.arange(1, recent + 1)) % self.period
-        for i in rows:
-            lived = max(1, min(recent, int(self._open_bin - self._first_bin[i])))
-            level = y[i, -lived:].mean() if y.shape[1] else 0.0
-            shape = self.shape_for(self.ids[i]) if self.shape_for and self.models[i] == "shape" else None
-            if shape is not None:
-                base = float(np.mean(shape[past[:lived]])) or 1.0
-                f = level * np.asarray(shape)[slots] / base
-            else:
-                f = np.full(h, level)
-            # Poisson noise is σ = 0.5 on the sqrt scale; the second term allows for real traffic's overdispersion
-            sig = 0.5 + 0.1 * np.sqrt(np.maximum(f, 0.0))
-            sf = np.sqrt(np.maximum(f, 0.0))
-            spread = sig * np.sqrt(np.arange(1, h + 1))
-            point[i], lower[i], upper[i] = f, np.maximum(sf + z_lo * spread, 0) ** 2, (sf + z_hi * spread) ** 2
+        lived = np.clip(self._open_bin - self._first_bin[rows], 1, max(recent, 1))
+        if recent:
+            # mean of each series' last `lived` bins, for every series at once
+            tail = y[rows, -recent:][:, ::-1].cumsum(axis=1)
+            level = tail[np.arange(len(rows)), lived - 1] / lived
+        else:
+            level = np.zeros(len(rows))
+        f = np.repeat(level[:, None], h, axis=1)
+        if self.shape_for is not None:
+            for r, i in enumerate(rows):
+                shape = self.shape_for(self.ids[i]) if self.models[i] == "shape" else None
+                if shape is not None:
+                    base = float(np.mean(shape[past[: lived[r]]])) or 1.0
+                    f[r] = level[r] * np.asarray(shape)[slots] / base
+        # Poisson noise is σ = 0.5 on the sqrt scale; the second term allows for real traffic's overdispersion
+        sf = np.sqrt(np.maximum(f, 0.0))
+        spread = (0.5 + 0.1 * sf) * np.sqrt(np.arange(1, h + 1))
+        point[rows], lower[rows], upper[rows] = f, np.maximum(sf + z_lo * spread, 0) ** 2, (sf + z_hi * spread) ** 2
 
-    def status(self) -> dict[str, dict]:
-        """Errors and chosen models per series (for /admin/status)."""
-        return self.feedback.snapshot(self.models)
+    def status(self, rows: Iterable[int] | None = None) -> dict[str, dict]:
+        """Errors and chosen models per series (all, or the indices in `rows`), for /admin/status."""
+        return self.feedback.snapshot(self.models, rows)
 
     @property
     def bytes_per_series(self) -> int:

@@ -88,7 +88,8 @@ class EventBook:
     def matching(self, scope_keys: Mapping[str, str],
                  since: float = -math.inf, until: float = math.inf) -> list[Event]:
         """Events for any of `scope_keys` whose window overlaps [since, until), by start."""
-        found = [e for e in self._events.values()
+        # a snapshot of the values: the control loop's worker thread reads while the admin API adds
+        found = [e for e in tuple(self._events.values())
                  if e.applies_to(scope_keys) and e.start < until and e.end > since]
         return sorted(found, key=lambda e: (e.start, e.name))
 
@@ -96,7 +97,7 @@ class EventBook:
         """Forecast multiplier per bin: 1 outside events; overlapping events compound."""
         bin_starts = np.asarray(bin_starts, dtype=np.float64)
         out = np.ones(bin_starts.shape)
-        if bin_starts.size == 0:
+        if bin_starts.size == 0 or not self._events:
             return out
         for event in self.matching(scope_keys, float(bin_starts.min()), float(bin_starts.max()) + 1e-9):
             factor = event.multiplier if event.multiplier is not None else self.uplift(event.kind)

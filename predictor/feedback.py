@@ -6,6 +6,8 @@ Errors are exponentially weighted over about the last `window` scored forecasts,
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import structlog
 
@@ -43,6 +45,17 @@ class Feedback:
             self.scored, self.flagged = pad(self.scored, 0), pad(self.flagged, False)
         self.ids = list(ids)
 
+    def select(self, rows: np.ndarray, ids: list[str]) -> None:
+        """Keep these series only (in this order; `ids` are their names), forecasts awaiting
+        scoring included."""
+        for name in ("mase", "smape", "coverage", "scored", "flagged"):
+            setattr(self, name, getattr(self, name)[rows])
+        for per_horizon in self._pending.values():
+            for j, arrays in per_horizon.items():
+                n = len(arrays[0])
+                per_horizon[j] = tuple(a[rows[rows < n]] for a in arrays)
+        self.ids = list(ids)
+
     def register(self, target_bin: int, horizon_index: int, point: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
         self._pending.setdefault(target_bin, {}).setdefault(horizon_index, (point, lower, upper))
 
@@ -73,10 +86,12 @@ class Feedback:
         self.scored[idx] = 0
         return idx
 
-    def snapshot(self, models: list[str] | None = None) -> dict[str, dict]:
-        """Per series: model, and per horizon (bins ahead) rolling MASE, sMAPE, coverage, forecasts scored."""
+    def snapshot(self, models: list[str] | None = None, rows: Iterable[int] | None = None) -> dict[str, dict]:
+        """Per series (all, or the indices in `rows`): model, and per horizon (bins ahead) rolling
+        MASE, sMAPE, coverage, forecasts scored."""
         out = {}
-        for i, sid in enumerate(self.ids):
+        for i in range(len(self.ids)) if rows is None else rows:
+            sid = self.ids[i]
             out[sid] = {
                 "model": models[i] if models else None,
                 "flagged": bool(self.flagged[i]),

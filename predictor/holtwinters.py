@@ -175,6 +175,12 @@ class HoltWinters:
             np.maximum(f + z_hi * sig, 0.0) ** 2,
         )
 
+    def select(self, rows: np.ndarray) -> None:
+        """Keep the fitted state of these series only (in this order)."""
+        for name in ("level", "trend", "alpha", "beta", "gamma", "sigma"):
+            setattr(self, name, getattr(self, name)[rows])
+        self.season = self.season[:, rows]
+
     def update(self, y_new: np.ndarray) -> None:
         """Advance every series by one observed bin: O(n) numpy, no refit."""
         x = np.sqrt(np.maximum(np.asarray(y_new, dtype=np.float32), 0.0))

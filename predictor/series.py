@@ -180,6 +180,10 @@ class RingBuffer:
             extra = np.zeros((n_series - self.n, self.capacity), dtype=np.float32)
             self._data = np.concatenate([self._data, extra])
 
+    def select(self, rows: np.ndarray) -> None:
+        """Keep only these series (in this order), with their history."""
+        self._data = self._data[rows]
+
     def window(self, length: int | None = None) -> np.ndarray:
         """The last `length` bins (default: all filled), oldest first, `[n_series, length]`."""
         length = self.filled if length is None else min(length, self.filled)

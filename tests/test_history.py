@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from balancer.history import OTHER, REBALANCE_INTERVAL, History
+from balancer.history import ADMIT_MIN_REQUESTS, OTHER, REBALANCE_INTERVAL, History
 
 T0 = 1_700_000_040.0  # a minute boundary
 
@@ -100,11 +100,55 @@ def test_busy_newcomer_gets_a_slot_after_rebalance():
     hit(h, "newcomer", n=50)           # no room: counted as "other"
     assert "newcomer" not in {s.source for s in h.summary(0)}
     clock.t += REBALANCE_INTERVAL
-    h.flush()                          # demotes the quietest tracked sources
+    h.flush()                          # the newcomer takes the slot of a quieter tracked source
     hit(h, "newcomer", n=10)
     rows = by_key(h)
     assert rows["newcomer", "page"].requests == 10
     assert rows[OTHER, "page"].requests == 50
+
+
+def minute_of_traffic(h: History, clock: Clock, steady: int, flood: int, rng: random.Random,
+                      newcomer: int = 0) -> None:
+    """One simulated minute: `steady` known sources send 5 requests each, `flood` random one-off
+    names one each, "newcomer" `newcomer` requests, interleaved; then the window closes."""
+    calls = [f"steady-{i}" for i in range(steady) for _ in range(5)]
+    calls += [f"key-{rng.getrandbits(64):x}" for _ in range(flood)] + ["newcomer"] * newcomer
+    rng.shuffle(calls)
+    for source in calls:
+        hit(h, source)
+    clock.t += REBALANCE_INTERVAL
+    h.flush()
+
+
+def test_a_flood_of_one_off_names_never_displaces_tracked_sources():
+    clock, rng = Clock(), random.Random(11)
+    h = History(None, max_sources=100, clock=clock)
+    minute_of_traffic(h, clock, steady=100, flood=0, rng=rng)
+    for _ in range(5):   # 10,000 random one-off names over five minutes
+        minute_of_traffic(h, clock, steady=100, flood=2000, rng=rng)
+        names = {s.source for s in h.summary(clock.t - REBALANCE_INTERVAL)}
+        assert names <= {f"steady-{i}" for i in range(100)} | {OTHER}
+    assert len(h._tracked) == 100 and len(h._candidates) == 0   # each window starts empty
+    assert by_key(h)[OTHER, "page"].requests == 10_000
+
+
+def test_a_busy_newcomer_gets_in_during_a_flood_within_a_minute_or_two():
+    clock, rng = Clock(), random.Random(12)
+    h = History(None, max_sources=100, clock=clock)
+    minute_of_traffic(h, clock, steady=100, flood=0, rng=rng)
+    minute_of_traffic(h, clock, steady=100, flood=5000, rng=rng, newcomer=30)
+    hit(h, "newcomer", n=3)
+    assert by_key(h, clock.t)["newcomer", "page"].requests == 3
+    assert len(h._tracked) == 100, "it took the slot of the quietest steady source"
+
+
+def test_a_newcomer_below_the_admission_threshold_stays_in_other():
+    clock, rng = Clock(), random.Random(13)
+    h = History(None, max_sources=100, clock=clock)
+    minute_of_traffic(h, clock, steady=100, flood=0, rng=rng)
+    for _ in range(3):
+        minute_of_traffic(h, clock, steady=100, flood=1000, rng=rng, newcomer=ADMIT_MIN_REQUESTS // 2)
+    assert "newcomer" not in {s.source for s in h.summary(0)}
 
 
 def test_retention_deletes_old_rows(tmp_path):

@@ -1,0 +1,151 @@
+"""The control loop never stalls the data plane, and its cost stays bounded under source churn.
+
+The probe test is a bounded bench/loop_probe.py: the app in-process on a fast clock (a minute
+every 5 s) in front of a real backend process, history seeded with two days of 300 sources
+(which the first step replays) and 300 more arriving live, while one keep-alive connection
+sends 50 requests a second. Before the control step moved off the event loop the replay alone
+stopped the proxy for seconds; the bound here is loose (100 ms) so a busy CI machine does not
+trip it.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from balancer.app import App
+from balancer.history import OTHER, History
+from balancer.loop import RETIRE_AFTER_S, ControlLoop
+from config.models import Config, Pool, Route, RoutingConfig, SourceRule
+from pools.ports import free_port
+from tests.proxykit import ROOT, wait_port
+
+PROBE_SCRIPT = ROOT / "bench" / "loop_probe.py"
+_spec = importlib.util.spec_from_file_location("loop_probe", PROBE_SCRIPT)
+loop_probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(loop_probe)
+
+DAY = 86400
+T0 = 19_700 * DAY + 12 * 3600   # a minute boundary
+
+
+def config(servers: list[str], max_sources: int = 1000) -> Config:
+    routing = RoutingConfig(sources=[SourceRule(header="X-Tenant")], history={"max_sources": max_sources},
+                            routes=[Route(name="api", pool="web", type="api")])
+    return Config(routing=routing, pools={"web": Pool(backend="static", servers=servers)})
+
+
+def seed(path: Path, until: float, sources: int, days: float = 2.0) -> None:
+    """`days` of history for `sources` tenants, one row every 5 minutes (a bin of the predictor)."""
+    history = History(path, clock=lambda: until)
+    rng = random.Random(3)
+    for minute in range(int(until - days * DAY), int(until), 300):
+        for i in range(sources):
+            history.add_minute(minute, f"tenant-{i}", "api", rng.randint(20, 40), 0.3)
+    history.close()
+
+
+@pytest.mark.timeout(120)
+async def test_the_proxy_answers_within_100ms_while_the_control_loop_replays_and_forecasts(tmp_path):
+    backend_port = free_port()
+    procs = [subprocess.Popen([sys.executable, str(PROBE_SCRIPT), "_backend", str(backend_port)], cwd=ROOT)]
+    try:
+        wait_port(backend_port)
+        start_wall, start = time.time(), float(T0)
+        clock = lambda: start + (time.time() - start_wall) * 12   # noqa: E731 - a minute every 5 s
+        seed(tmp_path / "state" / "history.sqlite3", start, sources=300)
+        app = App(config([f"127.0.0.1:{backend_port}"]), listen=("127.0.0.1", free_port()),
+                  admin=("127.0.0.1", free_port()), state_dir=str(tmp_path / "state"), clock=clock,
+                  plan_interval=0.5)
+        starting = asyncio.create_task(app.start())   # its first step replays the two days
+        port = app.listen[1]
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.01)
+        procs.append(subprocess.Popen([sys.executable, str(PROBE_SCRIPT), "_load", str(port), "600", "150", "4"],
+                                      cwd=ROOT))
+        result: dict = {}
+        prober = threading.Thread(target=lambda: result.update(zip(("latencies", "gap"),
+                                                                   loop_probe.probe(port, 50, 10.0))))
+        prober.start()
+        while prober.is_alive():
+            app.status()   # what /admin/status builds, on the loop, during the probe
+            await asyncio.sleep(1.0)
+        prober.join()
+        await starting
+        worst = max(result["latencies"])
+        series = len(app.control.forecaster.ids)
+        await app.stop()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert series > 300, f"the control loop forecast only {series} series"
+    assert worst < 0.1, f"a probe request took {worst * 1000:.0f} ms (worst gap {result['gap'] * 1000:.0f} ms)"
+
+
+def hit(history: History, source: str, n: int = 1) -> None:
+    for _ in range(n):
+        history.record(source, "api", 200, 10, 100, 0.01, False)
+
+
+async def test_a_flood_of_random_sources_leaves_the_forecaster_bounded_and_a_busy_newcomer_gets_in():
+    now = [float(T0)]
+    history = History(None, max_sources=50, clock=lambda: now[0])
+    loop = ControlLoop(config(["127.0.0.1:1"], max_sources=50), history, lambda: {}, lambda m: 0, {},
+                       clock=lambda: now[0])
+    rng = random.Random(5)
+    sizes = []
+    for minute in range(8):   # 10,000 random one-off names over five minutes, then none
+        calls = [f"steady-{i}" for i in range(50) for _ in range(5)]
+        calls += [f"rnd-{rng.getrandbits(64):x}" for _ in range(2000 if 1 <= minute <= 5 else 0)]
+        calls += ["newcomer"] * (30 if minute >= 3 else 0)
+        rng.shuffle(calls)
+        for source in calls:
+            hit(history, source)
+        now[0] += 60
+        await loop.step()
+        sizes.append(len(loop.forecaster.ids))
+    ids = set(loop.forecaster.ids)
+    assert "newcomer\x1fapi" in ids, "a source with steady volume earns a series within two minutes"
+    assert not any(sid.startswith("rnd-") for sid in ids), "no one-off name reached the forecaster"
+    assert max(sizes) <= 50 + 2 and sizes[-1] == sizes[-2] == 52   # 50 steady + other + newcomer (one demoted)
+    history.close()
+
+
+async def test_quiet_series_retire_after_a_day_and_history_keeps_their_rows(tmp_path):
+    now = [float(T0)]
+    history = History(tmp_path / "history.sqlite3", clock=lambda: now[0])
+    loop = ControlLoop(config(["127.0.0.1:1"]), history, lambda: {}, lambda m: 0, {}, clock=lambda: now[0])
+    hit(history, "gone", 20)
+    hit(history, OTHER, 5)
+    elapsed = 0.0
+    while elapsed < RETIRE_AFTER_S + 7200:
+        hit(history, "alive", 10)
+        now[0] += 1800
+        elapsed += 1800
+        await loop.step()
+        if elapsed < RETIRE_AFTER_S - 1800:
+            assert "gone\x1fapi" in loop.forecaster.ids, "retired before the rule's time"
+    ids = set(loop.forecaster.ids)
+    assert ids == {"alive\x1fapi", f"{OTHER}\x1fapi"}
+    assert "gone\x1fapi" not in loop._series and "gone\x1fapi" not in loop._first_seen
+    assert "gone" not in loop._abort_slopes
+    history.flush()
+    assert sum(n for _, n in history.series("gone", "api", 0, now[0])) == 20   # rows stay on disk
+    hit(history, "gone", 3)   # a retired source that comes back starts over as a new series
+    now[0] += 60
+    await loop.step()
+    assert "gone\x1fapi" in loop.forecaster.ids
+    history.close()

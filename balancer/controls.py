@@ -22,10 +22,11 @@ from typing import Literal
 
 import numpy as np
 import structlog
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from config.models import NonEmptyStr, Pool, Strict, config_error
-from config.units import Duration
+from config.events import MIN_WINDOW, json_schema_given as _given
+from config.models import MemberCount, Pool, Strict, config_error
+from config.units import bounded_duration
 from predictor.events import Event
 from pools.reconciler import Desired, ObservedMember
 
@@ -33,16 +34,25 @@ log = structlog.get_logger(__name__)
 
 DesiredFn = Callable[[str, Pool, Sequence[ObservedMember]], Desired]
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+MAX_RPS = 1e6                    # declared rates; past it a typo that would size pools absurdly
+MAX_WINDOWS = 48
+MAX_OVERRIDE = 30 * 86400.0
+MAX_ABANDON_AFTER = 3600.0
+MAX_REASON = 500
+AbandonAfter = bounded_duration(maximum=MAX_ABANDON_AFTER)
+OverrideLength = bounded_duration(minimum=MIN_WINDOW, maximum=MAX_OVERRIDE)
 
 
 class ProfileWindow(Strict):
     """A recurring window of expected load, in UTC."""
     start: str = Field(pattern=_HHMM.pattern, description="Start, HH:MM UTC.")
-    end: str = Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$", description="End, HH:MM UTC (24:00 = midnight).")
-    rps: float = Field(ge=0, allow_inf_nan=False, description="Expected requests per second in the window.")
+    end: str = Field(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$",
+                     description="End, HH:MM UTC (24:00 = midnight), after start.")
+    rps: float = Field(ge=0, le=MAX_RPS, allow_inf_nan=False,
+                       description=f"Expected requests per second in the window; at most {MAX_RPS:g}.")
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = Field(
-        None, description="Days it applies to. Default: every day.")
+        None, max_length=7, description="Days it applies to. Default: every day.")
 
     @model_validator(mode="after")
     def _end_after_start(self) -> ProfileWindow:
@@ -53,9 +63,12 @@ class ProfileWindow(Strict):
 
 class WorkloadProfile(Strict):
     """A source's declared schedule and peak: the forecast's prior until its history is long enough."""
-    peak_rps: float = Field(gt=0, allow_inf_nan=False, description="Highest expected requests per second.")
-    baseline_rps: float = Field(0.0, ge=0, allow_inf_nan=False, description="Expected rate outside the windows.")
-    schedule: list[ProfileWindow] = Field(default_factory=list, description="Recurring busy windows.")
+    peak_rps: float = Field(gt=0, le=MAX_RPS, allow_inf_nan=False,
+                            description=f"Highest expected requests per second; at most {MAX_RPS:g}.")
+    baseline_rps: float = Field(0.0, ge=0, le=MAX_RPS, allow_inf_nan=False,
+                                description="Expected rate outside the windows.")
+    schedule: list[ProfileWindow] = Field(default_factory=list, max_length=MAX_WINDOWS,
+                                          description=f"Recurring busy windows; at most {MAX_WINDOWS}.")
 
     def rates(self, bin_starts: np.ndarray) -> np.ndarray:
         """Expected requests per second at each epoch time, capped at `peak_rps`."""
@@ -72,12 +85,13 @@ class WorkloadProfile(Strict):
 
 
 class SourceUpdate(Strict):
-    """Body of PUT /admin/sources/{id}: the keys given replace the stored ones."""
+    """Body of PUT /admin/sources/{id}: the keys given replace the stored ones; `null` resets a key to
+    its default (predictive, normal sensitivity, no abandon_after, no profile)."""
     predictive: bool | None = Field(None, description="Opt in (true) or out (false) of the predictive tier.")
     latency_sensitivity: Literal["low", "normal", "high"] | None = Field(
         None, description="How much this source's users mind waiting.")
-    abandon_after: Duration | None = Field(
-        None, description="Latency beyond which its users give up, e.g. `2s`.")
+    abandon_after: AbandonAfter | None = Field(
+        None, description="Latency beyond which its users give up, e.g. `2s`; at most `1h`.")
     profile: WorkloadProfile | None = Field(None, description="Declared workload profile.")
 
 
@@ -105,13 +119,24 @@ def planning_quantile(quantile: float, sensitivity: str) -> float:
     return quantile
 
 
+def _pin_or_bounds(schema: dict) -> None:
+    schema["oneOf"] = [_given(schema, "pin", "min", "max"),
+                       {"properties": {"pin": {"type": "null"}}, "anyOf": [_given(schema, "min"), _given(schema, "max")]}]
+
+
 class ScaleRequest(Strict):
-    """Body of POST /admin/pools/{name}/scale: `pin`, or `min` and/or `max`, for `duration`, with a reason."""
-    pin: int | None = Field(None, ge=0, description="Hold exactly this many ready members.")
-    min: int | None = Field(None, ge=0, description="At least this many ready members.")
-    max: int | None = Field(None, ge=0, description="At most this many ready members.")
-    duration: Duration = Field(3600.0, gt=0, description="How long the override holds, e.g. `30m`. Default `1h`.")
-    reason: NonEmptyStr = Field(description="Why, for status and logs. Required.")
+    """Body of POST /admin/pools/{name}/scale: `pin`, or `min` and/or `max`, for `duration`, with a reason.
+    Counts are at most the pool's `capacity.max`."""
+    model_config = ConfigDict(json_schema_extra=_pin_or_bounds)
+    pin: MemberCount | None = Field(None,
+                            description="Hold exactly this many ready members; at most the pool's capacity.max.")
+    min: MemberCount | None = Field(None,
+                            description="At least this many ready members; at most the pool's capacity.max.")
+    max: MemberCount | None = Field(None,
+                            description="At most this many ready members (>= min); at most the pool's capacity.max.")
+    duration: OverrideLength = Field(
+        3600.0, description="How long the override holds, e.g. `30m`; from 1ms to `30d`. Default `1h`.")
+    reason: str = Field(min_length=1, max_length=MAX_REASON, description="Why, for status and logs. Required.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> ScaleRequest:
@@ -143,9 +168,31 @@ class Controls:
         self.sources: dict[str, SourceControl] = {}
         self.overrides: dict[str, ScaleOverride] = {}
         if path is not None and path.exists():
-            for item in json.loads(path.read_text()).get("sources", []):
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        """Read sources.json; an entry that no longer validates is skipped and logged, never fatal: a
+        bad file must not take the admin API (or the start-up) down with it."""
+        try:
+            items = json.loads(path.read_text()).get("sources", [])
+            if not isinstance(items, list):
+                raise ValueError("sources is not a list")
+        except (OSError, ValueError, AttributeError, RecursionError) as err:
+            log.error("sources.state_unreadable", path=str(path), error=str(err)[:200])
+            return
+        for item in items:
+            try:
                 control = SourceControl(**item)
-                self.sources[control.source] = control
+                if not isinstance(control.source, str) or not isinstance(control.updated, (int, float)):
+                    raise TypeError("source and updated must be a string and a number")
+                SourceUpdate.model_validate(
+                    {k: getattr(control, k) for k in ("predictive", "latency_sensitivity", "abandon_after", "profile")},
+                    strict=True)
+            except (TypeError, ValueError, ValidationError) as err:
+                log.error("source.invalid_skipped", path=str(path), source=str(item.get("source"))[:100]
+                          if isinstance(item, dict) else None, error=str(err).splitlines()[0][:200])
+                continue
+            self.sources[control.source] = _with_defaults(control)
 
     # ---------------------------------------------------------------- sources
     def source(self, source: str) -> SourceControl:
@@ -162,7 +209,7 @@ class Controls:
 
     def update_source(self, source: str, update: SourceUpdate) -> SourceControl:
         given = update.model_dump(exclude_unset=True, mode="json")
-        control = replace(self.source(source), **given, updated=self.clock())
+        control = _with_defaults(replace(self.source(source), **given, updated=self.clock()))
         self.sources[source] = control
         self._save()
         log.info("source.updated", source=source, keys=sorted(given))
@@ -199,6 +246,13 @@ class Controls:
         return override
 
 
+def _with_defaults(control: SourceControl) -> SourceControl:
+    """`null` in an update means the default; older state files may hold it too."""
+    defaults = SourceControl(control.source)
+    return replace(control, **{k: getattr(defaults, k) for k in ("predictive", "latency_sensitivity")
+                               if getattr(control, k) is None})
+
+
 def constrain(desired: Desired, override: ScaleOverride | None, maintenance: Sequence[Event]) -> Desired:
     """`desired` bounded by a manual override, then by active maintenance events (drain wins over pin)."""
     ready, shadow = desired.ready, desired.shadow
@@ -213,10 +267,12 @@ def constrain(desired: Desired, override: ScaleOverride | None, maintenance: Seq
             break
         if event.pin is not None:
             ready = event.pin
+    # capacity.max bounds every tier, pins included: the API refuses larger ones, and this holds when a
+    # reload lowers capacity.max under an override or an events.yaml pin names more.
+    ready = min(ready, desired.max_members)
     if (ready, shadow) == (desired.ready, desired.shadow):
         return desired
-    # An operator may ask for more than capacity.max; the pin is the decision, so the cap follows it.
-    return replace(desired, ready=ready, shadow=shadow, max_members=max(desired.max_members, ready + shadow))
+    return replace(desired, ready=ready, shadow=shadow)
 
 
 def override_json(override: ScaleOverride | None) -> dict | None:

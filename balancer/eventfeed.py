@@ -4,6 +4,10 @@ One `EventBook` holds both, so the predictor sees a single list. Events from the
 the state dir and survive restarts and reloads; a reload re-reads events.yaml and replaces only
 the events that came from it. An API event and a YAML event of the same name: the API one wins,
 since it is the newer word.
+
+The state file is only ever written from validated specs, but a file written by an older version
+(or by hand) may hold entries that no longer validate: those are skipped, logged and listed in
+`skipped`, and the rest load. A bad entry must not take the admin API down, at start or later.
 """
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import json
 from pathlib import Path
 
 import structlog
+from pydantic import ValidationError
 
 from config.events import EventSpec, load_events
+from config.models import first_error
 from predictor.events import Event, EventBook
 
 log = structlog.get_logger(__name__)
@@ -25,11 +31,36 @@ class EventFeed:
         self.book = EventBook()
         self._from_yaml: set[str] = set()
         self._from_api: dict[str, dict] = {}     # name -> EventSpec as JSON
+        self.skipped: list[dict[str, str]] = []  # state-file entries that did not validate
         if state_path is not None and state_path.exists():
-            for item in json.loads(state_path.read_text()):
-                spec = EventSpec.model_validate(item)
-                self._from_api[spec.name] = item
-                self.book.add(spec.to_event())
+            self._load(state_path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            items = json.loads(path.read_text())
+            if not isinstance(items, list):
+                raise ValueError("not a list of events")
+        except (OSError, ValueError, RecursionError) as err:
+            self._skip(path, "*", f"unreadable: {err}")
+            return
+        for index, item in enumerate(items):
+            name = str(item.get("name", f"#{index}")) if isinstance(item, dict) else f"#{index}"
+            try:
+                spec = EventSpec.model_validate(item, strict=True)
+                event = spec.to_event()
+            except ValidationError as err:
+                self._skip(path, name, ": ".join(first_error(err)))
+                continue
+            except (ValueError, TypeError) as err:
+                self._skip(path, name, str(err))
+                continue
+            self._from_api[spec.name] = spec.model_dump(mode="json", exclude_none=True)
+            self.book.add(event)
+
+    def _skip(self, path: Path, name: str, error: str) -> None:
+        error = error[:300]
+        log.error("event.invalid_skipped", path=str(path), name=name[:100], error=error)
+        self.skipped.append({"name": name[:100], "error": error})
 
     def read_yaml(self) -> list[Event]:
         """events.yaml's events; raises ConfigError (file:line: key)."""
@@ -66,6 +97,9 @@ class EventFeed:
         log.info("event.removed", name=name)
         return event
 
+    def api_count(self) -> int:
+        return len(self._from_api)
+
     def origin(self, name: str) -> str:
         return "api" if name in self._from_api else "yaml"
 
@@ -75,3 +109,4 @@ class EventFeed:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(list(self._from_api.values()), indent=1))
         tmp.replace(self.state_path)
+

@@ -1,17 +1,33 @@
 """The OpenAPI 3.1 document of the admin API, served at /admin/openapi.json.
 
 Paths are written out here; request bodies come from the same pydantic models the handlers
-validate with, so the document cannot drift from what is accepted.
+validate with, so the document cannot drift from what is accepted. Every status and content type
+a handler can answer with is listed (tests/test_admin_schemathesis.py holds the server to it), and
+the security requirement follows the server: with an admin token every path but /healthz answers
+401 without it; without one nothing does.
+
+The document is this instance's, so rules that hang on its config are written out exactly: each
+pool has its own scale path whose counts go up to that pool's capacity.max (and whose `max >= min`
+is listed pair by pair, capacity.max + 1 branches), a maintenance event's `pin` on one of its
+pools is bounded the same way, and durations are documented in the forms whose range a pattern can
+bound (`duration_pattern`; the API refuses other spellings). Events are documented as `start` +
+`duration`; the API also takes `end`, as events.yaml does. A request the document admits is
+accepted, or answered 409 where it conflicts with state (the 1000-event and 10000-source caps).
+`openapi_document()` without pools is the generic shape, where those rules are words only.
 """
 from __future__ import annotations
 
-from functools import cache
+import copy
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 from balancer.controls import ScaleRequest, SourceUpdate
-from config.events import EventSpec
+from config.events import MAX_NAME, EventSpec
+from config.units import DURATION_PATTERN, EPOCH_PATTERN, int_range_pattern
 
 _REF = "#/components/schemas/{model}"
+_OBJECT = {"type": "object"}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -23,26 +39,45 @@ def _ref(name: str) -> dict[str, str]:
 
 
 _ERROR = _json(_ref("Error"), "Error, with a message")
-_OBJECT = {"type": "object"}
+_ERRORS = {
+    400: "Invalid request: the message names the key",
+    401: "Missing or wrong admin token",
+    404: "No such pool, event, member or path",
+    409: "Conflicts with the current state",
+    413: "Body larger than 64 KiB",
+    415: "Body is not UTF-8 application/json",
+}
 
 
-def _op(summary: str, ok: dict[str, Any], *, errors: tuple[int, ...] = (), body: str | None = None,
-        params: list[dict[str, Any]] | None = None, mutating: bool = False) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok, "401": _ERROR}}
-    for code in errors:
-        op["responses"][str(code)] = _ERROR
+def _op(summary: str, ok: dict[str, Any], *, auth: bool, errors: tuple[int, ...] = (),
+        body: str | dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None, created: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": ok}
+    if created:
+        responses["201"] = _json(_OBJECT, "Created")
+    codes = set(errors)
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
-        op["responses"]["400"] = _ERROR
+        codes |= {400, 413, 415}
+    if any(p["in"] == "path" for p in params or ()):
+        codes.add(404)
+    if auth:
+        codes.add(401)
+    for code in sorted(codes):
+        responses[str(code)] = {**_ERROR, "description": _ERRORS[code]}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        schema = _ref(body) if isinstance(body, str) else body
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     if params:
         op["parameters"] = params
-    if mutating:
-        op["description"] = "Requires the admin token (bearer, or basic auth password) when one is configured."
     return op
 
 
-def _path_param(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+def _path_param(name: str, description: str, max_length: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
 
 
 def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -50,66 +85,178 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
             "schema": schema or {"type": "string"}}
 
 
-@cache
-def openapi_document() -> dict[str, Any]:
+# since/until of /admin/costs: what Operator._query_time parses
+QUERY_TIME = {"anyOf": [
+    {"type": "string", "pattern": EPOCH_PATTERN, "description": "Epoch seconds."},
+    {"type": "string", "pattern": "^20[0-9]{2}-", "anyOf": [{"format": "date-time"}, {"format": "date"}],
+     "description": "RFC 3339 date-time or date, in the years 2000 to 2099."},
+    {"type": "string", "pattern": DURATION_PATTERN, "description": "A duration before now, e.g. `1h`."},
+]}
+
+
+_NULL = {"type": "null"}
+Pools = tuple[tuple[str, int], ...]          # (name, capacity.max) of each pool, by name
+
+
+def _count(maximum: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 0, "maximum": maximum}
+
+
+def scale_request(base: dict[str, Any], capacity: int) -> dict[str, Any]:
+    """ScaleRequest for a pool with this capacity.max: counts up to it, and `max >= min` as one
+    branch per value of `min` (JSON Schema cannot compare two fields; it can list the pairs)."""
+    schema = copy.deepcopy(base)
+    for key in ("pin", "min", "max"):
+        prop = schema["properties"][key]
+        prop["anyOf"] = [_count(capacity), _NULL]
+        prop["description"] = prop["description"].replace("the pool's capacity.max", f"{capacity}, capacity.max")
+    count = _count(capacity)
+    schema["oneOf"] = [
+        {"required": ["pin"], "properties": {"pin": count, "min": _NULL, "max": _NULL}},
+        {"properties": {"pin": _NULL}, "anyOf": [
+            {"required": ["min"], "properties": {"min": count, "max": _NULL}},
+            {"required": ["max"], "properties": {"max": count, "min": _NULL}},
+            *({"required": ["min", "max"], "properties": {"min": {"const": low}, "max": {**count, "minimum": low}}}
+              for low in range(capacity + 1))]},
+    ]
+    schema["description"] = (f"`pin`, or `min` and/or `max` (max >= min), at most {capacity} (this pool's "
+                             "capacity.max), for `duration`, with a reason.")
+    return schema
+
+
+def event_spec(base: dict[str, Any], pools: Pools | None) -> dict[str, Any]:
+    """EventSpec as documented: `start` + `duration` (the window's length bounds what JSON Schema
+    can bound; `end` after `start` it cannot), and a pin on one of this instance's pools at most
+    its capacity.max."""
+    schema = copy.deepcopy(base)
+    del schema["properties"]["end"]
+    duration = schema["properties"]["duration"]
+    duration["anyOf"] = [branch for branch in duration["anyOf"] if branch != _NULL]
+    duration.pop("default", None)
+    duration["description"] = duration["description"].replace(" Give `end` or `duration`.", " Required.")
+    schema["required"] = [*schema["required"][:3], "duration", *schema["required"][3:]]
+    schema["allOf"] = [rule for rule in schema["allOf"] if "end" not in str(rule.get("oneOf", ""))]
+    schema["description"] += (" The API also takes `end` (RFC 3339, after start, at most 366d later) instead of "
+                              "`duration`, as events.yaml does.")
+    if pools:
+        names = [name for name, _ in pools]
+        schema["allOf"].append({"anyOf": [
+            {"properties": {"pin": _NULL}},
+            {"properties": {"scope": {"properties": {"pool": {"not": {"enum": names}}}}}},
+            *({"properties": {"scope": {"required": ["pool"], "properties": {"pool": {"const": name}}},
+                              "pin": {"anyOf": [_count(capacity), _NULL]}}} for name, capacity in pools)]})
+        schema["properties"]["pin"]["description"] += " Pools here: " + ", ".join(
+            f"{name} at most {capacity}" for name, capacity in pools) + "."
+    return schema
+
+
+def _hours(low: int, high: int) -> str:
+    """Regex for the two-digit hours from low to high (0 <= low <= high <= 23)."""
+    return int_range_pattern(low, high) if low >= 10 else "|".join(
+        [f"0{int_range_pattern(low, min(high, 9))}"] + ([int_range_pattern(10, high)] if high >= 10 else []))
+
+
+@lru_cache(maxsize=1)
+def window_order() -> list[dict[str, Any]]:
+    """A profile window's `end` after its `start`, as JSON Schema can say it: one branch per start
+    hour for an end in a later hour, and one per start minute for an end later in the same hour
+    (24 + 24 * 59 branches; an exact rule over two fields is a list of pairs)."""
+    branches: list[dict[str, Any]] = []
+    for hour in range(24):
+        later = f"(?:{_hours(hour + 1, 23)}):[0-5][0-9]|24:00" if hour < 23 else "24:00"
+        branches.append({"properties": {"start": {"pattern": f"^{hour:02d}:[0-5][0-9]$"},
+                                        "end": {"pattern": f"^(?:{later})$"}}})
+    for hour in range(24):
+        for minute in range(59):
+            tens, units = divmod(minute + 1, 10)
+            later = f"{tens}[{units}-9]" + (f"|[{tens + 1}-5][0-9]" if tens < 5 else "")
+            branches.append({"properties": {"start": {"const": f"{hour:02d}:{minute:02d}"},
+                                            "end": {"pattern": f"^{hour:02d}:(?:{later})$"}}})
+    return branches
+
+
+@lru_cache(maxsize=16)
+def openapi_document(auth: bool = False, pools: Pools | None = None) -> dict[str, Any]:
+    """The document for a server that requires the admin token (`auth`) or does not, with the
+    pools it has (`pools`, (name, capacity.max) pairs; None: the generic shape, any pool name)."""
     schemas: dict[str, Any] = {"Error": {"type": "object", "required": ["error"],
-                                         "properties": {"error": {"type": "string"}}}}
+                                         "properties": {"error": {"type": "string"}, "key": {"type": "string"}}}}
     for model in (EventSpec, SourceUpdate, ScaleRequest):
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    schemas["EventSpec"] = event_spec(schemas["EventSpec"], pools)
+    schemas["ProfileWindow"]["anyOf"] = window_order()
     pool = _path_param("name", "Pool name, as in pools.yaml.")
-    return {
+    if pools is not None:
+        pool["schema"] = {"type": "string", "enum": [name for name, _ in pools]}
+    event = _path_param("name", "Event name.", MAX_NAME)
+    source = _path_param("id", "Source id.", MAX_NAME)
+    text = lambda media: {"description": "OK", "content": {media: {"schema": {"type": "string"}}}}  # noqa: E731
+    costs_ok = {"description": "OK: JSON, or CSV with `format=csv` or `Accept: text/csv`",
+                "content": {"application/json": {"schema": _OBJECT}, "text/csv": {"schema": {"type": "string"}}}}
+    op = lambda *args, **kwargs: _op(*args, auth=auth, **kwargs)  # noqa: E731
+    scale_summary = "Pin or bound desired ready members for a while, with a reason"
+    if pools is None:
+        scale_paths = {"/admin/pools/{name}/scale": {
+            "post": op(scale_summary + "; counts above the pool's capacity.max are refused", _json(_OBJECT),
+                       body="ScaleRequest", params=[pool]),
+            "delete": op("Clear the override", _json(_OBJECT), params=[pool])}}
+    else:     # one path per pool, each with its own capacity.max (404 only if a reload removed it)
+        scale_paths = {f"/admin/pools/{quote(name, safe='')}/scale": {
+            "post": op(f"{scale_summary}; pool {name}, capacity.max {capacity}", _json(_OBJECT),
+                       body=scale_request(schemas["ScaleRequest"], capacity), errors=(404,)),
+            "delete": op(f"Clear the override of pool {name}", _json(_OBJECT), errors=(404,))}
+            for name, capacity in pools}
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "warmfront admin API", "version": "1"},
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
-                                           "basic": {"type": "http", "scheme": "basic"}}},
-        "security": [{"bearer": []}, {"basic": []}, {}],
+        "info": {"title": "warmfront admin API", "version": "1",
+                 "description": "Bodies are UTF-8 application/json, at most 64 KiB, nested at most 32 deep, and "
+                                "typed strictly: `false` is not a number, `\"2\"` is not 2 and `2.5` is not a count."},
+        "components": {"schemas": schemas},
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": _json(_OBJECT)}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-                "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/admin/status": {"get": _op("Pools, members, desired vs actual, forecasts, sources", _json(_OBJECT))},
-            "/admin/dashboard": {"get": {"summary": "HTML dashboard", "responses": {
-                "200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-            "/admin/openapi.json": {"get": _op("This document", _json(_OBJECT))},
+            "/metrics": {"get": op("Prometheus metrics", text("text/plain"))},
+            "/admin/status": {"get": op("Pools, members, desired vs actual, forecasts, sources", _json(_OBJECT))},
+            "/admin/dashboard": {"get": op("HTML dashboard", text("text/html"))},
+            "/admin/openapi.json": {"get": op("This document", _json(_OBJECT))},
             "/admin/events": {
-                "get": _op("List events (events.yaml and the API)", _json(_OBJECT)),
-                "post": {**_op("Add or replace an event", _json(_OBJECT), body="EventSpec", mutating=True),
-                         "responses": {"200": _json(_OBJECT, "Replaced"), "201": _json(_OBJECT, "Created"),
-                                       "400": _ERROR, "401": _ERROR, "413": _ERROR}},
+                "get": op("List events (events.yaml and the API); `skipped` lists stored events that no longer "
+                          "validate", _json(_OBJECT)),
+                "post": op("Add (201) or replace (200) an event; 409 past 1000 events from the API",
+                           _json(_OBJECT, "Replaced"), body="EventSpec", created=True, errors=(409,)),
             },
             "/admin/events/{name}": {
-                "get": _op("One event", _json(_OBJECT), errors=(404,), params=[_path_param("name", "Event name.")]),
-                "delete": _op("Remove an event", _json(_OBJECT), errors=(404,),
-                              params=[_path_param("name", "Event name.")], mutating=True),
+                "get": op("One event", _json(_OBJECT), params=[event]),
+                "delete": op("Remove an event", _json(_OBJECT), params=[event]),
             },
-            "/admin/sources": {"get": _op("Sources with their controls and traffic", _json(_OBJECT))},
+            "/admin/sources": {"get": op("Sources with their controls and traffic", _json(_OBJECT))},
             "/admin/sources/{id}": {
-                "get": _op("One source's controls", _json(_OBJECT), params=[_path_param("id", "Source id.")]),
-                "put": _op("Set predictive opt-in, workload profile, latency sensitivity", _json(_OBJECT),
-                           body="SourceUpdate", errors=(413,), params=[_path_param("id", "Source id.")],
-                           mutating=True),
+                "get": op("One source's controls", _json(_OBJECT), params=[source], errors=(400,)),
+                "put": op("Set predictive opt-in, workload profile, latency sensitivity; 409 past 10000 sources",
+                          _json(_OBJECT), body="SourceUpdate", params=[source], errors=(409,)),
             },
-            "/admin/costs": {"get": {**_op("Container-seconds per pool and tier, attributed to sources", _json(_OBJECT),
-                                           errors=(400,), params=[
-                _query("since", "Epoch seconds, ISO 8601 or a duration before now (`1h`). Default 24h ago."),
-                _query("until", "Same forms as since. Default now."),
+            "/admin/costs": {"get": op("Container-seconds per pool and tier, attributed to sources", costs_ok,
+                                       errors=(400,), params=[
+                _query("since", "Epoch seconds, RFC 3339 or a duration before now (`1h`); clamped to "
+                                "2000-01-01. Default 24h ago.", QUERY_TIME),
+                _query("until", "Same forms as since; clamped to now. An empty window (until <= since) has no "
+                                "costs. Default now.", QUERY_TIME),
                 _query("format", "json (default) or csv; `Accept: text/csv` also gives csv.",
-                       {"type": "string", "enum": ["json", "csv"]})])}},
-            "/admin/pools/{name}/scale": {
-                "post": _op("Pin or bound desired ready members for a while, with a reason", _json(_OBJECT),
-                            body="ScaleRequest", errors=(404, 413), params=[pool], mutating=True),
-                "delete": _op("Clear the override", _json(_OBJECT), errors=(404,), params=[pool], mutating=True),
-            },
+                       {"type": "string", "enum": ["json", "csv"]})])},
+            **scale_paths,
             "/admin/pools/{name}/members/{id}/drain": {
-                "post": _op("Drain one ready member (its place is refilled)", _json(_OBJECT), errors=(404, 409),
-                            params=[pool, _path_param("id", "Member id.")], mutating=True),
+                "post": op("Drain one ready member (its place is refilled)", _json(_OBJECT), errors=(409,),
+                           params=[pool, _path_param("id", "Member id.")]),
             },
             "/admin/reload": {
-                "post": _op("Re-read the YAML; 400 with file:line: key when invalid (the running config stays)",
-                            _json(_OBJECT), errors=(400, 409), mutating=True),
+                "post": op("Re-read the YAML; 400 with file:line: key when invalid (the running config stays)",
+                           _json(_OBJECT), errors=(400, 409)),
             },
         },
     }
+    if auth:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"},
+                                                "basic": {"type": "http", "scheme": "basic"}}
+        doc["security"] = [{"bearer": []}, {"basic": []}]
+    return doc

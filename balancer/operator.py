@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -29,10 +30,10 @@ from balancer.eventfeed import EventFeed
 from balancer.openapi import openapi_document
 from balancer.reload import ReloadRefused
 from balancer.timeline import MemberTimeline, sample
-from config.events import EVENTS_FILE, EventSpec
+from config.events import EVENTS_FILE, FIRST_YEAR, MAX_NAME, EventSpec, parse_time
 from config.loader import ConfigError
-from config.models import Pool
-from config.units import parse_duration
+from config.models import Pool, first_error
+from config.units import API_CONTEXT, DURATION_PATTERN, EPOCH_PATTERN, parse_duration
 from pools.members import MemberState
 from pools.reconciler import Desired, ObservedMember
 from predictor.events import Event
@@ -44,6 +45,10 @@ log = structlog.get_logger(__name__)
 
 SAMPLE_INTERVAL = 5.0
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 32                  # JSON nesting; the deepest valid body (a profile window's days) is 4
+MAX_API_EVENTS = 1000
+MAX_SOURCE_CONTROLS = 10000
+_FIRST_T = datetime(FIRST_YEAR, 1, 1, tzinfo=timezone.utc).timestamp()
 
 
 class Operator:
@@ -78,6 +83,8 @@ class Operator:
         for s in st.get("sources", []):
             s["predictive"] = self.controls.predictive(s.get("source", ""))
         st["events"] = [self._event_json(e) for e in self.events.book.list()]
+        if self.events.skipped:
+            st["events_skipped"] = self.events.skipped
         return st
 
     def sample_members(self) -> None:
@@ -101,24 +108,27 @@ class Operator:
 
     # ---------------------------------------------------------------- routes
     def add_routes(self, app: web.Application) -> None:
+        # `{name:.+}`: aiohttp's default `{name}` refuses `{` and `}`, and an event named `{a/b` could be
+        # created but never read or deleted. A name is any string the models take, percent-encoded.
         r = app.router
         r.add_get("/admin/openapi.json", self.openapi)
         r.add_get("/admin/dashboard", self.dashboard)
         r.add_get("/admin/events", self.list_events)
         r.add_post("/admin/events", self.add_event)
-        r.add_get("/admin/events/{name}", self.get_event)
-        r.add_delete("/admin/events/{name}", self.delete_event)
+        r.add_get("/admin/events/{name:.+}", self.get_event)
+        r.add_delete("/admin/events/{name:.+}", self.delete_event)
         r.add_get("/admin/sources", self.list_sources)
-        r.add_get("/admin/sources/{id}", self.get_source)
-        r.add_put("/admin/sources/{id}", self.put_source)
+        r.add_get("/admin/sources/{id:.+}", self.get_source)
+        r.add_put("/admin/sources/{id:.+}", self.put_source)
         r.add_get("/admin/costs", self.costs)
-        r.add_post("/admin/pools/{name}/scale", self.scale)
-        r.add_delete("/admin/pools/{name}/scale", self.unscale)
-        r.add_post("/admin/pools/{name}/members/{id}/drain", self.drain)
+        r.add_post("/admin/pools/{name:.+}/scale", self.scale)
+        r.add_delete("/admin/pools/{name:.+}/scale", self.unscale)
+        r.add_post("/admin/pools/{name:.+}/members/{id:.+}/drain", self.drain)
         r.add_post("/admin/reload", self.reload)
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
+        pools = tuple((name, spec.capacity.max) for name, spec in sorted(self.app.cfg.pools.items()))
+        return web.json_response(openapi_document(auth=self.app.token is not None, pools=pools))
 
     async def dashboard(self, request: web.Request) -> web.Response:
         now = self.clock()
@@ -130,7 +140,8 @@ class Operator:
 
     # events
     async def list_events(self, request: web.Request) -> web.Response:
-        return web.json_response({"events": [self._event_json(e) for e in self.events.book.list()]})
+        return web.json_response({"events": [self._event_json(e) for e in self.events.book.list()],
+                                  "skipped": self.events.skipped})
 
     async def get_event(self, request: web.Request) -> web.Response:
         event = self.events.book.get(request.match_info["name"])
@@ -140,6 +151,10 @@ class Operator:
 
     async def add_event(self, request: web.Request) -> web.Response:
         spec = _validate(EventSpec, await _json_body(request))
+        if spec.pin is not None and spec.scope.pool in self.app.cfg.pools:
+            self._within_capacity(spec.scope.pool, "pin", spec.pin)
+        if self.events.book.get(spec.name) is None and self.events.api_count() >= MAX_API_EVENTS:
+            raise ApiError(409, f"already {MAX_API_EVENTS} events from the API; delete some first")
         event, created = self.events.add(spec)
         return web.json_response(self._event_json(event), status=201 if created else 200)
 
@@ -163,12 +178,14 @@ class Operator:
         return web.json_response({"sources": [self._source_json(s, traffic.get(s, 0)) for s in names]})
 
     async def get_source(self, request: web.Request) -> web.Response:
-        source = request.match_info["id"]
+        source = _source_id(request)
         return web.json_response(self._source_json(source, self._traffic_by_source(self.clock() - 86400).get(source, 0)))
 
     async def put_source(self, request: web.Request) -> web.Response:
-        source = request.match_info["id"]
+        source = _source_id(request)
         update = _validate(SourceUpdate, await _json_body(request))
+        if source not in self.controls.sources and len(self.controls.sources) >= MAX_SOURCE_CONTROLS:
+            raise ApiError(409, f"already {MAX_SOURCE_CONTROLS} sources with settings; reset some first")
         self.controls.update_source(source, update)
         return web.json_response(self._source_json(source, self._traffic_by_source(self.clock() - 86400).get(source, 0)))
 
@@ -178,15 +195,17 @@ class Operator:
     # costs
     async def costs(self, request: web.Request) -> web.Response:
         now = self.clock()
-        since = _parse_time(request.query.get("since"), now, default=now - 86400, name="since")
-        until = _parse_time(request.query.get("until"), now, default=now, name="until")
-        if until <= since:
-            raise ApiError(400, "until must be after since")
+        # Clamped to what can have been spent: nothing before FIRST_YEAR, nothing after now. A window
+        # that ends up empty (until <= since) is an answer too: no container-seconds.
+        since = max(_query_time(request.query.get("since"), now, default=now - 86400, name="since"), _FIRST_T)
+        until = max(min(_query_time(request.query.get("until"), now, default=now, name="until"), now), since)
         requests = self._requests_by_pool_source(since, until)
         opted_out = {s for s, c in self.controls.sources.items() if not c.predictive}
         timeline = {name: self.timeline.series(name, since) for name in self.timeline.pools()}
         report = compute_costs(timeline, requests, opted_out, since, until)
-        fmt = request.query.get("format") or ("csv" if "text/csv" in request.headers.get("Accept", "") else "json")
+        fmt = request.query.get("format")
+        if fmt is None:
+            fmt = "csv" if "text/csv" in request.headers.get("Accept", "") else "json"
         if fmt == "csv":
             return web.Response(text=report.to_csv(), content_type="text/csv")
         if fmt != "json":
@@ -197,6 +216,8 @@ class Operator:
     async def scale(self, request: web.Request) -> web.Response:
         name = self._pool(request)
         req = _validate(ScaleRequest, await _json_body(request))
+        for key in ("pin", "min", "max"):
+            self._within_capacity(name, key, getattr(req, key))
         override = self.controls.set_override(name, req)
         manager = self.app.managers.get(name)
         if manager is not None:
@@ -246,6 +267,12 @@ class Operator:
             raise ApiError(404, f"no pool named {name!r}")
         return name
 
+    def _within_capacity(self, pool: str, key: str, count: int | None) -> None:
+        limit = self.app.cfg.pools[pool].capacity.max
+        if count is not None and count > limit:
+            raise ApiError(400, f"{key}: must be at most {limit}, the capacity.max of pool {pool!r} (got {count})",
+                           key=key)
+
     def _pools_of_type(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for route in self.app.cfg.routing.routes:
@@ -279,47 +306,93 @@ class Operator:
         return out
 
 
+def _source_id(request: web.Request) -> str:
+    source = request.match_info["id"]
+    if len(source) > MAX_NAME:
+        raise ApiError(400, f"source id: at most {MAX_NAME} characters (got {len(source)})", key="id")
+    return source
+
+
 async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or an ApiError: 415 unless it says it is JSON (UTF-8), 413 past
+    MAX_BODY, 400 when it does not parse, holds NaN/Infinity, or nests deeper than MAX_DEPTH (the
+    parser itself would recurse without bound, and a RecursionError is not a client's answer)."""
+    if "Content-Type" not in request.headers or not _is_json(request.content_type):
+        raise ApiError(415, f"Content-Type must be application/json "
+                            f"(got {request.headers.get('Content-Type', 'none')[:60]!r})")
+    if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+        raise ApiError(415, f"JSON must be UTF-8 (got charset {request.charset[:30]!r})")
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, f"body larger than {MAX_BODY} bytes")
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+    too_deep = ApiError(400, f"body must be JSON nested at most {MAX_DEPTH} deep")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"body must be UTF-8 JSON: {e}") from None
+    except ValueError as e:
         raise ApiError(400, f"body must be JSON: {e}") from None
+    except RecursionError:
+        raise too_deep from None
+    if _deeper_than(raw, MAX_DEPTH):
+        raise too_deep
+    return body
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (content_type.startswith("application/")
+                                                   and content_type.endswith("+json"))
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _deeper_than(raw: bytes, limit: int) -> bool:
+    """For valid JSON: whether brackets nest deeper than `limit`. Strips strings, keeps only the
+    brackets and removes innermost pairs `limit` times — C-speed passes, not a loop per byte
+    (the admin API shares the data plane's event loop)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    return bool(brackets)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _validate(model: type[BaseModel], data: Any):
+    """Strict: `false` is not 0, `"2"` is not 2 and 2.5 is not a count — the types the document gives;
+    and durations in the forms it gives (API_CONTEXT)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True, context=API_CONTEXT)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = list(first["loc"]) + list(first.get("ctx", {}).get("at", ()) if isinstance(first.get("ctx"), dict) else ())
-        key = ".".join(str(p) for p in loc) or "-"
-        raise ApiError(400, f"{key}: {first['msg']}", key=key) from None
+        key, message = first_error(err)
+        raise ApiError(400, f"{key}: {message}", key=key) from None
 
 
-def _parse_time(value: str | None, now: float, default: float, name: str) -> float:
-    """Epoch seconds, ISO 8601, or a duration before now (`1h`, `30m`)."""
-    if value is None or value == "":
+def _query_time(value: str | None, now: float, default: float, name: str) -> float:
+    """Epoch seconds, an RFC 3339 time or date (as events take), or a duration before now (`1h`);
+    the grammar openapi.QUERY_TIME documents."""
+    if value is None:
         return default
+    if re.fullmatch(EPOCH_PATTERN, value):
+        return float(value)
+    if re.fullmatch(DURATION_PATTERN, value):
+        try:
+            return now - parse_duration(value)
+        except ValueError:
+            return -math.inf           # longer ago than any duration: clamped to the first year
     try:
-        t = float(value)
-        if math.isfinite(t):
-            return t
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
-    except ValueError:
-        pass
-    try:
-        return now - parse_duration(value)
-    except (ValueError, TypeError):
-        raise ApiError(400, f"{name} must be epoch seconds, ISO 8601 or a duration like 1h (got {value!r})") from None
+        return parse_time(value).timestamp()
+    except ValueError as err:
+        raise ApiError(400, f"{name} must be epoch seconds, an ISO 8601 time or a duration like 1h "
+                            f"(got {value[:40]!r}: {err})", key=name) from None
 
 
 def _iso(t: float) -> str:

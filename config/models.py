@@ -72,6 +72,13 @@ def _env_str(value: Any) -> Any:
     return value
 
 
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's `integer` includes 2.0; `true` and 2.5 are still refused (strictly, by int).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 EnvVars = Annotated[dict[str, str], BeforeValidator(_stringify_env)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
@@ -240,6 +247,7 @@ class RoutingConfig(Strict):
 
 # ---------------------------------------------------------------- pools.yaml
 MAX_POOL_MEMBERS = 1000     # a hard ceiling on capacity.max: past it a typo, not a plan
+MemberCount = Annotated[int, Field(ge=0, le=MAX_POOL_MEMBERS), BeforeValidator(_whole_number)]   # admin API pins
 
 
 class HealthCheck(Strict):

@@ -27,9 +27,10 @@ from balancer.logs import configure_logging
 from balancer.loop import ControlLoop
 from balancer.metrics import make_registry
 from balancer.operator import Operator
-from balancer.proxy import Proxy, make_ssl_context
+from balancer.proxy import make_ssl_context
 from balancer.reload import ReloadResult, reload_config
 from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+from balancer.workers import WorkerSet, default_workers
 from config.models import Config, Pool, Route, RoutingConfig
 from pools.backends.process import ProcessBackend
 from pools.backends.static import StaticBackend
@@ -56,7 +57,8 @@ def static_config(servers: list[tuple[str, int]]) -> Config:
 class App:
     def __init__(self, cfg: Config, listen: tuple[str, int] | None = None,
                  admin: tuple[str, int] | None = None, state_dir: str | None = None,
-                 clock: Callable[[], float] = time.time, plan_interval: float = 5.0):
+                 clock: Callable[[], float] = time.time, plan_interval: float = 5.0,
+                 workers: int | None = None, log_level: str = "info", report_interval: float = 1.0):
         self.cfg = cfg
         # History, predictor and planner run on `clock` (the demo compresses time, tests stop it);
         # the proxy and the pool managers keep real time.
@@ -66,6 +68,9 @@ class App:
         self.listen = listen or parse_hostport(r.listen)
         self.admin_addr = admin or parse_hostport(r.admin.listen)
         self.state_dir = Path(state_dir or r.state_dir)
+        self.worker_count = workers or r.workers or default_workers()
+        self.log_level = log_level
+        self.report_interval = report_interval   # seconds between workers' reports (the demo's clock runs fast)
         self.instance_id = ""   # read or created in the state dir at start
         self.started = time.time()
         self.token = os.environ.get(r.admin.token_env) or None
@@ -92,18 +97,23 @@ class App:
 
     def on_members(self, pool: str, members: list[MemberView]) -> None:
         self.members[pool] = list(members)
-        self.proxy.set_table(self.build_table())
+        self.publish_table()
+
+    def publish_table(self) -> None:
+        """Build the routing table from the config and the ready members; the workers get it."""
+        self.table = self.build_table()
+        self.workers.set_table(self.table)
 
     def status(self) -> dict[str, Any]:
         pools = {}
         for name, spec in self.cfg.pools.items():
             members = []
             for m in self.members.get(name, ()):
-                st = self.proxy.member_stats(m.id)
+                st = self.workers.member_stats(m.id)
                 members.append({
                     "id": m.id, "state": m.state.value, "address": m.address,
                     "in_flight": st.in_flight if st else 0, "requests": st.requests if st else 0,
-                    "ejected": bool(st and st.ejected_until > self.proxy.now),
+                    "ejected": bool(st and st.ejected_until > self.workers.now),
                     "prewarmed": m.prewarmed, "shadow_state": m.shadow_state,
                 })
             counts: dict[str, int] = {}
@@ -128,6 +138,7 @@ class App:
             "instance": self.instance_id,
             "uptime_s": round(time.time() - self.started, 1),
             "listen": f"{self.listen[0]}:{self.listen[1]}",
+            "workers": self.workers.status(),
             "pools": pools,
             "sources": status_sources(self.history, 86400),
             "models": self.control.model_status() if self.control is not None else [],
@@ -179,25 +190,31 @@ class App:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.instance_id = self._load_instance_id()
         self.history = self.open_history()
-        ssl_ctx = make_ssl_context(r.tls.cert, r.tls.key) if r.tls else None
-        self.proxy = Proxy(self.build_table(), r.timeouts, r.limits, self.history,
-                           scheme=b"https" if ssl_ctx else b"http")
+        if r.tls:
+            make_ssl_context(r.tls.cert, r.tls.key)   # a bad certificate stops start-up here, not in every worker
+        self.workers = WorkerSet(self.worker_count, self.listen, r.timeouts, r.limits, self.history,
+                                 tls=(r.tls.cert, r.tls.key) if r.tls else None, log_level=self.log_level,
+                                 report_interval=self.report_interval)
+        self.workers.bind()
+        self.listen = self.workers.listen
+        self.publish_table()
         self.managers = {}
         self.operator = Operator(self, self.clock)
-        self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.proxy.in_flight,
+        self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.workers.in_flight,
                                    self.managers, clock=self.clock, plan_interval=self.plan_interval,
                                    events=self.operator.events.book, controls=self.operator.controls)
-        registry = make_registry(self.proxy.stats, lambda: self.members, self._control_status)
+        registry = make_registry(lambda: self.workers.stats, lambda: self.members, self._control_status,
+                                 lambda: self.workers.restarts)
         self.admin_runner = web.AppRunner(make_admin_app(self.operator.status, registry, self.token,
                                                          self.operator.add_routes),
                                           access_log=None, handle_signals=False)
         await self.admin_runner.setup()
         await web.TCPSite(self.admin_runner, self.admin_addr[0], self.admin_addr[1]).start()
         gc.freeze()   # see below: what was built so far lives as long as the process
-        await self.proxy.start(self.listen[0], self.listen[1], ssl_ctx)
+        await self.workers.start()
         log.info("proxy.started", listen=f"{self.listen[0]}:{self.listen[1]}",
-                 admin=f"{self.admin_addr[0]}:{self.admin_addr[1]}", tls=bool(ssl_ctx),
-                 state_dir=str(self.state_dir))
+                 admin=f"{self.admin_addr[0]}:{self.admin_addr[1]}", tls=bool(r.tls),
+                 state_dir=str(self.state_dir), workers=self.worker_count)
 
         for name, spec in self.cfg.pools.items():
             self.managers[name] = self.make_manager(name, spec)
@@ -224,8 +241,8 @@ class App:
 
     async def stop(self) -> None:
         """SIGTERM: stop accepting, finish in-flight requests, flush history, stop members."""
-        log.info("proxy.stopping", pending=self.proxy.pending())
-        await self.proxy.stop(grace=max([p.drain_timeout for p in self.cfg.pools.values()] + [5.0]))
+        log.info("proxy.stopping", pending=self.workers.pending())
+        await self.workers.stop(grace=max([p.drain_timeout for p in self.cfg.pools.values()] + [5.0]))
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -240,7 +257,7 @@ class App:
     def make_manager(self, name: str, spec: Pool, retire_other_generations: bool = True) -> PoolManager:
         """A pool's manager, deciding by the control loop's plan within the operator's overrides."""
         return PoolManager(name, spec, self._backend_for(name, spec),
-                           in_flight=self.proxy.in_flight, on_change=self.on_members,
+                           in_flight=self.workers.in_flight, on_change=self.on_members,
                            desired_fn=self.operator.desired_fn(self.control.desired), wall_clock=self.clock,
                            retire_other_generations=retire_other_generations)
 
@@ -285,6 +302,9 @@ async def _reload_on_signal(app: App) -> None:
 async def _teardown_partial(app: App) -> None:
     for t in app.tasks:
         t.cancel()
+    workers = getattr(app, "workers", None)
+    if workers is not None:
+        await workers.stop(grace=0)
     for m in app.managers.values():
         await m.stop_all()
     await app._close_backends()
@@ -292,17 +312,21 @@ async def _teardown_partial(app: App) -> None:
         await app.admin_runner.cleanup()
 
 
-def run_forever(cfg: Config, listen=None, admin=None, state_dir=None, log_level: str = "info") -> int:
+def run_forever(cfg: Config, listen=None, admin=None, state_dir=None, log_level: str = "info",
+                workers: int | None = None) -> int:
     import uvloop
 
     configure_logging(log_level)
     try:
-        app = App(cfg, listen, admin, state_dir)
+        app = App(cfg, listen, admin, state_dir, workers=workers, log_level=log_level)
         uvloop.run(_serve(app))
     except StartupError as e:
         print(f"warmfront: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"warmfront: cannot listen: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:   # the data-plane workers did not start
+        print(f"warmfront: {e}", file=sys.stderr)
         return 1
     return 0

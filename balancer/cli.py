@@ -15,6 +15,16 @@ def _hostport(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _workers(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 256, not {value!r}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="warmfront", description="A reverse proxy that sees load coming.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -27,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", metavar="HOST:PORT", type=_hostport, help="proxy listen address")
     run.add_argument("--admin", metavar="HOST:PORT", type=_hostport, help="admin listen address")
     run.add_argument("--state-dir", metavar="DIR", help="history database and member logs")
+    run.add_argument("--workers", metavar="N", type=_workers,
+                     help="data-plane worker processes (default: routing.yaml's workers, else one per CPU)")
     run.add_argument("--log-level", default="info")
 
     check = sub.add_parser("check", help="validate a config directory (exit 2 when invalid)")
@@ -87,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print(str(e), file=sys.stderr)
             return 2
         return run_forever(cfg, listen=args.listen, admin=args.admin, state_dir=args.state_dir,
-                           log_level=args.log_level)
+                           log_level=args.log_level, workers=args.workers)
     return 2
 
 

@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+from bisect import bisect_left
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 import structlog
 
 from balancer.app import App
+from balancer.counters import HIST, LATENCY_BOUNDS, LATENCY_SUM, REQUESTS
 from balancer.history import History
 from balancer.logs import configure_logging
 from config.models import Config, Pool, Route, RouteMatch, RoutingConfig, SourceRule
@@ -91,13 +93,26 @@ class CompressedHistory(History):
         super().__init__(*args, **kwargs)
         self.speed = speed
 
-    def record(self, source, rtype, status, bytes_in, bytes_out, latency, aborted) -> None:
-        super().record(source, rtype, status, bytes_in, bytes_out, latency * self.speed, aborted)
+    def merge(self, rows, sessions) -> None:
+        """Workers count real seconds: the summed latency is scaled, and the histogram re-bucketed
+        at the scaled mean (the shape within a row is lost; the demo reads means)."""
+        scaled = []
+        for source, rtype, *row in rows:
+            row[LATENCY_SUM] *= self.speed
+            n = row[REQUESTS]
+            hist = [0] * (len(LATENCY_BOUNDS) + 1)
+            if n:
+                hist[bisect_left(LATENCY_BOUNDS, row[LATENCY_SUM] / n)] = n
+            row[HIST:] = hist
+            scaled.append((source, rtype, *row))
+        super().merge(scaled, sessions)
 
 
 class DemoApp(App):
     def __init__(self, *args, speed: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        # Workers report every 30 simulated seconds or more often, so a batch never blurs a
+        # simulated minute's edge by more than half a minute.
+        super().__init__(*args, report_interval=min(1.0, 30.0 / speed), **kwargs)
         self.speed = speed
 
     def open_history(self) -> History:

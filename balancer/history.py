@@ -32,6 +32,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import deque
+from itertools import repeat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from math import sqrt
@@ -40,9 +41,11 @@ from typing import TypeVar
 
 import structlog
 
+from balancer.counters import (ABORTS, BYTES_IN, BYTES_OUT, ERRORS, HIST, LATENCY_BOUNDS, LATENCY_SUM,
+                               OTHER, REQUESTS, WIDTH)
+
 log = structlog.get_logger(__name__)
 
-OTHER = "other"
 REBALANCE_INTERVAL = 60.0
 SKETCH_WIDTH = 4096           # counters in each of the 4 rows of the sketch over untracked names; row k
                               # is indexed by bits 12k..12k+11 of the name's (salted) hash
@@ -52,12 +55,6 @@ DAY_WINDOW = 86400.0     # the window /admin/status summarises; its database tot
 LATE_DAY_S = 180         # `summary` subtracts up to this many minutes' rows from totals built earlier
 REQUEST_TAP = 100_000   # requests kept for the session model between two control-loop steps
 
-# Upper bounds (seconds) of the per-minute latency histogram; the last bucket is +Inf.
-LATENCY_BOUNDS: tuple[float, ...] = (0.002, 0.008, 0.032, 0.128, 0.512, 2.048, 8.192)
-
-# Layout of one counter row; a plain list so the hot path does index increments only.
-_REQUESTS, _ERRORS, _ABORTS, _BYTES_IN, _BYTES_OUT, _LATENCY_SUM, _HIST = range(7)
-_WIDTH = _HIST + len(LATENCY_BOUNDS) + 1
 _HIST_COLUMNS = [f"h{i}" for i in range(len(LATENCY_BOUNDS) + 1)]
 _COLUMNS = ["requests", "errors", "aborts", "bytes_in", "bytes_out", "latency_sum", *_HIST_COLUMNS]
 
@@ -153,16 +150,39 @@ class History:
         key = (int(self.clock() // 60) * 60, source, rtype)
         row = self._pending.get(key)
         if row is None:
-            row = self._pending[key] = [0] * _WIDTH
-        row[_REQUESTS] += 1
+            row = self._pending[key] = [0] * WIDTH
+        row[REQUESTS] += 1
         if status >= 500:
-            row[_ERRORS] += 1
+            row[ERRORS] += 1
         if aborted:
-            row[_ABORTS] += 1
-        row[_BYTES_IN] += bytes_in
-        row[_BYTES_OUT] += bytes_out
-        row[_LATENCY_SUM] += latency
-        row[_HIST + bisect_left(LATENCY_BOUNDS, latency)] += 1
+            row[ABORTS] += 1
+        row[BYTES_IN] += bytes_in
+        row[BYTES_OUT] += bytes_out
+        row[LATENCY_SUM] += latency
+        row[HIST + bisect_left(LATENCY_BOUNDS, latency)] += 1
+
+    def merge(self, rows: Iterable[tuple], sessions: dict[str, list]) -> None:
+        """A worker's batch (`balancer.worker.Tally`): counter rows `(source, type, *row)` counted
+        since its last batch, and per source its request types in order as flat `[type, n, ...]`
+        runs. The batch lands in the current minute of this history's clock (a worker ships about
+        once a second, so a minute's edge blurs by at most that), and sources are admitted here, in
+        the one place that sees every worker's traffic."""
+        minute = int(self.clock() // 60) * 60
+        tracked, pending = self._tracked, self._pending
+        for source, rtype, *counts in rows:
+            if source not in tracked:
+                source = self._admit(source, counts[REQUESTS])
+            key = (minute, source, rtype)
+            row = pending.get(key)
+            if row is None:
+                pending[key] = counts
+            else:
+                for i, v in enumerate(counts):
+                    row[i] += v
+        tap = self._requests
+        for source, runs in sessions.items():
+            for i in range(0, len(runs), 2):
+                tap.extend(repeat((source, runs[i]), runs[i + 1]))
 
     def take_requests(self) -> deque[tuple[str, str]]:
         """(source, type) of the requests recorded since the last call, oldest first (at most the
@@ -239,7 +259,7 @@ class History:
         self._unwritten.append(rows)
         activity = self._activity
         for (_, source, _), row in rows.items():
-            activity[source] = activity.get(source, 0) + row[_REQUESTS]
+            activity[source] = activity.get(source, 0) + row[REQUESTS]
         self._maybe_rebalance()
 
     def _maybe_rebalance(self) -> None:
@@ -329,7 +349,7 @@ class History:
                     (day.since, start),
                 )
                 for source, rtype, *row in cur:
-                    _add(totals.setdefault((source, rtype), [0] * _WIDTH), [-v for v in row])
+                    _add(totals.setdefault((source, rtype), [0] * WIDTH), [-v for v in row])
             else:
                 sums = ", ".join(f"SUM({c})" for c in _COLUMNS)
                 cur = self._db.execute(
@@ -342,10 +362,10 @@ class History:
         for rows in memory:
             for (minute, source, rtype), row in rows.items():
                 if minute >= start:
-                    _add(totals.setdefault((source, rtype), [0] * _WIDTH), row)
+                    _add(totals.setdefault((source, rtype), [0] * WIDTH), row)
         # rank first, summarise only what is returned: /admin/status asks for 100 of thousands
         def requests(key: tuple[str, str]) -> int:
-            return (base[key][_REQUESTS] if key in base else 0) + (totals[key][_REQUESTS] if key in totals else 0)
+            return (base[key][REQUESTS] if key in base else 0) + (totals[key][REQUESTS] if key in totals else 0)
         ranked = sorted((k for k in base.keys() | totals.keys() if requests(k) > 0), key=lambda k: (-requests(k), k))
         if limit is not None:
             ranked = ranked[:limit]
@@ -366,7 +386,7 @@ class History:
         for rows in memory:
             for (minute, s, t), row in rows.items():
                 if s == source and t == rtype and since <= minute < until:
-                    counts[minute] = counts.get(minute, 0) + row[_REQUESTS]
+                    counts[minute] = counts.get(minute, 0) + row[REQUESTS]
         return sorted(counts.items())
 
     def minute_rows(self, since: float, until: float, live: bool = True) -> list[MinuteRow]:
@@ -383,9 +403,9 @@ class History:
         for rows in memory:
             for key, row in rows.items():
                 if since <= key[0] < until:
-                    _add(totals[key] if key in totals else extra.setdefault(key, [0] * _WIDTH), row)
+                    _add(totals[key] if key in totals else extra.setdefault(key, [0] * WIDTH), row)
         merged = heapq.merge(totals.items(), sorted(extra.items())) if extra else totals.items()
-        return [MinuteRow(minute, source, rtype, row[_REQUESTS], row[_LATENCY_SUM], tuple(row[_HIST:]), row[_ABORTS])
+        return [MinuteRow(minute, source, rtype, row[REQUESTS], row[LATENCY_SUM], tuple(row[HIST:]), row[ABORTS])
                 for (minute, source, rtype), row in merged]
 
     def _query(self, sql: str, params: tuple, live: bool, consume: Callable[[Iterable[tuple]], T]) -> tuple[T, list[Rows]]:
@@ -418,17 +438,17 @@ class History:
         key = (int(minute // 60) * 60, source if source in self._tracked else self._admit(source, requests), rtype)
         row = self._pending.get(key)
         if row is None:
-            row = self._pending[key] = [0] * _WIDTH
-        row[_REQUESTS] += requests
-        row[_ABORTS] += min(aborts, requests)
-        row[_LATENCY_SUM] += latency_sum
-        row[_HIST + bisect_left(LATENCY_BOUNDS, latency_sum / requests)] += requests
+            row = self._pending[key] = [0] * WIDTH
+        row[REQUESTS] += requests
+        row[ABORTS] += min(aborts, requests)
+        row[LATENCY_SUM] += latency_sum
+        row[HIST + bisect_left(LATENCY_BOUNDS, latency_sum / requests)] += requests
 
     def _busiest_sources(self, limit: int) -> list[str]:
         per_source: dict[str, int] = {}
         for (source, _), row in self._day.totals.items():
             if source != OTHER:
-                per_source[source] = per_source.get(source, 0) + row[_REQUESTS]
+                per_source[source] = per_source.get(source, 0) + row[REQUESTS]
         return sorted(per_source, key=lambda src: (-per_source[src], src))[:limit]
 
 
@@ -472,7 +492,7 @@ def _open_reader(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
 
 
-_ZERO = (0,) * _WIDTH
+_ZERO = (0,) * WIDTH
 
 
 def _fold(day: _DayTotals, batches: list[Rows]) -> _DayTotals:
@@ -493,17 +513,17 @@ def _add(into: list, row: list) -> None:
 
 
 def _summarise(source: str, rtype: str, row: list) -> SourceSummary:
-    requests = row[_REQUESTS]
+    requests = row[REQUESTS]
     return SourceSummary(
         source=source,
         type=rtype,
         requests=requests,
-        errors=row[_ERRORS],
-        aborts=row[_ABORTS],
-        bytes_in=row[_BYTES_IN],
-        bytes_out=row[_BYTES_OUT],
-        mean_latency_ms=round(1000 * row[_LATENCY_SUM] / requests, 3) if requests else 0.0,
-        p95_latency_ms=_quantile_ms(row[_HIST:], 0.95),
+        errors=row[ERRORS],
+        aborts=row[ABORTS],
+        bytes_in=row[BYTES_IN],
+        bytes_out=row[BYTES_OUT],
+        mean_latency_ms=round(1000 * row[LATENCY_SUM] / requests, 3) if requests else 0.0,
+        p95_latency_ms=_quantile_ms(row[HIST:], 0.95),
     )
 
 

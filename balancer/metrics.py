@@ -17,6 +17,8 @@ from prometheus_client.utils import floatToGoString
 from balancer.stats import LATENCY_BUCKETS, ProxyStats
 from pools.members import MemberState, MemberView
 
+StatsFn = Callable[[], ProxyStats]          # the data plane's counters, summed over workers
+RestartsFn = Callable[[], dict[int, int]]   # worker slot -> replacements started
 MembersFn = Callable[[], dict[str, list[MemberView]]]
 # pool -> the control loop's view: {"desired": {...}, "forecast": [{"horizon_s", "rate", "lower", "upper"}]}
 ControlFn = Callable[[], dict[str, dict[str, Any]]]
@@ -24,13 +26,15 @@ DESIRED_TIERS = ("ready", "shadow", "baseline", "predictive", "burst", "forecast
 
 
 class ProxyCollector(Collector):
-    def __init__(self, stats: ProxyStats, members_fn: MembersFn, control_fn: ControlFn | None = None) -> None:
-        self._stats = stats
+    def __init__(self, stats_fn: StatsFn, members_fn: MembersFn, control_fn: ControlFn | None = None,
+                 restarts_fn: RestartsFn | None = None) -> None:
+        self._stats_fn = stats_fn
         self._members_fn = members_fn
         self._control_fn = control_fn
+        self._restarts_fn = restarts_fn
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._stats
+        stats = self._stats_fn()
         requests = CounterMetricFamily(
             "warmfront_requests", "Requests answered, by pool, request type and status code.",
             labels=["pool", "type", "code"],
@@ -59,6 +63,23 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily(
             "warmfront_connections_open", "Client connections open now.", value=stats.connections_open,
         )
+        yield CounterMetricFamily(
+            "warmfront_connections_refused", "Client connections refused at limits.max_connections.",
+            value=stats.connections_refused,
+        )
+        yield CounterMetricFamily(
+            "warmfront_connections_evicted",
+            "Idle or head-trickling client connections closed to make room at limits.max_connections.",
+            value=stats.connections_evicted,
+        )
+        if self._restarts_fn is not None:
+            restarts = CounterMetricFamily(
+                "warmfront_worker_restarts", "Data-plane workers replaced after they died, by worker slot.",
+                labels=["worker"],
+            )
+            for slot, n in sorted(self._restarts_fn().items()):
+                restarts.add_metric([str(slot)], n)
+            yield restarts
 
         members = GaugeMetricFamily(
             "warmfront_pool_members", "Members per pool and state.", labels=["pool", "state"],
@@ -99,7 +120,8 @@ def _control_metrics(control: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     yield forecast
 
 
-def make_registry(stats: ProxyStats, members_fn: MembersFn, control_fn: ControlFn | None = None) -> CollectorRegistry:
+def make_registry(stats_fn: StatsFn, members_fn: MembersFn, control_fn: ControlFn | None = None,
+                  restarts_fn: RestartsFn | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(stats, members_fn, control_fn))
+    registry.register(ProxyCollector(stats_fn, members_fn, control_fn, restarts_fn))
     return registry

@@ -11,7 +11,8 @@ the event loop — the new routing table is swapped in atomically — and then p
 - a pool whose other settings changed (capacity, scaling, shadow, timeouts) is retuned in place;
 - a removed pool drains and stops; an added pool starts.
 
-Listen addresses, the state dir, TLS and history settings need a restart; they are reported.
+Listen addresses, the state dir, the number of workers, TLS and history settings need a restart;
+they are reported.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-RESTART_FIELDS = ("listen", "admin", "state_dir", "tls", "history")
+RESTART_FIELDS = ("listen", "admin", "state_dir", "workers", "tls", "history")
 ROLL_POLL = 0.1
 
 
@@ -105,7 +106,7 @@ async def reload_config(app: App) -> ReloadResult:
         app.tasks.append(asyncio.create_task(app.managers[name].run()))
     if app.control is not None:
         app.control.reconfigure(new)
-    app.proxy.set_table(app.build_table())
+    app.publish_table()
     log.info("config.reloaded", directory=directory, added=result.added, removed=result.removed,
              rolled=result.rolled, retuned=result.retuned, restart_needed=result.restart_needed)
     return result
@@ -120,7 +121,7 @@ async def _roll(app: App, name: str, old: PoolManager, new: PoolManager | None) 
         shown = [replace(m, state=MemberState.DRAINING) if draining else m for m in outgoing]
         if new is None and not shown:
             app.members.pop(name, None)
-            app.proxy.set_table(app.build_table())
+            app.publish_table()
             return
         app.on_members(name, (new.members() if new is not None else []) + shown)
 
@@ -142,7 +143,7 @@ async def _roll(app: App, name: str, old: PoolManager, new: PoolManager | None) 
         publish()
         log.info("pool.rolling", pool=name, draining=[m.id for m in outgoing])
         deadline = time.monotonic() + old.spec.drain_timeout
-        while any(app.proxy.in_flight(m.id) for m in outgoing) and time.monotonic() < deadline:
+        while any(app.workers.in_flight(m.id) for m in outgoing) and time.monotonic() < deadline:
             await asyncio.sleep(ROLL_POLL)
     finally:
         await old.stop_all(keep=False)

@@ -221,6 +221,10 @@ class RoutingConfig(Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin listener.")
     state_dir: NonEmptyStr = Field(
         "state", description="Directory for request history and runtime state. Default `state`.")
+    workers: Annotated[int, BeforeValidator(_whole_number)] | None = Field(
+        None, ge=1, le=256, description="Data-plane worker processes sharing the listener (`--workers` "
+                                        "overrides it); a change needs a restart. Default: one per CPU "
+                                        "warmfront may run on.")
     tls: TLSConfig | None = Field(None, description="TLS for the client listener. Default: plain HTTP.")
     sources: list[SourceRule] = Field(
         default_factory=lambda: [SourceRule(client_ip=True)], min_length=1,

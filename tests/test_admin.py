@@ -30,7 +30,7 @@ def stats() -> ProxyStats:
 
 
 async def serve(stats: ProxyStats, token: str | None, status: dict | None = None):
-    app = make_admin_app(lambda: status or {"pools": {}, "sources": []}, make_registry(stats, members), token)
+    app = make_admin_app(lambda: status or {"pools": {}, "sources": []}, make_registry(lambda: stats, members), token)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return server

@@ -58,6 +58,9 @@ def test_invalid_event_is_a_400_naming_the_key(wf):
 def test_source_opt_out_and_profile_are_stored_and_shown_in_status(wf):
     for _ in range(5):
         http(wf.url + "/", {"X-Tenant": "optout"})
+    # counted once the workers have reported them (about a second)
+    assert wait_until(lambda: any(s["source"] == "optout" and s["requests"] == 5
+                                  for s in (wf.status() or {}).get("sources", [])), 10)
     profile = {"peak_rps": 40, "schedule": [{"start": "09:00", "end": "17:00", "rps": 30, "days": ["mon", "tue"]}]}
     code, body = jcall(wf, "PUT", "/admin/sources/optout",
                        {"predictive": False, "latency_sensitivity": "high", "abandon_after": "2s", "profile": profile})

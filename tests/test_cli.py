@@ -81,7 +81,9 @@ def test_shipped_config_proxies_profiles_and_shuts_down_cleanly(shipped):
     code, _, _ = http(wf.url + "/static/logo.txt")   # no X-Tenant: the client IP is the source
     assert code == 200
 
-    st = wf.status()
+    # workers report about once a second: the 91 requests reach the history within a couple
+    st = wait_until(lambda: (st := wf.status()) and sum(s["requests"] for s in st["sources"]) == 91 and st, 10)
+    assert st, wf.status()["sources"]
     by = {(s["source"], s["type"]): s["requests"] for s in st["sources"]}
     assert by[("alpha", "page")] == 30 and by[("alpha", "api")] == 30
     assert by[("beta", "page")] == 15 and by[("beta", "api")] == 15

@@ -94,7 +94,7 @@ async def test_shadow_member_is_parked_and_activated_without_creating_anything(
         c = docker_client.containers.get(shadow.id)
         assert c.labels["warmfront.managed"] == "true" and c.labels["warmfront.pool"] == "web"
         assert c.labels["warmfront.instance"] == app.instance_id
-        assert shadow.id not in [t.id for t in app.proxy.pools["web"].members], "a shadow member was routed"
+        assert shadow.id not in [t.id for t in app.table.pools["web"].targets], "a shadow member was routed"
 
         set_desired(app, ready=2, shadow=0)
         await until(lambda: shadow.id in [m.id for m in by_state(app).get("ready", [])], 30)

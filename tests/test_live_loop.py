@@ -95,7 +95,7 @@ def by_state(app: App) -> dict[MemberState, int]:
 
 
 def requests_sent(app: App) -> int:
-    return sum(app.proxy.stats.requests.values())
+    return sum(app.workers.stats.requests.values())
 
 
 async def test_live_loop_prewarms_shadows_before_the_ramp_and_activates_them_at_it(start_app):

@@ -62,12 +62,14 @@ async def test_a_wave_of_browsing_sessions_raises_checkout_demand_before_checkou
         await wait_until(lambda: app.control.next_types().get("browse", {}).get("checkout") == 1.0, timeout=10)
         assert app.status()["next_types"]["browse"] == {"checkout": 1.0}
         # Their minute closes; checkouts stay at what the old sessions did.
+        await app.workers.flush()   # every request counted in the minute it came in
         now[0] += 60
         # 30 browses in the learning minute, each followed by a checkout: 0.5 checkouts/s
         await wait_until(lambda: app.status()["pools"]["pay"]["sessions"].get("checkout") == pytest.approx(0.5), timeout=10)
         # A wave: 60 new sessions browse in this minute, none has checked out yet.
         for i in range(60):
             await get(session, app, "/api/browse/item", f"new{i}")
+        await app.workers.flush()
         now[0] += 60
         # 60 browses a minute, every browse led to a checkout: 1 checkout/s on its way to pool pay.
         await wait_until(lambda: app.status()["pools"]["pay"]["sessions"].get("checkout", 0) == pytest.approx(1.0), timeout=10)

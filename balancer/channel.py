@@ -1,0 +1,104 @@
+"""The channel between the control process and a data-plane worker: what crosses, and how.
+
+One Unix socket pair per worker. Each message is a 4-byte big-endian length and a `marshal`led
+tuple of plain values (str, bytes, int, float, bool, None, tuple, list, dict): no objects, no
+pickle, so a message can only ever be data, and encoding one routing table for N workers is done
+once.
+
+Down (control → worker):
+- ``("settings", timeouts, limits, scheme, tls, report_interval)`` — once at start: the request
+  path's settings as plain dicts, the listener's scheme, the TLS certificate and key paths (or
+  None) and the seconds between reports.
+- ``("table", version, wire_table)`` — whenever the routing table changes (see `encode_table`).
+- ``("flush",)`` — report now (the reply is the next report).
+- ``("stop", grace)`` — drain: stop accepting, finish what is in flight within `grace` seconds.
+
+Up (worker → control):
+- ``("hello", pid)`` — the worker listens and has applied the first table.
+- ``("report", version, rows, sessions, snapshot)`` — about once a second, and right after a
+  table was applied (so the control side learns soon that a member left every worker's table):
+  `rows` are the history counters since the last report, `sessions` the request types per source
+  in order, `snapshot` the worker's cumulative counters and per-member state (see
+  `balancer.worker.Tally` and `balancer.worker.snapshot`).
+- ``("bye",)`` — drained; the worker exits next.
+"""
+from __future__ import annotations
+
+import asyncio
+import marshal
+import struct
+from typing import Any
+
+from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+
+HEADER = struct.Struct(">I")
+MAX_MESSAGE = 256 * 1024 * 1024   # a report of a flood is big, never this big: beyond it the peer is broken
+MARSHAL_VERSION = 4
+
+
+class ChannelClosed(Exception):
+    """The other end is gone (EOF, reset, or it sent something that is not a message)."""
+
+
+def frame(message: tuple) -> bytes:
+    body = marshal.dumps(message, MARSHAL_VERSION)
+    return HEADER.pack(len(body)) + body
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple:
+    try:
+        head = await reader.readexactly(HEADER.size)
+        (size,) = HEADER.unpack(head)
+        if size > MAX_MESSAGE:
+            raise ChannelClosed(f"message of {size} bytes")
+        body = await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError) as e:
+        raise ChannelClosed(str(e)) from None
+    try:
+        message = marshal.loads(body)
+    except (EOFError, ValueError, TypeError) as e:
+        raise ChannelClosed(f"undecodable message: {e}") from None
+    if not isinstance(message, tuple) or not message or not isinstance(message[0], str):
+        raise ChannelClosed(f"not a message: {type(message).__name__}")
+    return message
+
+
+# ---------------------------------------------------------------------------- the routing table
+def encode_table(table: RoutingTable) -> tuple:
+    """A `RoutingTable` as plain tuples, rebuilt by `decode_table` in the worker exactly as compiled
+    here (the worker never sees the config models the routes were compiled from)."""
+    routes = tuple((r.name, r.host, r.host_suffix, r.prefix,
+                    None if r.methods is None else tuple(sorted(r.methods)), r.headers, r.pool, r.rtype)
+                   for r in table.routes)
+    sources = tuple(table.sources.rules)
+    pools = tuple((p.name, tuple((t.id, t.host, t.port, t.prewarmed) for t in p.targets),
+                   p.slow_start, p.eject_after, p.eject_base, p.eject_max)
+                  for p in table.pools.values())
+    return routes, sources, pools, table.preserve_host
+
+
+def decode_table(wire: tuple) -> RoutingTable:
+    routes_w, sources_w, pools_w, preserve_host = wire
+    routes = []
+    for name, host, host_suffix, prefix, methods, headers, pool, rtype in routes_w:
+        r = CompiledRoute.__new__(CompiledRoute)
+        r.name, r.host, r.host_suffix, r.prefix = name, host, host_suffix, prefix
+        r.methods = None if methods is None else frozenset(methods)
+        r.headers = tuple(tuple(h) for h in headers)
+        r.pool, r.rtype = pool, rtype
+        routes.append(r)
+    sources = SourceExtractor([])
+    sources.rules = [tuple(rule) for rule in sources_w]
+    sources.header_names = frozenset(arg for kind, arg in sources.rules if kind == "header")
+    pools = {name: PoolTargets(name, tuple(Target(*t) for t in targets), slow_start, eject_after,
+                               eject_base, eject_max)
+             for name, targets, slow_start, eject_after, eject_base, eject_max in pools_w}
+    return RoutingTable(routes, sources, pools, preserve_host)
+
+
+def table_members(wire: tuple) -> frozenset[str]:
+    """Ids of the members a wire table routes to."""
+    return frozenset(t[0] for p in wire[2] for t in p[1])
+
+
+Message = tuple[Any, ...]

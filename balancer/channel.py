@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import marshal
 import struct
+from dataclasses import fields
 from typing import Any
 
 from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
@@ -64,41 +65,41 @@ async def read_message(reader: asyncio.StreamReader) -> tuple:
 
 
 # ---------------------------------------------------------------------------- the routing table
+# Generic over the compiled objects' slots and fields, so a field added to the request path's
+# routing is carried without touching this codec (marshal takes frozensets, tuples and dicts).
 def encode_table(table: RoutingTable) -> tuple:
-    """A `RoutingTable` as plain tuples, rebuilt by `decode_table` in the worker exactly as compiled
+    """A `RoutingTable` as plain values, rebuilt by `decode_table` in the worker exactly as compiled
     here (the worker never sees the config models the routes were compiled from)."""
-    routes = tuple((r.name, r.host, r.host_suffix, r.prefix,
-                    None if r.methods is None else tuple(sorted(r.methods)), r.headers, r.pool, r.rtype)
-                   for r in table.routes)
-    sources = tuple(table.sources.rules)
-    pools = tuple((p.name, tuple((t.id, t.host, t.port, t.prewarmed) for t in p.targets),
-                   p.slow_start, p.eject_after, p.eject_base, p.eject_max)
-                  for p in table.pools.values())
-    return routes, sources, pools, table.preserve_host
+    routes = tuple(tuple(getattr(r, f) for f in CompiledRoute.__slots__) for r in table.routes)
+    pools = tuple((tuple(_fields(t) for t in p.targets), *_fields(p)) for p in table.pools.values())
+    return routes, dict(vars(table.sources)), pools, table.preserve_host
 
 
 def decode_table(wire: tuple) -> RoutingTable:
     routes_w, sources_w, pools_w, preserve_host = wire
     routes = []
-    for name, host, host_suffix, prefix, methods, headers, pool, rtype in routes_w:
+    for values in routes_w:
         r = CompiledRoute.__new__(CompiledRoute)
-        r.name, r.host, r.host_suffix, r.prefix = name, host, host_suffix, prefix
-        r.methods = None if methods is None else frozenset(methods)
-        r.headers = tuple(tuple(h) for h in headers)
-        r.pool, r.rtype = pool, rtype
+        for name, value in zip(CompiledRoute.__slots__, values):
+            setattr(r, name, value)
         routes.append(r)
-    sources = SourceExtractor([])
-    sources.rules = [tuple(rule) for rule in sources_w]
-    sources.header_names = frozenset(arg for kind, arg in sources.rules if kind == "header")
-    pools = {name: PoolTargets(name, tuple(Target(*t) for t in targets), slow_start, eject_after,
-                               eject_base, eject_max)
-             for name, targets, slow_start, eject_after, eject_base, eject_max in pools_w}
+    sources = SourceExtractor.__new__(SourceExtractor)
+    vars(sources).update(sources_w)
+    pools = {}
+    for targets, *rest in pools_w:
+        p = PoolTargets(rest[0], tuple(Target(*t) for t in targets), *rest[1:])
+        pools[p.name] = p
     return RoutingTable(routes, sources, pools, preserve_host)
+
+
+def _fields(obj: object) -> tuple:
+    """A dataclass's field values in order, the `targets` of a PoolTargets left out."""
+    return tuple(getattr(obj, f.name) for f in fields(obj) if f.name != "targets")
 
 
 def table_members(wire: tuple) -> frozenset[str]:
     """Ids of the members a wire table routes to."""
-    return frozenset(t[0] for p in wire[2] for t in p[1])
+    return frozenset(t[0] for p in wire[2] for t in p[0])
 
 
 Message = tuple[Any, ...]

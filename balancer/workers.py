@@ -182,6 +182,12 @@ class WorkerSet:
         """One listening socket per slot on the same address (port 0: the first picks, the rest follow)."""
         host, port = self.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if port:
+            # SO_REUSEPORT would let a second warmfront (or anything else with the option) share the
+            # port and take half its connections: a plain bind first fails if anyone holds it.
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
         for _ in range(self.count):
             s = socket.socket(family, socket.SOCK_STREAM)
             try:

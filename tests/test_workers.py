@@ -218,3 +218,46 @@ def test_config_workers_is_checked_and_used(tmp_path, backend):
         assert wait_until(lambda: (st := wf.status()) and len(st["workers"]) == 1, 30), wf.tail()
     finally:
         wf.cleanup()
+
+
+async def test_the_proxy_keeps_serving_while_every_control_step_raises(tmp_path):
+    from balancer.app import App
+    from config.models import Config, Pool, RoutingConfig
+    backend = DemoBackend("--work", "page=0")
+    routing = RoutingConfig(sources=[SourceRule(header="X-Tenant")], routes=[Route(name="all", pool="web", type="page")])
+    app = App(Config(routing=routing, pools={"web": Pool(backend="static", servers=[f"127.0.0.1:{backend.port}"])}),
+              listen=("127.0.0.1", free_port()), admin=("127.0.0.1", free_port()), state_dir=str(tmp_path),
+              plan_interval=0.05, workers=1)
+    await app.start()
+    try:
+        def broken(inputs):
+            raise RuntimeError("control step broken on purpose")
+        app.control.compute = broken
+        async with aiohttp.ClientSession() as session:
+            await asyncio.sleep(0.3)   # several steps fail meanwhile
+            codes = []
+            for i in range(50):
+                async with session.get(f"http://127.0.0.1:{app.listen[1]}/", headers={"X-Tenant": "a"}) as r:
+                    codes.append(r.status)
+                    await r.read()
+            assert codes == [200] * 50
+            # even with the control side gone entirely the workers serve on the last table
+            for t in app.tasks:
+                t.cancel()
+            await asyncio.sleep(0.2)
+            async with session.get(f"http://127.0.0.1:{app.listen[1]}/") as r:
+                assert r.status == 200
+        await app.workers.flush()
+        assert sum(app.workers.stats.requests.values()) == 51
+    finally:
+        await app.stop()
+        backend.stop()
+
+
+def test_a_second_warmfront_on_the_same_port_is_refused(wf2, backend):
+    out = subprocess.run([sys.executable, "-m", "balancer.cli", "run", "--to", f"127.0.0.1:{backend.port}",
+                          "--listen", f"127.0.0.1:{wf2.port}", "--admin", f"127.0.0.1:{free_port()}",
+                          "--state-dir", str(wf2.state_dir / "second")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1 and "cannot listen" in out.stderr, out.stderr
+    assert http(wf2.url + "/")[0] == 200

@@ -22,7 +22,6 @@ import signal
 import sys
 import tempfile
 import time
-from bisect import bisect_left
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +30,6 @@ import numpy as np
 import structlog
 
 from balancer.app import App
-from balancer.counters import HIST, LATENCY_BOUNDS, LATENCY_SUM, REQUESTS
 from balancer.history import History
 from balancer.logs import configure_logging
 from config.models import Config, Pool, Route, RouteMatch, RoutingConfig, SourceRule
@@ -84,41 +82,6 @@ class Summary:
     max_ready: int = 0
     max_shadow: int = 0
     prewarmed_before_ramp_s: float | None = None   # simulated seconds between the first shadow and the ramp
-
-
-class CompressedHistory(History):
-    """History on simulated time: a real second of latency counts as `speed` simulated seconds."""
-
-    def __init__(self, *args, speed: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.speed = speed
-
-    def merge(self, rows, sessions) -> None:
-        """Workers count real seconds: the summed latency is scaled, and the histogram re-bucketed
-        at the scaled mean (the shape within a row is lost; the demo reads means)."""
-        scaled = []
-        for source, rtype, *row in rows:
-            row[LATENCY_SUM] *= self.speed
-            n = row[REQUESTS]
-            hist = [0] * (len(LATENCY_BOUNDS) + 1)
-            if n:
-                hist[bisect_left(LATENCY_BOUNDS, row[LATENCY_SUM] / n)] = n
-            row[HIST:] = hist
-            scaled.append((source, rtype, *row))
-        super().merge(scaled, sessions)
-
-
-class DemoApp(App):
-    def __init__(self, *args, speed: float, **kwargs) -> None:
-        # Workers report every 30 simulated seconds or more often, so a batch never blurs a
-        # simulated minute's edge by more than half a minute.
-        super().__init__(*args, report_interval=min(1.0, 30.0 / speed), **kwargs)
-        self.speed = speed
-
-    def open_history(self) -> History:
-        h = self.cfg.routing.history
-        return CompressedHistory(self.state_dir / "history.sqlite3", h.max_sources, h.retention,
-                                 clock=self.clock, speed=self.speed)
 
 
 class SimClock:
@@ -279,8 +242,8 @@ async def run_demo(duration: float, speed: float, backend: str, state_dir: Path,
     clock = SimClock(start, speed)
     cfg = demo_config(backend, state_dir)
     seed_history(state_dir / "history.sqlite3", pattern, start, speed)
-    app = DemoApp(cfg, admin=("127.0.0.1", free_port()), state_dir=str(state_dir), clock=clock,
-                  plan_interval=0.5, speed=speed)
+    app = App(cfg, admin=("127.0.0.1", free_port()), state_dir=str(state_dir), clock=clock,
+              plan_interval=0.5, time_scale=speed)
     summary = Summary(backend=backend, simulated_hours=round(duration * speed / HOUR, 2))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -182,3 +182,37 @@ async def test_run_flushes_in_the_background(tmp_path):
         with pytest.raises(asyncio.CancelledError):
             await task
         h.close()
+
+
+def worker_batch(records: list[tuple]) -> tuple[list[tuple], dict]:
+    from balancer.worker import Tally
+    tally = Tally()
+    for r in records:
+        tally.record(*r)
+    return tally.take()
+
+
+def test_a_worker_batch_lands_in_the_current_minute_with_admission_and_sessions():
+    clock = Clock(1_000_020.0)
+    h = History(None, max_sources=2, clock=clock)
+    rows, sessions = worker_batch([("a", "page", 200, 10, 100, 0.004, False), ("a", "api", 503, 1, 2, 0.5, False),
+                                   ("a", "page", 200, 10, 100, 0.004, True), ("b", "page", 200, 0, 0, 0.001, False),
+                                   ("c", "page", 200, 0, 0, 0.001, False)])
+    h.merge(rows, sessions)
+    got = {(r.source, r.type): r for r in h.minute_rows(0, clock() + 60)}
+    assert got[("a", "page")].requests == 2 and got[("a", "page")].aborts == 1
+    assert got[("a", "page")].minute == 1_000_020 // 60 * 60
+    assert got[("a", "api")].latency_sum == pytest.approx(0.5)
+    assert (OTHER, "page") in got and ("c", "page") not in got   # beyond max_sources: counted as other
+    assert list(h.take_requests()) == [("a", "page"), ("a", "api"), ("a", "page"), ("b", "page"), ("c", "page")]
+    summary = {(s.source, s.type): s for s in h.summary(0)}
+    assert summary[("a", "api")].errors == 1 and summary[("a", "page")].bytes_out == 200
+
+
+def test_a_fast_clock_scales_the_latency_workers_measure():
+    clock = Clock(1_000_020.0)
+    h = History(None, clock=clock, time_scale=300.0)
+    h.merge(*worker_batch([("a", "api", 200, 0, 0, 0.02, False)] * 4))
+    (row,) = h.minute_rows(0, clock() + 60)
+    assert row.latency_sum == pytest.approx(4 * 0.02 * 300)
+    assert sum(row.latency_hist) == 4 and row.latency_hist[-1] == 0 and row.latency_hist[-2] == 4   # 6 s: the 8.192 s bucket

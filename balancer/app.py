@@ -108,9 +108,9 @@ class App:
         self.workers.set_table(self.table)
 
     def status(self) -> dict[str, Any]:
-        pools = {}
+        pools: dict[str, dict[str, Any]] = {}
         for name, spec in self.cfg.pools.items():
-            members = []
+            members: list[dict[str, Any]] = []
             for m in self.members.get(name, ()):
                 st = self.workers.member_stats(m.id)
                 members.append({
@@ -120,8 +120,8 @@ class App:
                     "prewarmed": m.prewarmed, "shadow_state": m.shadow_state,
                 })
             counts: dict[str, int] = {}
-            for m in members:
-                counts[m["state"]] = counts.get(m["state"], 0) + 1
+            for row in members:
+                counts[row["state"]] = counts.get(row["state"], 0) + 1
             pools[name] = {
                 "backend": spec.backend,
                 "capacity": {"min": spec.capacity.min, "max": spec.capacity.max,
@@ -170,11 +170,12 @@ class App:
 
     def _backend_for(self, name: str, spec: Pool):
         """One backend object per kind (and per Docker daemon), shared by the pools using it."""
+        key: tuple
         if spec.backend == "process":
             key = ("process",)
         elif spec.backend == "static":
             key = ("static",)
-        elif spec.backend == "docker":
+        elif spec.backend == "docker" and spec.docker is not None:
             key = ("docker", spec.docker.host)
         else:
             raise StartupError(f"pools.{name}.backend: {spec.backend!r} is not available yet")
@@ -186,7 +187,7 @@ class App:
                                                     if p.backend == "static"})
             else:
                 from pools.backends.docker import DockerBackend
-                self.backends[key] = DockerBackend(owner=self.instance_id, base_url=key[1])
+                self.backends[key] = DockerBackend(owner=self.instance_id, base_url=key[-1])
         return self.backends[key]
 
     async def start(self) -> None:

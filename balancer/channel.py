@@ -92,7 +92,7 @@ def decode_table(wire: tuple) -> RoutingTable:
     return RoutingTable(routes, sources, pools, preserve_host)
 
 
-def _fields(obj: object) -> tuple:
+def _fields(obj: Any) -> tuple:
     """A dataclass's field values in order, the `targets` of a PoolTargets left out."""
     return tuple(getattr(obj, f.name) for f in fields(obj) if f.name != "targets")
 

@@ -89,7 +89,8 @@ def snapshot(proxy: Proxy) -> tuple:
     members = []
     for mid in proxy.upstreams:
         m = proxy.member_stats(mid)
-        members.append((mid, m.in_flight, m.requests, m.failures, max(0.0, m.ejected_until - now)))
+        if m is not None:
+            members.append((mid, m.in_flight, m.requests, m.failures, max(0.0, m.ejected_until - now)))
     return (sum(st.requests.values()), proxy.pending(), st.connections_open, st.connections_accepted,
             st.connections_refused, st.connections_evicted, requests, latency, members)
 
@@ -98,7 +99,7 @@ class Worker:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.tally = Tally()
-        self.proxy: Proxy | None = None
+        self.proxy: Proxy   # set by `start`, before anything reads it
         self.version = 0
         self.grace = 30.0
         self.interval = 1.0   # seconds between reports (the control process says)
@@ -123,7 +124,7 @@ class Worker:
         self.proxy = Proxy(decode_table(wire), Timeouts.model_validate(timeouts), Limits.model_validate(limits),
                            self.tally, scheme=scheme)
         sock = socket.socket(fileno=listen_fd)
-        await self.proxy.start(None, None, ssl_ctx, sock=sock)
+        await self.proxy.start("", 0, ssl_ctx, sock=sock)   # the socket says where
         self.send(("hello", os.getpid()))
         self.report()
 

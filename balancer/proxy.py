@@ -41,6 +41,8 @@ X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded
 # asks the proxy to drop it, which would forward the body unframed (request smuggling): refused.
 FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection values that name no header (llhttp's should_keep_alive() reads the option itself).
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 # Upgrades warmfront does not offer upstream (it speaks HTTP/1.1 to members): removed, as nginx does.
 STRIPPED_UPGRADES = frozenset({b"h2c", b"h2"})
 NO_NAMES: frozenset[bytes] = frozenset()
@@ -62,6 +64,13 @@ PLAIN_RESPONSE_HEADERS = frozenset({
     b"Access-Control-Allow-Origin", b"X-Backend-Port", b"Sec-WebSocket-Accept", b"Age",
     b"server", b"date", b"content-type", b"set-cookie", b"etag", b"vary",
 })
+# Request headers `ClientConnection.on_header` handles by name (routing rules cannot claim them).
+SPECIAL_REQUEST_HEADERS = HOP_BY_HOP | X_FORWARDED | {b"host", b"content-length", b"expect"}
+# Common spellings of the names the header callbacks look for: a dict lookup instead of lower().
+LOWER_NAMES = {v: n for n in SPECIAL_REQUEST_HEADERS
+               for v in (n, b"-".join(w.capitalize() for w in n.split(b"-")))}
+LOWER_NAMES[b"TE"] = b"te"
+MAX_VALID_HOSTS = 1024
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
@@ -156,12 +165,19 @@ class Proxy:
         self.timeouts = timeouts
         self.limits = limits
         self.history = history
+        self.record = history.record if history is not None else None   # bound once: called per request
         self.stats = stats or ProxyStats()
         self.scheme = scheme
         self.pools: dict[str, UpstreamPool] = {}
         self.upstreams: dict[str, Upstream] = {}
         self.clients: dict[ClientConnection, None] = {}   # insertion order: oldest first
         self.max_connections = limits.max_connections or default_max_connections()
+        # Limits read on every request, one attribute away instead of two.
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes
+        self.max_response_header_bytes = limits.max_response_header_bytes
+        self.total_timeout = timeouts.total
+        self.valid_hosts: set[bytes] = set()
         self.capped = False            # in an episode at max_connections (logged once per episode)
         self.fd_exhausted = False      # in an episode of EMFILE/ENFILE (logged once per episode)
         self.now = self.loop.time()
@@ -174,8 +190,14 @@ class Proxy:
     def set_table(self, table: RoutingTable) -> None:
         """Swap in a new routing table. Members keep their counters and idle connections."""
         self.table = table
-        self.header_names = table.header_names
-        self.plain_headers = frozenset(n for n in PLAIN_REQUEST_HEADERS if n.lower() not in self.header_names)
+        names = table.header_names
+        self.plain_headers = frozenset(n for n in PLAIN_REQUEST_HEADERS if n.lower() not in names)
+        # Names routing or source rules read that nothing else handles: kept in `Exchange.hdrs`.
+        self.routed_names = frozenset(n for n in names if n not in SPECIAL_REQUEST_HEADERS
+                                      and n.replace(b"_", b"-") not in X_FORWARDED)
+        # Exact-case spellings of those names and of the special ones, lower-cased without a call.
+        self.lower_names = {**LOWER_NAMES, **{v: n for n in self.routed_names
+                                              for v in (n, b"-".join(w.capitalize() for w in n.split(b"-")))}}
         now = self.loop.time()
         seen: set[str] = set()
         for name, conf in table.pools.items():
@@ -211,6 +233,15 @@ class Proxy:
                 up.close_idle()
                 if up.in_flight == 0:
                     del self.upstreams[mid]
+
+    def valid_host(self, value: bytes) -> bool:
+        """Whether a Host value is host[:port]; good values are remembered (a bounded few), so the
+        hosts a proxy serves are checked once rather than on every request."""
+        if not HOST_RE.fullmatch(value):
+            return False
+        if len(self.valid_hosts) < MAX_VALID_HOSTS:
+            self.valid_hosts.add(value)
+        return True
 
     def member_stats(self, member_id: str) -> UpstreamStats | None:
         up = self.upstreams.get(member_id)
@@ -334,14 +365,9 @@ class Proxy:
     def finish(self, ex: Exchange) -> None:
         ex.done = True
         status = ex.status or CLIENT_ABORTED
-        key = (ex.pool, ex.rtype, status)
-        requests = self.stats.requests
-        requests[key] = requests.get(key, 0) + 1
-        if ex.latency:
-            self.stats.observe_latency(ex.pool, ex.latency)
-        if self.history is not None and ex.route is not None:
-            self.history.record(ex.source, ex.rtype, status, ex.bytes_in, ex.bytes_out,
-                                ex.latency, status == CLIENT_ABORTED)
+        self.stats.answered(ex.pool, ex.rtype, status, ex.latency)
+        if self.record is not None and ex.route is not None:
+            self.record(ex.source, ex.rtype, status, ex.bytes_in, ex.bytes_out, ex.latency, status == CLIENT_ABORTED)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -482,7 +508,7 @@ class ClientConnection(asyncio.Protocol):
             self.head_seen = 0      # the head began in this read: part of it was someone else's
         else:
             self.head_seen += len(data)
-        if self.head_seen > self.proxy.limits.max_header_bytes:
+        if self.head_seen > self.proxy.max_header_bytes:
             self.cur.error = 431
             self._reject(431)
         elif data.endswith(b"\n") and self.parser.get_http_version() == "0.0":
@@ -514,7 +540,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.uconn.abandon()
                 self._release(ex)
             if ex.head_sent:
-                self._complete(ex, keep_alive=False)
+                self._complete(ex, False)
             else:
                 self.reply_error(ex, 408, retry_after=False)
             return
@@ -550,20 +576,34 @@ class ClientConnection(asyncio.Protocol):
         else:
             ex.url += url
             self.hdr_bytes += len(url)
-        if self.hdr_bytes > self.proxy.limits.max_header_bytes:
+        if self.hdr_bytes > self.proxy.max_header_bytes:
             ex.error = 414
             raise _StopParsing
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.cur
         self.hdr_bytes += len(name) + len(value) + 4
-        if self.hdr_bytes > self.proxy.limits.max_header_bytes:
+        if self.hdr_bytes > self.proxy.max_header_bytes:
             ex.error = 431
             raise _StopParsing
-        if name in self.proxy.plain_headers:
+        proxy = self.proxy
+        if name in proxy.plain_headers:
             ex.headers += (name, b": ", value, b"\r\n")
             return
-        lname = name.lower()
+        lname = proxy.lower_names.get(name) or name.lower()
+        # Host and the routed names first: they are in nearly every request, and none of them is
+        # one of the names the tests after them look for.
+        if lname == b"host":
+            if b"host" in ex.hdrs or (value not in proxy.valid_hosts and not proxy.valid_host(value)):
+                ex.error = 400
+                raise _StopParsing
+            ex.hdrs[b"host"] = value
+            ex.headers += (name, b": ", value, b"\r\n")
+            return
+        if lname in proxy.routed_names:
+            ex.hdrs[lname] = value
+            ex.headers += (name, b": ", value, b"\r\n")
+            return
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 ex.conn_tokens += tuple(t.strip().lower() for t in value.split(b","))
@@ -581,40 +621,34 @@ class ClientConnection(asyncio.Protocol):
             return
         if b"_" in lname and lname.replace(b"_", b"-") in X_FORWARDED:
             return   # X_Forwarded_For: CGI-style backends read it as the header warmfront sets
-        if lname == b"host":
-            if b"host" in ex.hdrs or not HOST_RE.fullmatch(value):
-                ex.error = 400
-                raise _StopParsing
-            ex.hdrs[b"host"] = value
-        elif lname == b"content-length":
+        if lname == b"content-length":
             ex.content_length = int(value)
         elif lname == b"expect":
             ex.expect = value.lower() == b"100-continue"
-        elif lname in self.proxy.header_names:
-            ex.hdrs[lname] = value
         ex.headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         ex = self.cur
         proxy = self.proxy
         p = self.parser
-        ex.method = p.get_method()
-        ex.version = p.get_http_version()
+        method = ex.method = p.get_method()
+        version = ex.version = p.get_http_version()
         ex.keep_alive = p.should_keep_alive() and not proxy.closing
-        ex.is_head = ex.method == b"HEAD"
-        ex.t_start = proxy.now
-        ex.body_t0 = 0.0 if ex.expect else proxy.now
+        ex.is_head = method == b"HEAD"
+        now = ex.t_start = proxy.now
+        ex.body_t0 = 0.0 if ex.expect else now
         self.requests += 1
         self.in_head = False
         self.head_t0 = 0.0
-        if ex.version != "1.1" or ex.url[:1] != b"/" or b"host" not in ex.hdrs or ex.method == b"CONNECT":
+        hdrs = ex.hdrs
+        if version != "1.1" or ex.url[:1] != b"/" or b"host" not in hdrs or method == b"CONNECT":
             self._check_request(ex)      # the common case (1.1, origin-form, Host) needs no more
         if ex.upgrade is not None:
             if b"upgrade" in ex.conn_tokens:
                 self._offer_upgrade(ex)
             else:
                 ex.upgrade = None
-        limit = proxy.limits.max_body_bytes
+        limit = proxy.max_body_bytes
         if limit and ex.content_length > limit:
             ex.error = 413
             raise _StopParsing
@@ -632,16 +666,23 @@ class ClientConnection(asyncio.Protocol):
         if path == b"*":
             path = b"/"              # OPTIONS * asks about the server: routed as its root
         table = proxy.table
-        route = table.match(ex.method, ex.hdrs.get(b"host", b""), path, ex.hdrs)
+        route = table.match(method, hdrs.get(b"host", b""), path, hdrs)
+        queue = self.queue
+        queue.append(ex)
         if route is not None:
             ex.route = route
             ex.pool = route.pool
             ex.rtype = route.rtype
-            ex.source = table.sources.extract(path, query, ex.hdrs, self.client_ip)
-        self.queue.append(ex)
-        if self.queue[0] is ex:
+            ex.source = table.sources.extract(path, query, hdrs, self.client_ip)
+            if queue[0] is ex:
+                # `start` without its checks: nothing is wrong with this request.
+                if proxy.total_timeout:
+                    ex.deadline = now + proxy.total_timeout
+                self.dispatch(ex)
+                return
+        if queue[0] is ex:
             self.start(ex)
-        elif len(self.queue) > 16:
+        elif len(queue) > 16:
             self.pause_reading()
 
     def _check_request(self, ex: Exchange) -> None:
@@ -705,7 +746,7 @@ class ClientConnection(asyncio.Protocol):
         ex.last_io = self.proxy.now
         if not ex.body_t0:
             ex.body_t0 = self.proxy.now   # Expect: 100-continue: the body clock starts with the body
-        limit = self.proxy.limits.max_body_bytes
+        limit = self.proxy.max_body_bytes
         if limit and ex.bytes_in > limit:
             ex.error = 413
             raise _StopParsing
@@ -739,8 +780,8 @@ class ClientConnection(asyncio.Protocol):
         if ex.route is None:
             self.reply_error(ex, 404)
             return
-        if self.proxy.timeouts.total:
-            ex.deadline = ex.t_start + self.proxy.timeouts.total
+        if self.proxy.total_timeout:
+            ex.deadline = ex.t_start + self.proxy.total_timeout
         self.dispatch(ex)
 
     def dispatch(self, ex: Exchange) -> None:
@@ -773,32 +814,6 @@ class ClientConnection(asyncio.Protocol):
             ex.uconn = uc
             uc.send_request(ex)
 
-    def head_bytes(self, ex: Exchange, up: Upstream) -> bytes:
-        """The request head as sent upstream: path byte-exact, hop-by-hop removed, X-Forwarded-*."""
-        hdrs = ex.hdrs
-        headers = ex.headers
-        if not self.proxy.table.preserve_host:
-            h = headers
-            headers = [x for i in range(0, len(h), 4) if h[i].lower() != b"host" for x in h[i:i + 4]]
-            headers += (b"Host: ", b"%s:%d" % (up.host.encode(), up.port), b"\r\n")
-        xff = hdrs.get(b"x-forwarded-for")
-        if xff is None:
-            fwd = self.forwarded
-        else:
-            fwd = b"X-Forwarded-For: %b, %b\r\nX-Forwarded-Proto: %b\r\n" % (
-                xff, self.client_ip.encode(), self.proxy.scheme)
-        host = hdrs.get(b"host")
-        if ex.upgrade is not None:
-            framing = b"Connection: Upgrade\r\nUpgrade: " + ex.upgrade + b"\r\n\r\n"
-        elif ex.chunked:
-            framing = b"Transfer-Encoding: chunked\r\n\r\n"
-        else:
-            framing = b"\r\n"
-        if host is None:
-            return b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *headers, fwd, framing))
-        return b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *headers, fwd,
-                         b"X-Forwarded-Host: ", host, b"\r\n", framing))
-
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)
@@ -810,7 +825,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.head_sent:
             # Part of a response is already out: the only honest signal left is to cut it short.
             ex.status = ex.status or status
-            self._complete(ex, keep_alive=False)
+            self._complete(ex, False)
             return
         proxy = self.proxy
         pool = proxy.pools.get(ex.pool)
@@ -831,7 +846,7 @@ class ClientConnection(asyncio.Protocol):
         ex.head_sent = True
         ex.response_complete = True
         self.write(head if ex.is_head else head + body)
-        self._complete(ex, keep_alive=keep)
+        self._complete(ex, keep)
 
     def upstream_failed(self, ex: Exchange, status: int, timeout: bool = False) -> None:
         """The member failed this exchange: retry where safe, else answer `status`."""
@@ -892,7 +907,7 @@ class ClientConnection(asyncio.Protocol):
             up.in_flight -= 1
             if not up.routed and up.in_flight == 0:
                 self.proxy.upstreams.pop(up.id, None)
-        self._complete(ex, keep_alive=ex.keep_alive and ex.body_done and ex.resp_mode != 2)
+        self._complete(ex, ex.keep_alive and ex.body_done and ex.resp_mode != 2)
 
     def _complete(self, ex: Exchange, keep_alive: bool) -> None:
         if ex.done:
@@ -1002,8 +1017,35 @@ class UpstreamConnection(asyncio.Protocol):
             self._connect_task.cancel()
 
     def send_request(self, ex: Exchange) -> None:
+        """Write the request head as it goes upstream — path byte-exact, hop-by-hop headers
+        removed, X-Forwarded-* set, framing warmfront's own — and any body buffered so far."""
         client = ex.client
-        head = client.head_bytes(ex, self.upstream)
+        proxy = self.proxy
+        hdrs = ex.hdrs
+        headers = ex.headers
+        if not proxy.table.preserve_host:
+            up = self.upstream
+            h = headers
+            headers = [x for i in range(0, len(h), 4) if h[i].lower() != b"host" for x in h[i:i + 4]]
+            headers += (b"Host: ", b"%s:%d" % (up.host.encode(), up.port), b"\r\n")
+        xff = hdrs.get(b"x-forwarded-for")
+        if xff is None:
+            fwd = client.forwarded
+        else:
+            fwd = b"X-Forwarded-For: %b, %b\r\nX-Forwarded-Proto: %b\r\n" % (
+                xff, client.client_ip.encode(), proxy.scheme)
+        if ex.upgrade is not None:
+            framing = b"Connection: Upgrade\r\nUpgrade: " + ex.upgrade + b"\r\n\r\n"
+        elif ex.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n\r\n"
+        else:
+            framing = b"\r\n"
+        host = hdrs.get(b"host")
+        if host is None:
+            head = b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *headers, fwd, framing))
+        else:
+            head = b"".join((ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *headers, fwd,
+                             b"X-Forwarded-Host: ", host, b"\r\n", framing))
         ex.sent = True
         self.head_seen = 0
         self.begin_response()
@@ -1051,7 +1093,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._flush()
                 # Parsing stopped at the end, so what (if anything) follows is unknown: the
                 # connection is not reused.
-                ex.client.response_done(ex, reusable=False)
+                ex.client.response_done(ex, False)
             elif not ex.done:
                 self._refuse(ex)
             return
@@ -1062,7 +1104,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.in_head:
             self.head_seen += len(data)
-            if self.head_seen > self.proxy.limits.max_response_header_bytes:
+            if self.head_seen > self.proxy.max_response_header_bytes:
                 self.bad = "response head over limits.max_response_header_bytes"
                 self._refuse(ex)
                 return
@@ -1070,10 +1112,12 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             out = self.out
             if out:
-                ex.client.write(b"".join(out))
+                client = ex.client
+                if not client.closed:
+                    client.transport.write(b"".join(out))
                 out.clear()
         if ex.response_complete and self.ex is ex:
-            ex.client.response_done(ex, reusable=self.keep_alive)
+            ex.client.response_done(ex, self.keep_alive)
 
     def _refuse(self, ex: Exchange) -> None:
         """The member's response cannot be forwarded: drop what is unsent of it, then 502 (or a
@@ -1123,11 +1167,11 @@ class UpstreamConnection(asyncio.Protocol):
         if ex.head_sent and ex.resp_mode == 2:
             # A close-delimited body ends when the member closes the connection.
             ex.response_complete = True
-            ex.client.response_done(ex, reusable=False)
+            ex.client.response_done(ex, False)
         elif ex.head_sent and ex.resp_mode == 1 and not ex.response_complete and self._close_delimited:
             ex.client.write(b"0\r\n\r\n")
             ex.response_complete = True
-            ex.client.response_done(ex, reusable=False)
+            ex.client.response_done(ex, False)
         else:
             ex.client.upstream_failed(ex, 502)
 
@@ -1195,9 +1239,15 @@ class UpstreamConnection(asyncio.Protocol):
         if name in PLAIN_RESPONSE_HEADERS:
             self.out += (name, b": ", value, b"\r\n")
             return
-        lname = name.lower()
+        lname = LOWER_NAMES.get(name) or name.lower()
+        if lname == b"content-length":
+            self._has_length = True
+            self.out += (name, b": ", value, b"\r\n")
+            return
         if lname in HOP_BY_HOP:
             if lname == b"connection":
+                if value in PLAIN_CONNECTION:
+                    return    # keep-alive or close alone: should_keep_alive() has it
                 tokens = {t.strip() for t in value.lower().split(b",")}
                 if b"close" in tokens:
                     self.keep_alive = False
@@ -1212,8 +1262,6 @@ class UpstreamConnection(asyncio.Protocol):
             elif lname == b"upgrade":
                 self.out += (b"Upgrade", b": ", value, b"\r\n")
             return
-        if lname == b"content-length":
-            self._has_length = True
         self.out += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
@@ -1223,8 +1271,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_head = False
         out = self.out
         idx = self._head_at
-        if self.head_seen + self._read_len > self.proxy.limits.max_response_header_bytes and \
-                self.head_seen + sum(map(len, out[idx:])) > self.proxy.limits.max_response_header_bytes:
+        if self.head_seen + self._read_len > self.proxy.max_response_header_bytes and \
+                self.head_seen + sum(map(len, out[idx:])) > self.proxy.max_response_header_bytes:
             self.bad = "response head over limits.max_response_header_bytes"
             raise _StopParsing
         if self._named:

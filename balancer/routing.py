@@ -51,6 +51,12 @@ class CompiledRoute:
         self.pool = route.pool
         self.rtype = route.type
 
+    @property
+    def catch_all(self) -> bool:
+        """Matches every request."""
+        return (not self.prefix and self.methods is None and self.host is None and self.host_suffix is None
+                and not self.headers)
+
     def matches(self, method: bytes, host: bytes, path: bytes, headers: dict[bytes, bytes]) -> bool:
         if not path.startswith(self.prefix):
             return False
@@ -124,12 +130,21 @@ class RoutingTable:
     sources: SourceExtractor
     pools: dict[str, PoolTargets] = field(default_factory=dict)
     preserve_host: bool = True
+    # `routes` up to the first that matches everything, and that one: a request that reaches the
+    # catch-all needs no call to know it matches (the table is never changed after it is built).
+    _tested: tuple[CompiledRoute, ...] = field(init=False, repr=False, compare=False)
+    _fallback: CompiledRoute | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        end = next((i for i, r in enumerate(self.routes) if r.catch_all), len(self.routes))
+        self._tested = tuple(self.routes[:end])
+        self._fallback = self.routes[end] if end < len(self.routes) else None
 
     def match(self, method: bytes, host: bytes, path: bytes, headers: dict[bytes, bytes]) -> CompiledRoute | None:
-        for route in self.routes:
+        for route in self._tested:
             if route.matches(method, host, path, headers):
                 return route
-        return None
+        return self._fallback
 
     @property
     def header_names(self) -> frozenset[bytes]:

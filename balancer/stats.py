@@ -32,9 +32,20 @@ class ProxyStats:
     connections_refused: int = 0   # at `limits.max_connections` with nothing to make room
     connections_evicted: int = 0   # idle or head-trickling connections closed to make room
 
-    def count(self, pool: str, rtype: str, code: int) -> None:
+    def answered(self, pool: str, rtype: str, code: int, latency: float) -> None:
+        """One exchange ended: counted, and its upstream latency (0: none) observed. The request
+        path's one call into the stats per request."""
         key = (pool, rtype, code)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        if latency:
+            h = self.latency.get(pool)
+            if h is None:
+                h = self.latency[pool] = LatencyHistogram()
+            h.observe(latency)
+
+    def count(self, pool: str, rtype: str, code: int) -> None:
+        self.answered(pool, rtype, code, 0.0)
 
     def observe_latency(self, pool: str, seconds: float) -> None:
         h = self.latency.get(pool)

@@ -108,17 +108,6 @@ class SourceControl:
         return WorkloadProfile.model_validate(self.profile) if self.profile is not None else None
 
 
-def planning_quantile(quantile: float, sensitivity: str) -> float:
-    """The forecast quantile a source's load is planned at, from the pool's `scaling.quantile`:
-    `high` halves the tail left uncovered (0.9 → 0.95), `low` halves the distance to the median
-    (0.9 → 0.7), `normal` keeps it. Latency-sensitive users get headroom; patient ones cost less."""
-    if sensitivity == "high":
-        return 1.0 - (1.0 - quantile) / 2.0
-    if sensitivity == "low":
-        return 0.5 + (quantile - 0.5) / 2.0
-    return quantile
-
-
 def _pin_or_bounds(schema: dict) -> None:
     schema["oneOf"] = [_given(schema, "pin", "min", "max"),
                        {"properties": {"pin": {"type": "null"}}, "anyOf": [_given(schema, "min"), _given(schema, "max")]}]

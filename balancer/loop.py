@@ -33,25 +33,25 @@ import asyncio
 import gc
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any, Protocol
 
 import numpy as np
 import structlog
 
-from balancer.controls import planning_quantile
+
 from balancer.history import LATENCY_BOUNDS, OTHER, History, MinuteRow
 from config.events import EVENTS_FILE, load_events
 from config.models import Config, Pool
 from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
-from pools.planner import LiveLoad, Plan, PlanInputs, PlannerState, TypeDemand, plan
+from pools.planner import Plan, PlannerState, TypeDemand
 from pools.reconciler import Desired, ObservedMember, baseline_desired
+from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, LoadSamples, PoolObservation, SeriesForecasts, plan_pool,
+                        pool_demand)
 from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
 from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy, start_process
@@ -60,7 +60,6 @@ from predictor.profiles import AbortSlope, ResourceProfile, SessionTransitions, 
 
 log = structlog.get_logger("warmfront")
 
-HORIZONS_S = (300.0, 900.0, 1800.0, 3600.0, 86400.0)
 MINUTE = 60
 BUFFER_DAYS = 2.0
 # Measured activation lead per shadow state (README, activation benchmark, medians); a stopped
@@ -72,13 +71,11 @@ LEARNED_MIN_REQUESTS = 500.0  # (decayed) requests behind a learned slope before
 SESSION_GAP_S = 1800.0        # a source silent this long has ended its session
 SESSION_DECAY_PER_HOUR = 0.9  # weight of older transitions, so the model follows the workflow
 HEAVY_TIMEOUT_S = 900.0   # a statsmodels job takes seconds; one this late lost its worker
-ACTIVATION_LEAD_S = {"running": 0.001, "paused": 0.0175}
 RETIRE_AFTER_S = 86400.0  # a series without a request for this long leaves the forecaster (not History)
 MODEL_ROWS = 50           # series /admin/status lists under "models", flagged first
 # Longest the step's worker thread holds the GIL while the proxy's loop waits for it (CPython's
 # default is 5 ms, and a proxied request waits for the GIL twice); set when a loop is built.
 GIL_SWITCH_S = 0.001
-SENSITIVITIES = ("low", "normal", "high")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +106,7 @@ class PoolOutlook:
     anomalies: tuple[dict[str, Any], ...] = ()   # open anomalies of the pool, as /admin/status lists them
     anomaly_up: bool = False                     # one of them is upward: the planner sizes for bursts
     sessions: Mapping[str, float] = field(default_factory=dict)   # req/s per type sessions will bring
+    observation: PoolObservation | None = None   # what the demand was computed from (the plan adds live load)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +136,9 @@ class _PoolState:
     spec: Pool
     planner: PlannerState = field(default_factory=PlannerState)
     plan: Plan | None = None
+    desired: Desired | None = None
     outlook: PoolOutlook = field(default_factory=PoolOutlook)
-    samples: deque = field(default_factory=lambda: deque(maxlen=600))   # (time, in-flight)
-    ready_since: dict[str, float] = field(default_factory=dict)
+    load: LoadSamples = field(default_factory=LoadSamples)
 
     @property
     def demand(self) -> tuple[TypeDemand, ...]:
@@ -149,13 +147,6 @@ class _PoolState:
     @property
     def forecast(self) -> tuple[PoolForecast, ...]:
         return self.outlook.forecast
-
-
-@dataclass(slots=True)
-class _Scores:
-    """Worker-thread state of one pool: the interval forecast of each open bin, and its actual."""
-    expected: dict[int, tuple[float, float]] = field(default_factory=dict)  # bin -> (lower, upper) requests
-    actual: dict[int, float] = field(default_factory=dict)                 # bin -> requests
 
 
 class ControlLoop:
@@ -176,7 +167,7 @@ class ControlLoop:
         self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers, long_history=self._long_history)
         self.anomalies = AnomalyDetector()
         self.profiles: dict[str, ResourceProfile] = {}
-        self._scores: dict[str, _Scores] = {}
+        self._scores = BinScores(self.forecaster.bin_s, self.anomalies)
         # Next request type per session (keyed by source): which pool a session will need next.
         self.sessions = SessionTransitions(max_sessions=100_000, session_gap=SESSION_GAP_S)
         self._sessions_decayed = clock()
@@ -341,11 +332,7 @@ class ControlLoop:
         for name, st in self.pools.items():
             views = members.get(name, ())
             ready = {m.id for m in views if m.state is MemberState.READY}
-            st.samples.append((now, sum(self.in_flight(mid) for mid in ready)))
-            for mid in ready:
-                st.ready_since.setdefault(mid, now)
-            for mid in set(st.ready_since) - ready:
-                del st.ready_since[mid]
+            st.load.sample(now, ready, sum(self.in_flight(mid) for mid in ready))
 
     # ------------------------------------------------------------------ history → predictor
     def _observe_closed_minutes(self, inputs: StepInputs) -> None:
@@ -385,12 +372,11 @@ class ControlLoop:
                 acc[0] += row.requests
                 acc[1] += row.latency_sum
                 acc[2].append(row.latency_hist)
-            self._close_bins_before(minute // bin_s, inputs)
+            self._scores.close_before(minute // bin_s, inputs.specs)
             b = minute // bin_s
             for rtype, (n, _, _) in per_type.items():
                 for pool in inputs.pools_of_type.get(rtype, ()):
-                    sc = self._scores.setdefault(pool, _Scores())
-                    sc.actual[b] = sc.actual.get(b, 0.0) + n
+                    self._scores.add(pool, b, n)
             fc.observe(minute, counts)
             for rtype, (n, lat, hists) in per_type.items():
                 profile = self.profiles.setdefault(rtype, ResourceProfile(latency_bounds=LATENCY_BOUNDS))
@@ -411,7 +397,7 @@ class ControlLoop:
                     rates[row.type] = rates.get(row.type, 0.0) + row.requests / MINUTE
             self._type_rates = rates
         # Advance to the current bin even through silent minutes, so forecasts start from now.
-        self._close_bins_before(current // bin_s, inputs)
+        self._scores.close_before(current // bin_s, inputs.specs)
         fc.observe(current, {})
         self._next_minute = current
 
@@ -428,17 +414,6 @@ class ControlLoop:
             self.sessions.decay(SESSION_DECAY_PER_HOUR)
             self._sessions_decayed = now
         self._session_rates = self.sessions.expected_next(self._type_rates)
-
-    def _close_bins_before(self, b: int, inputs: StepInputs) -> None:
-        """Score every pool's bins before `b` against the interval forecast for them."""
-        for name in set(self._scores) - set(inputs.specs):
-            del self._scores[name]
-        for name, sc in self._scores.items():
-            for done in sorted(k for k in sc.expected if k < b):
-                lower, upper = sc.expected.pop(done)
-                self.anomalies.update(name, done * self.forecaster.bin_s, sc.actual.get(done, 0.0), lower, upper)
-            for done in [k for k in sc.actual if k < b]:
-                del sc.actual[done]
 
     def _series_id(self, source: str, rtype: str, now: float) -> str:
         sid = f"{source}\x1f{rtype}"   # unit separator: cannot clash with names people write
@@ -543,17 +518,15 @@ class ControlLoop:
     # ------------------------------------------------------------------ predictor → demand
     def _forecast(self, inputs: StepInputs) -> dict[str, PoolOutlook]:
         """Every pool's forecast, demand per (type, horizon) and status, from one vectorised
-        forecast of all series: numpy over series, Python over pools, types and sources only."""
+        forecast of all series: numpy over series, Python over pools, types and sources only.
+        Demand is the shared step's (`pools.step.pool_demand`), as in simulate."""
         fc = self.forecaster
         fa = fc.forecast_arrays(HORIZONS_S)
         ids = fa.ids if fa is not None else ()
         k = len(HORIZONS_S)
         open_bin = int(inputs.now // fc.bin_s)
-        z_hi = NormalDist().inv_cdf(fc.quantiles[1])
         sources = [self._series[sid][0] for sid in ids]
-        type_names = sorted({self._series[sid][1] for sid in ids})
-        type_index = {t: j for j, t in enumerate(type_names)}
-        type_of = np.array([type_index[self._series[sid][1]] for sid in ids], dtype=np.int64)
+        types = tuple(self._series[sid][1] for sid in ids)
         # Per source, once a step: planned or not (an opted-out source is served by the baseline
         # and burst tiers only), and the latency sensitivity it is planned at.
         per_source: dict[str, tuple[bool, int, dict[str, Any] | None]] = {}
@@ -561,42 +534,27 @@ class ControlLoop:
             sensitivity, why = self._sensitivity(source, inputs.now)
             per_source[source] = (self.controls is None or self.controls.predictive(source),
                                   SENSITIVITIES.index(sensitivity), why)
-        predictive = np.array([per_source[s][0] for s in sources], dtype=bool)
-        sens = np.array([per_source[s][1] for s in sources], dtype=np.int64)
         if fa is not None:
             window = np.asarray(fa.window_s)
             rate, lower, upper = fa.point / window, fa.lower / window, fa.upper / window
-            prior = self._prior_rates(ids, inputs.now)
-            if prior is not None:
-                bump = prior > rate
-                rate, upper = np.where(bump, prior, rate), np.where(bump, np.maximum(upper, prior), upper)
             open_lower, open_upper = fa.lower[:, 0], fa.upper[:, 0]   # HORIZONS_S[0] is the open bin, in requests
         else:
             rate = lower = upper = np.zeros((0, k))
             open_lower = open_upper = np.zeros(0)
+        series = SeriesForecasts(types, rate, upper, fc.quantiles[1],
+                                 np.array([per_source[s][0] for s in sources], dtype=bool),
+                                 np.array([per_source[s][1] for s in sources], dtype=np.int64),
+                                 self._prior_rates(ids, inputs.now))
+        service_times = {t: p.service_time_s for t, p in self.profiles.items() if p.service_time_s is not None}
+        type_of = np.array(types, dtype=object)
         active = self.anomalies.active()
         out: dict[str, PoolOutlook] = {}
         for name, spec in inputs.specs.items():
-            routed = [j for j, t in enumerate(type_names) if name in inputs.pools_of_type.get(t, ())]
-            in_pool = np.isin(type_of, routed)
-            # The predictor's band is at its own quantile; the pool plans at `scaling.quantile`,
-            # read off the same band assuming it is roughly normal.
-            z_of = np.array([NormalDist().inv_cdf(planning_quantile(spec.scaling.quantile, x)) for x in SENSITIVITIES])
-            rate_q = np.maximum(rate, rate + (upper - rate) * (z_of[sens] / z_hi)[:, None])
-            by_type: dict[tuple[str, float], list[float]] = {}   # (type, horizon) -> [rate, rate_q]
-            for j in routed:
-                sel = in_pool & predictive & (type_of == j)
-                if sel.any():
-                    r, rq = rate[sel].sum(axis=0), rate_q[sel].sum(axis=0)
-                    for c, h in enumerate(HORIZONS_S):
-                        by_type[(type_names[j], h)] = [float(r[c]), float(rq[c])]
-            # Sessions under way: their next requests are a floor for the nearest horizon.
-            near = HORIZONS_S[0]
-            sessions = {t: r for t, r in self._session_rates.items() if name in inputs.pools_of_type.get(t, ())}
-            for rtype, r in sessions.items():
-                if r > 0:
-                    acc = by_type.setdefault((rtype, near), [0.0, 0.0])
-                    acc[0], acc[1] = max(acc[0], r), max(acc[1], r)
+            routed = frozenset(t for t, pools in inputs.pools_of_type.items() if name in pools)
+            sessions = {t: r for t, r in self._session_rates.items() if t in routed}
+            obs = PoolObservation(spec, routed, sessions=sessions, service_times=service_times)
+            demand = pool_demand(obs, series)
+            in_pool = np.isin(type_of, list(routed)) if len(ids) else np.zeros(0, dtype=bool)
             point_sum, lower_sum, upper_sum = (a[in_pool].sum(axis=0) for a in (rate, lower, upper))
             latency = {s: per_source[s][2] for s in {sources[i] for i in np.flatnonzero(in_pool)}
                        if per_source[s][2] is not None}
@@ -604,24 +562,17 @@ class ControlLoop:
             out[name] = PoolOutlook(
                 forecast=tuple(PoolForecast(h, round(float(point_sum[c]), 4), round(float(lower_sum[c]), 4),
                                             round(float(upper_sum[c]), 4)) for c, h in enumerate(HORIZONS_S)),
-                demand=tuple(TypeDemand(rtype, h, r, rq, self._service_time(rtype))
-                             for (rtype, h), (r, rq) in sorted(by_type.items())),
+                demand=demand,
                 latency=tuple(latency[s] for s in sorted(latency)),
                 anomalies=tuple({"start": a.start, "direction": a.direction, "size": round(a.size, 3), "peak": a.peak}
                                 for a in pool_anomalies),
                 anomaly_up=any(a.direction == "up" for a in pool_anomalies),
                 sessions={t: round(r, 4) for t, r in sorted(sessions.items())},
+                observation=obs,
             )
-            # The first forecast made for a bin is the one it is judged by, not one made halfway in;
-            # the band sums the series' intervals in requests: conservative.
-            if by_type:
-                self._scores.setdefault(name, _Scores()).expected.setdefault(
-                    open_bin, (float(open_lower[in_pool].sum()), float(open_upper[in_pool].sum())))
+            if demand:
+                self._scores.expect(name, open_bin, float(open_lower[in_pool].sum()), float(open_upper[in_pool].sum()))
         return out
-
-    def _service_time(self, rtype: str) -> float | None:
-        profile = self.profiles.get(rtype)
-        return profile.service_time_s if profile is not None else None
 
     # ------------------------------------------------------------------ demand → plan
     def _plan(self, name: str, st: _PoolState) -> None:
@@ -630,17 +581,15 @@ class ControlLoop:
         # came early in the forecast) would trade a few member-minutes for cold requests.
         spec = st.spec
         now = self.clock()
-        live = LiveLoad(in_flight_stable=_mean_since(st.samples, now - spec.scaling.stable_window),
-                        in_flight_panic=_mean_since(st.samples, now - spec.scaling.panic_window),
-                        anomaly=st.outlook.anomaly_up)
-        # Lead times as measured on this pool's members; the activation benchmark's medians until then.
+        live = st.load.live(now, spec.scaling, st.outlook.anomaly_up)
         manager = self.managers.get(name)
         measured = manager.measured_lead if manager is not None else (lambda kind: None)
-        cold = measured("cold")
-        if cold is not None and cold > spec.scaling.launch_lead:
-            spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"launch_lead": cold})})
-        lead = measured(spec.shadow.state) or ACTIVATION_LEAD_S.get(spec.shadow.state, spec.scaling.launch_lead)
-        new = plan(spec, PlanInputs(now, st.demand, live, tuple(st.ready_since.values()), lead), st.planner)
+        base = st.outlook.observation or PoolObservation(spec, frozenset())
+        obs = replace(base, spec=spec, live=live, ready_since=tuple(st.load.ready_since.values()),
+                      cold_lead=measured("cold"), shadow_lead=measured(spec.shadow.state))
+        result = plan_pool(now, obs, st.demand, st.planner)
+        new = result.plan
+        st.desired = result.desired
         old, st.plan = st.plan, new
         if old is not None and _same(old, new):
             return
@@ -659,10 +608,9 @@ class ControlLoop:
         """The PoolManager's `desired_fn`: the latest plan, or the spec's baseline before the first."""
         st = self.pools.get(pool)
         p = st.plan if st is not None else None
-        if p is None:
+        if p is None or st.desired is None:
             return baseline_desired(pool, spec, observed)
-        return Desired(ready=p.ready, shadow=p.shadow, shadow_state=spec.shadow.state,
-                       max_members=spec.capacity.max, drain_timeout=spec.drain_timeout)
+        return st.desired
 
     # ------------------------------------------------------------------ status
     def _model_rows(self) -> tuple[dict[str, Any], ...]:
@@ -734,14 +682,6 @@ def _events_of(cfg: Config) -> list:
     if not cfg.directory:
         return []
     return load_events(Path(cfg.directory) / EVENTS_FILE)
-
-
-def _mean_since(samples: deque, since: float) -> float:
-    """Mean of the samples taken at or after `since`; the latest one when the window holds none."""
-    window = [v for t, v in samples if t >= since]
-    if window:
-        return sum(window) / len(window)
-    return float(samples[-1][1]) if samples else 0.0
 
 
 def _same(a: Plan, b: Plan) -> bool:

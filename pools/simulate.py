@@ -18,15 +18,16 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from config.models import Pool
 from pools.backends.simulated import Delays, SimulatedPool
-from pools.planner import LiveLoad, PlanInputs, PlannerState, TypeDemand, plan
+from pools.planner import PlannerState, TypeDemand
 from pools.reconciler import Desired
-from predictor.anomaly import AnomalyDetector
+from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, LoadSamples, PoolObservation, SeriesForecasts, plan_pool,
+                        pool_demand)
 from predictor.engine import Forecaster
 from predictor.series import Series
 
@@ -55,6 +56,7 @@ class SimConfig:
     delays: Delays = field(default_factory=Delays)
     shadow_cost: float = 0.2
     forecast_bin_s: float = 300.0
+    refit_every_s: float = 900.0   # the live default of `predictor.refit_every`
 
 
 @dataclass(slots=True)
@@ -97,24 +99,26 @@ def _total(runs: list[PolicyRun]) -> dict:
 @dataclass(frozen=True, slots=True)
 class ForecastPath:
     """What the live predictor said at each forecaster-bin boundary `j` (time j × bin_s), from data
-    that had ended by then: rates in requests per second per series and horizon, and the interval
-    (requests) it gave the bin that opened at `j`, which that bin's actual is judged by."""
+    that had ended by then, at the live loop's horizons (`pools.step.HORIZONS_S`) and quantiles:
+    rates in requests per second per series and horizon, and the interval (requests) it gave the
+    bin that opened at `j`, which that bin's actual is judged by."""
     bin_s: float
     horizons: tuple[float, ...]
+    band_quantile: float   # the quantile of `upper`
     point: np.ndarray      # [boundary, series, horizon]
     upper: np.ndarray
     band: np.ndarray       # [boundary, series, 2] lower and upper bound of the bin opened at the boundary
     actual: np.ndarray     # [boundary, series] requests in the bin that ended at the boundary
 
 
-def forecast_path(series: Series, quantile: float, bin_s: float, horizons_bins: int = 3) -> ForecastPath:
-    """Run the live Forecaster along the trace, one forecaster bin at a time."""
+def forecast_path(series: Series, bin_s: float, refit_every_s: float = 900.0) -> ForecastPath:
+    """Run the live Forecaster along the trace, one forecaster bin at a time, as the live loop
+    runs it: same quantiles, horizons and refit cadence."""
     now = [0.0]
-    fc = Forecaster(lambda: now[0], bin_s=bin_s, quantiles=(1.0 - quantile, quantile))
+    fc = Forecaster(lambda: now[0], bin_s=bin_s, refit_every_s=refit_every_s)
     per = int(round(bin_s / series.bin_s))
     n_bounds = math.ceil(series.length / per) + 1
-    horizons = tuple(bin_s * (k + 1) for k in range(horizons_bins))
-    point = np.zeros((n_bounds, series.n, len(horizons)))
+    point = np.zeros((n_bounds, series.n, len(HORIZONS_S)))
     upper = np.zeros_like(point)
     band = np.zeros((n_bounds, series.n, 2))
     actual = np.zeros((n_bounds, series.n))
@@ -128,25 +132,29 @@ def forecast_path(series: Series, quantile: float, bin_s: float, horizons_bins: 
         actual[j] = series.values[:, lo:hi].sum(axis=1)
         if fc.refit_due():
             fc.refit()
-        for sid, fs in fc.forecast(horizons).items():
-            i = index[sid]
-            for k, f in enumerate(fs):
-                point[j, i, k] = f.point / f.window_s
-                upper[j, i, k] = f.upper / f.window_s
-            band[j, i] = fs[0].lower, fs[0].upper
-    return ForecastPath(bin_s, horizons, point, upper, band, actual)
+        fa = fc.forecast_arrays(HORIZONS_S)
+        if fa is None:
+            continue
+        rows = [index[sid] for sid in fa.ids]
+        window = np.asarray(fa.window_s)
+        point[j, rows] = fa.point / window
+        upper[j, rows] = fa.upper / window
+        band[j, rows, 0], band[j, rows, 1] = fa.lower[:, 0], fa.upper[:, 0]
+    return ForecastPath(bin_s, HORIZONS_S, fc.quantiles[1], point, upper, band, actual)
 
 
 def pool_anomalies(path: ForecastPath, sources: list[int], name: str) -> np.ndarray:
-    """Open upward anomalies per boundary, judged as the live loop judges them: the pool's actual
+    """Open upward anomalies per boundary, judged by the live loop's `BinScores`: the pool's actual
     against the sum of its sources' intervals, so a surprise on a source too small to matter does
     not switch the whole pool to burst sizing."""
-    detector = AnomalyDetector()
+    scores = BinScores(path.bin_s)
     open_up = np.zeros(len(path.actual), dtype=bool)
-    for j in range(2, len(path.actual)):
-        lower, upper = path.band[j - 1, sources].sum(axis=0)
-        detector.update(name, (j - 1) * path.bin_s, float(path.actual[j, sources].sum()), float(lower), float(upper))
-        open_up[j] = any(a.series_id == name and a.direction == "up" for a in detector.active())
+    for j in range(1, len(path.actual)):
+        scores.add(name, j - 1, float(path.actual[j, sources].sum()))
+        scores.close_before(j)
+        open_up[j] = scores.anomaly_up(name)
+        lower, upper = path.band[j, sources].sum(axis=0)
+        scores.expect(name, j, float(lower), float(upper))
     return open_up
 
 
@@ -207,46 +215,47 @@ class Reactive:
 
 
 class Predictive:
-    """warmfront: the forecast path, live in-flight load and anomalies into `plan`, its result into `decide`."""
+    """warmfront: the forecast path, live in-flight load and anomalies into the live loop's step
+    (`pools.step.step_pool`), its `Desired` into `decide`."""
 
     def __init__(self, pool: SimPool, path: ForecastPath, delays: Delays, step_s: float) -> None:
         self.pool = pool
         self.path = path
         self.state = PlannerState()
-        self.shadow_lead = delays.activate(pool.spec.shadow.state)
-        self.stable_steps = max(1, int(round(pool.spec.scaling.stable_window / step_s)))
-        self.panic_steps = max(1, int(round(pool.spec.scaling.panic_window / step_s)))
+        self.delays = delays
+        self.load = LoadSamples()
+        self._rows = [idx for idx, _ in pool.sources]
+        self._types = tuple(rtype for _, rtype in pool.sources)
+        self._obs = PoolObservation(pool.spec, frozenset(self._types))
         self._bound = -1
         self._demand: tuple[TypeDemand, ...] = ()
-        self._anomaly = False
-        self._anomalies = pool_anomalies(path, [idx for idx, _ in pool.sources], pool.name)
+        self._anomalies = pool_anomalies(path, self._rows, pool.name)
 
     def desired(self, i: int, now: float, actor: SimulatedPool, replay: Replay) -> Desired:
         spec = self.pool.spec
         j = min(int(now // self.path.bin_s), len(self.path.point) - 1)   # the latest forecast made by `now`
         if j != self._bound:
             self._bound = j
-            self._demand, self._anomaly = self._forecast_at(j)
-        st = spec.scaling.service_time
-        # Little's law: requests in flight = arrival rate × service time.
-        stable = float(replay.arrivals_before(i, self.stable_steps).mean()) if i else 0.0
-        panic = float(replay.arrivals_before(i, self.panic_steps).mean()) if i else 0.0
-        live = LiveLoad(stable / replay.step_s * st, panic / replay.step_s * st, self._anomaly)
-        p = plan(spec, PlanInputs(now, self._demand, live, actor.ready_since(), self.shadow_lead), self.state)
-        return Desired(p.ready, p.shadow, spec.shadow.state, spec.capacity.max, spec.drain_timeout)
+            self._demand = pool_demand(self._obs, self.forecasts_at(j))
+        # Sampled as the live loop samples the proxy: the ready members now, and the requests in
+        # flight over the last step (Little's law: arrival rate × service time).
+        arrived = float(replay.arrivals_before(i, 1).sum()) / replay.step_s
+        self.load.sample(now, actor.ready_ids(), arrived * spec.scaling.service_time)
+        live = self.load.live(now, spec.scaling, bool(self._anomalies[j]))
+        # The simulated backend's leads are known exactly: what a live manager would measure.
+        obs = replace(self._obs, live=live, ready_since=tuple(self.load.ready_since.values()),
+                      cold_lead=self.delays.cold, shadow_lead=self.delays.activate(spec.shadow.state))
+        return plan_pool(now, obs, self._demand, self.state).desired
 
-    def _forecast_at(self, j: int) -> tuple[tuple[TypeDemand, ...], bool]:
-        by_type: dict[str, list[int]] = {}
-        for idx, rtype in self.pool.sources:
-            by_type.setdefault(rtype, []).append(idx)
-        demand = tuple(TypeDemand(rtype, h, float(self.path.point[j, idx, k].sum()),
-                                  float(self.path.upper[j, idx, k].sum()))
-                       for rtype, idx in by_type.items() for k, h in enumerate(self.path.horizons))
-        return demand, bool(self._anomalies[j])
+    def forecasts_at(self, j: int) -> SeriesForecasts:
+        n = len(self._rows)
+        return SeriesForecasts(self._types, self.path.point[j, self._rows], self.path.upper[j, self._rows],
+                               self.path.band_quantile, np.ones(n, dtype=bool),
+                               np.full(n, SENSITIVITIES.index("normal"), dtype=np.int64), horizons=self.path.horizons)
 
 
 # ---------------------------------------------------------------------------------------- replay
-def pool_demand(series: Series, pool: SimPool, step_s: float) -> np.ndarray:
+def arrivals_per_step(series: Series, pool: SimPool, step_s: float) -> np.ndarray:
     """Requests arriving per step: each trace bin spread evenly over its steps."""
     per = int(round(series.bin_s / step_s))
     bins = series.values[[idx for idx, _ in pool.sources]].sum(axis=0)
@@ -255,11 +264,10 @@ def pool_demand(series: Series, pool: SimPool, step_s: float) -> np.ndarray:
 
 def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress | None = None) -> SimResult:
     step = cfg.step_s
-    demands = [pool_demand(series, p, step) for p in pools]
+    demands = [arrivals_per_step(series, p, step) for p in pools]
     n_steps = len(demands[0])
     scored_from = min(n_steps - 1, int(round(cfg.train_s / step)))
-    quantile = max(p.spec.scaling.quantile for p in pools)
-    path = forecast_path(series, quantile, cfg.forecast_bin_s)
+    path = forecast_path(series, cfg.forecast_bin_s, cfg.refit_every_s)
     total = 3 * n_steps * len(pools)
     done = 0
     runs: dict[str, list[PolicyRun]] = {name: [] for name in POLICIES}
@@ -269,9 +277,9 @@ def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress
                     "reactive": Reactive(pool, step),
                     "predictive": Predictive(pool, path, cfg.delays, step)}
         for name, policy in policies.items():
-            def tick(k: int) -> None:
+            def tick(k: int, base: int = done) -> None:
                 if progress is not None:
-                    progress((done + k) / total)
+                    progress((base + k) / total)
             runs[name].append(_replay(pool, policy, demand, cfg, scored_from, tick))
             done += n_steps
         runs["oracle"].append(oracle(demand, pool.member_rate, step, cfg.delays.cold, scored_from))

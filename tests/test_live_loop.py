@@ -220,7 +220,7 @@ async def test_latency_sensitivity_moves_the_planning_quantile_and_an_abandon_br
 @pytest.mark.parametrize("quantile, sensitivity, planned", [
     (0.9, "high", 0.95), (0.9, "normal", 0.9), (0.9, "low", 0.7), (0.5, "low", 0.5), (0.99, "high", 0.995)])
 def test_planning_quantile_by_sensitivity(quantile, sensitivity, planned):
-    from balancer.controls import planning_quantile
+    from pools.step import planning_quantile
     assert planning_quantile(quantile, sensitivity) == pytest.approx(planned)
 
 

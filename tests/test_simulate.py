@@ -72,7 +72,7 @@ def test_forecasts_see_only_the_past():
     changed = base.copy()
     cut = 2 * DAY_MIN + 600          # minute 600 of day 3: forecaster bin 120 of that day
     changed[cut:] *= 5
-    paths = [forecast_path(Series(("web",), v[None, :], 60.0, 0.0), 0.9, 300.0) for v in (base, changed)]
+    paths = [forecast_path(Series(("web",), v[None, :], 60.0, 0.0), 300.0) for v in (base, changed)]
     boundary = cut // 5               # the forecast made when minute `cut` begins
     np.testing.assert_array_equal(paths[0].point[:boundary + 1], paths[1].point[:boundary + 1])
     np.testing.assert_array_equal(paths[0].upper[:boundary + 1], paths[1].upper[:boundary + 1])
@@ -87,7 +87,7 @@ def test_a_surprise_on_a_small_source_does_not_put_the_pool_in_anomaly():
     cut = 2 * DAY_MIN + 600
     jumped = lambda v: np.concatenate([v[:cut], v[cut:] * 10])  # noqa: E731
     after = cut // 5                  # forecaster boundaries from the jump on
-    paths = {name: forecast_path(Series(("big", "small"), np.vstack(v), 60.0, 0.0), 0.9, 300.0)
+    paths = {name: forecast_path(Series(("big", "small"), np.vstack(v), 60.0, 0.0), 300.0)
              for name, v in (("none", (big, small)), ("small", (big, jumped(small))), ("big", (jumped(big), small)))}
     assert pool_anomalies(paths["small"], [1], "small")[after:].any()
     calm = pool_anomalies(paths["none"], [0, 1], "pool")[after:]

@@ -82,8 +82,8 @@ class SimulatedPool:
     def ready_count(self) -> int:
         return self._summary()[0]
 
-    def ready_since(self) -> tuple[float, ...]:
-        return tuple(self._summary()[2])
+    def ready_ids(self) -> list[str]:
+        return [m.id for m in self.members.values() if m.state is MemberState.READY]
 
     def cost_weight(self) -> float:
         """Cost per second now: running members 1, shadows `shadow_cost`."""

@@ -264,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_load"]:
         serve_load(int(argv[1]), int(argv[2]), float(argv[3]), int(argv[4]))
         return 0
+    if argv[:1] == ["_probe"]:   # a probe in a process of its own, printing what `probe` returns
+        latencies, gap = probe(int(argv[1]), float(argv[2]), float(argv[3]))
+        print(json.dumps({"latencies": latencies, "gap": gap}))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sources", type=int, default=1000, help="tenant names the load spreads over (default 1000)")
     p.add_argument("--max-sources", type=int, default=1000, help="history.max_sources of the warmfront run")

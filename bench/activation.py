@@ -26,8 +26,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from balancer.proxy import Proxy  # noqa: E402
-from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target  # noqa: E402
+from balancer.dataplane.proxy import Proxy  # noqa: E402
+from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target  # noqa: E402
 from config.models import DockerSpec, Limits, Pool, Route, SourceRule, Timeouts  # noqa: E402
 from pools.backends.docker import DockerBackend  # noqa: E402
 from pools.health import HealthChecker  # noqa: E402

@@ -7,7 +7,7 @@
 What runs (loopback only; every process is ours and stopped at exit):
 
 - backend: nginx, 1 worker, a fixed 100-byte 200, keep-alive; on core 1 with wrk.
-- warmfront: this script with `--serve`, a `balancer.proxy.Proxy` with a static routing table
+- warmfront: this script with `--serve`, a `balancer.dataplane.proxy.Proxy` with a static routing table
   (sources: header X-Tenant, then client IP) on uvloop, counting into the worker's `Tally` as a
   data-plane worker does; no control loop, admin or history in the process. On core 0.
 - nginx: 1 worker as a reverse proxy doing the same work (upstream keep-alive, Host kept,
@@ -55,9 +55,9 @@ def serve(port: int, backend: int) -> None:
 
     import uvloop
 
-    from balancer.proxy import Proxy
-    from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
-    from balancer.worker import Tally
+    from balancer.dataplane.proxy import Proxy
+    from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+    from balancer.dataplane.worker import Tally
     from config.models import Limits, Route, SourceRule, Timeouts
 
     table = RoutingTable([CompiledRoute(Route(name="all", pool="web", type="page"))],

@@ -227,7 +227,7 @@ def run(opts: argparse.Namespace) -> dict:
     try:
         procs.append(_start([here, "_backend", str(backend_port)], tmp / "backend.log"))
         _wait_port(backend_port, 10)
-        procs.append(_start(["-m", "balancer.cli", "run", "--config", str(tmp / "config"), "--state-dir",
+        procs.append(_start(["-m", "balancer.wiring.cli", "run", "--config", str(tmp / "config"), "--state-dir",
                              str(tmp / "state"), "--log-level", "warning"], tmp / "warmfront.log"))
         _wait_port(admin, 30)
         _wait_port(listen, 30)

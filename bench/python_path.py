@@ -13,9 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from balancer import proxy as P  # noqa: E402
-from balancer.app import static_config  # noqa: E402
-from balancer.history import History  # noqa: E402
-from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target  # noqa: E402
+from balancer.wiring.app import static_config  # noqa: E402
+from balancer.control.history import History  # noqa: E402
+from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"   # what wrk sends
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 16:06:46 GMT\r\n"

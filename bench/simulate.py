@@ -34,7 +34,7 @@ POLICIES = ("static", "reactive", "predictive", "oracle")
 
 
 def simulate(trace: Path, *extra: str) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "balancer.cli", "simulate", "--trace", str(trace), "--json", *extra]
+    cmd = [sys.executable, "-m", "balancer.wiring.cli", "simulate", "--trace", str(trace), "--json", *extra]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:

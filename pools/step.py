@@ -1,6 +1,6 @@
 """One control step for `run` and `simulate`: forecasts and observations in, `Desired` per pool out.
 
-`balancer.loop.ControlLoop` (live) and `pools.simulate` (replay) both call `step_pool` for every
+`balancer.control.loop.ControlLoop` (live) and `pools.simulate` (replay) both call `step_pool` for every
 pool they plan, and both judge anomalies with `BinScores`, so what simulate measures is what run
 does. The callers only differ in where observations come from: History, the proxy's in-flight
 counters and the pool managers live; the trace, the simulated backend and a virtual clock in a

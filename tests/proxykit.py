@@ -11,9 +11,9 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from balancer.proxy import Proxy
+from balancer.dataplane.proxy import Proxy
 from pools.ports import free_port
-from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
 from config.models import Limits, Route, SourceRule, Timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,11 +31,11 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 class DemoBackend:
-    """`python -m balancer.demo_backend` as a real child process."""
+    """`python -m balancer.demo.backend` as a real child process."""
 
     def __init__(self, *args: str):
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "balancer.demo_backend", "--port", str(self.port), *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "balancer.demo.backend", "--port", str(self.port), *args],
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.proxykit import ROOT, free_port
 
-WARMFRONT = [sys.executable, "-m", "balancer.cli"]
+WARMFRONT = [sys.executable, "-m", "balancer.wiring.cli"]
 
 
 def http(url: str, headers: dict | None = None, data: bytes | None = None, method: str | None = None,

@@ -5,10 +5,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from balancer.admin import admin_needs_token, make_admin_app, status_sources
-from balancer.history import History
-from balancer.metrics import make_registry
-from balancer.stats import ProxyStats
+from balancer.operator.server import admin_needs_token, make_admin_app, status_sources
+from balancer.control.history import History
+from balancer.operator.metrics import make_registry
+from balancer.dataplane.stats import ProxyStats
 from pools.members import MemberState, MemberView
 
 TOKEN = "s3cret-token"

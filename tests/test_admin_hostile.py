@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from balancer.controls import ScaleOverride, constrain
+from balancer.operator.controls import ScaleOverride, constrain
 from pools.reconciler import Desired
 from predictor.events import Event
 from tests.proxykit import DemoBackend

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from balancer.app import App
-from balancer.history import OTHER, History
-from balancer.loop import RETIRE_AFTER_S, ControlLoop
+from balancer.wiring.app import App
+from balancer.control.history import OTHER, History
+from balancer.control.loop import RETIRE_AFTER_S, ControlLoop
 from config.models import Config, Pool, Route, RoutingConfig, SourceRule
 from pools.ports import free_port
 from tests.proxykit import ROOT, wait_port

@@ -4,8 +4,8 @@ import io
 
 import pytest
 
-from balancer.costs import compute_costs, container_seconds
-from balancer.timeline import Sample, sample
+from balancer.operator.costs import compute_costs, container_seconds
+from balancer.operator.timeline import Sample, sample
 from pools.members import MemberState, MemberView
 
 # Pool "web", window [0, 100):
@@ -74,7 +74,7 @@ def test_sample_splits_ready_members_into_tiers():
 
 
 def test_the_member_timeline_survives_a_restart_and_reaches_back_past_memory(tmp_path):
-    from balancer.timeline import MemberTimeline
+    from balancer.operator.timeline import MemberTimeline
     path = tmp_path / "timeline.sqlite3"
     tl = MemberTimeline(keep=2, path=path)     # memory holds the last 2 samples of 3
     for s in TIMELINE:

@@ -1,7 +1,7 @@
 """The dashboard page shows what shapes each pool's plan besides the forecast, escaped."""
 from __future__ import annotations
 
-from balancer.dashboard import render
+from balancer.operator.dashboard import render
 
 
 def test_sessions_latency_and_next_types_are_shown_and_escaped():

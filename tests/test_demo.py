@@ -24,13 +24,13 @@ def member_pids(parent: int) -> set[int]:
                 cmdline = f.read()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == parent and b"balancer.demo_backend" in cmdline:
+        if ppid == parent and b"balancer.demo.backend" in cmdline:
             found.add(int(entry))
     return found
 
 
 def test_quick_demo_prewarms_before_the_ramp_and_leaves_no_member_behind():
-    proc = subprocess.Popen([sys.executable, "-m", "balancer.cli", "demo", "--quick", "--backend", "process", "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "balancer.wiring.cli", "demo", "--quick", "--backend", "process", "--json"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     seen: set[int] = set()
     try:

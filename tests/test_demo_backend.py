@@ -11,7 +11,7 @@ import urllib.request
 import aiohttp
 import pytest
 
-from balancer.demo_backend import PATTERN, parse_work, request_type
+from balancer.demo.backend import PATTERN, parse_work, request_type
 
 API_WORK = 0.15
 
@@ -26,7 +26,7 @@ def free_port() -> int:
 def backend():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "balancer.demo_backend", "--port", str(port),
+        [sys.executable, "-m", "balancer.demo.backend", "--port", str(port),
          "--work", f"page=0ms,api={int(API_WORK * 1000)}ms,static=0"],
     )
     base = f"http://127.0.0.1:{port}"

@@ -9,7 +9,7 @@ import aiohttp
 import docker
 import pytest
 
-from balancer.app import App
+from balancer.wiring.app import App
 from config.models import Config, DockerSpec, Pool, Route, RoutingConfig
 from pools.reconciler import Desired
 from tests.dockerkit import IMAGE, docker_client, new_owner, require_engine  # noqa: F401 (fixtures)

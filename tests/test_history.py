@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from balancer.history import ADMIT_MIN_REQUESTS, OTHER, REBALANCE_INTERVAL, History
+from balancer.control.history import ADMIT_MIN_REQUESTS, OTHER, REBALANCE_INTERVAL, History
 
 T0 = 1_700_000_040.0  # a minute boundary
 
@@ -185,7 +185,7 @@ async def test_run_flushes_in_the_background(tmp_path):
 
 
 def worker_batch(records: list[tuple]) -> tuple[list[tuple], dict]:
-    from balancer.worker import Tally
+    from balancer.dataplane.worker import Tally
     tally = Tally()
     for r in records:
         tally.record(*r)

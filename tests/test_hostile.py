@@ -484,7 +484,7 @@ async def test_connection_cap_refuses_with_503_when_every_connection_is_busy():
 
 
 def test_default_connection_cap_leaves_room_for_upstreams_and_checks():
-    from balancer.proxy import FD_RESERVE, default_max_connections
+    from balancer.dataplane.proxy import FD_RESERVE, default_max_connections
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     cap = default_max_connections()
     assert cap * 2 + FD_RESERVE <= max(soft, 2 * 16 + FD_RESERVE)

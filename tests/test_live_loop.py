@@ -17,8 +17,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from balancer.app import App
-from balancer.history import History
+from balancer.wiring.app import App
+from balancer.control.history import History
 from config.models import Config, Pool, Route, RouteMatch, RoutingConfig
 from pools.members import MemberState
 from pools.ports import free_port
@@ -54,7 +54,7 @@ def seed_history(path: Path, until: float, noise: float = 0.0, abort_slope: floa
 
 def config(mode: str) -> Config:
     pool = Pool.model_validate({
-        "backend": "process", "command": f"{sys.executable} -m balancer.demo_backend --port {{port}}",
+        "backend": "process", "command": f"{sys.executable} -m balancer.demo.backend --port {{port}}",
         "concurrency": 1, "capacity": {"min": 1, "max": 4}, "shadow": {"state": "running", "size": 0},
         "scaling": {"mode": mode}, "startup_timeout": 10, "stop_timeout": 1, "drain_timeout": 1,
         "health": {"interval": 0.2, "timeout": 0.5},
@@ -155,7 +155,7 @@ async def test_forecast_only_shows_the_same_plan_but_launches_nothing(start_app)
 
 
 async def test_an_opted_out_source_gets_no_predictive_capacity(start_app):
-    from balancer.controls import SourceUpdate
+    from balancer.operator.controls import SourceUpdate
     now = [NOON - 600.0]
     app = await start_app("forecast-and-scale", now)
     await wait_until(lambda: (p := app.control.plan_of("web")) is not None and p.shadow == 2, timeout=10)
@@ -167,7 +167,7 @@ async def test_an_opted_out_source_gets_no_predictive_capacity(start_app):
 
 
 async def test_a_declared_workload_profile_is_the_prior_of_a_young_source(start_app):
-    from balancer.controls import SourceUpdate, WorkloadProfile
+    from balancer.operator.controls import SourceUpdate, WorkloadProfile
     now = [NOON - 600.0]
     app = await start_app("forecast-and-scale", now)
     app.operator.controls.update_source("newco", SourceUpdate(profile=WorkloadProfile.model_validate(
@@ -183,7 +183,7 @@ async def test_a_declared_workload_profile_is_the_prior_of_a_young_source(start_
 
 
 async def test_latency_sensitivity_moves_the_planning_quantile_and_an_abandon_breach_raises_it(start_app):
-    from balancer.controls import SourceUpdate
+    from balancer.operator.controls import SourceUpdate
     now = [NOON - 600.0]
     app = await start_app("forecast-and-scale", now, noise=0.3)
     await wait_until(lambda: app.control.plan_of("web") is not None, timeout=10)
@@ -225,7 +225,7 @@ def test_planning_quantile_by_sensitivity(quantile, sensitivity, planned):
 
 
 async def test_a_source_whose_clients_abort_as_latency_rises_is_learned_latency_sensitive(start_app):
-    from balancer.controls import SourceUpdate
+    from balancer.operator.controls import SourceUpdate
     now = [NOON - 600.0]
     app = await start_app("forecast-and-scale", now, noise=0.3, abort_slope=0.2)
     await wait_until(lambda: app.control.plan_of("web") is not None, timeout=10)

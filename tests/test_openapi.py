@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balancer.openapi import openapi_document
+from balancer.operator.openapi import openapi_document
 from tests.runkit import Warmfront, http, wait_until
 
 DOC = openapi_document()

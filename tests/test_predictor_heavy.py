@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from balancer.history import History
-from balancer.loop import ControlLoop
+from balancer.control.history import History
+from balancer.control.loop import ControlLoop
 from config.loader import load_config
 from predictor.engine import Forecaster
 from predictor.heavy import ALL_MODELS, HEAVY_MODELS, HeavyPath, compute, history_needed

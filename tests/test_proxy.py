@@ -6,7 +6,7 @@ import time
 import aiohttp
 import pytest
 
-from balancer.routing import Target
+from balancer.dataplane.routing import Target
 from config.models import Limits, Route, RouteMatch, Timeouts
 from tests.proxykit import (DemoBackend, RawBackend, RecordingHistory, free_port, raw_exchange, running_proxy,
                             table_for)

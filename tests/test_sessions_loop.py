@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from balancer.app import App
+from balancer.wiring.app import App
 from config.models import Config, Pool, Route, RouteMatch, RoutingConfig, SourceRule
 from pools.ports import free_port
 from tests.pools_support import wait_until
@@ -21,7 +21,7 @@ START = 19_700 * 86400 + 9 * 3600 + 1.0   # a stopped clock, one second into a m
 
 def config() -> Config:
     pool = lambda: Pool.model_validate({  # noqa: E731
-        "backend": "process", "command": f"{sys.executable} -m balancer.demo_backend --port {{port}}",
+        "backend": "process", "command": f"{sys.executable} -m balancer.demo.backend --port {{port}}",
         "concurrency": 4, "capacity": {"min": 1, "max": 2}, "shadow": {"state": "running", "size": 0},
         "scaling": {"mode": "forecast-only"}, "startup_timeout": 10, "stop_timeout": 1, "drain_timeout": 1,
         "health": {"interval": 0.2, "timeout": 0.5},

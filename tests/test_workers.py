@@ -13,10 +13,10 @@ import time
 import aiohttp
 import pytest
 
-from balancer.channel import decode_table, encode_table
-from balancer.history import History
-from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
-from balancer.workers import WorkerSet
+from balancer.dataplane.channel import decode_table, encode_table
+from balancer.control.history import History
+from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+from balancer.control.workers import WorkerSet
 from config.models import Limits, Route, RouteMatch, SourceRule, Timeouts
 from tests.proxykit import ROOT, DemoBackend, alive, free_port
 from tests.runkit import Warmfront, http, wait_until
@@ -134,7 +134,7 @@ def test_sigterm_lets_in_flight_requests_finish_in_every_worker(wf2):
 
 
 def test_the_worker_imports_nothing_of_the_control_side():
-    code = ("import sys, balancer.worker; "
+    code = ("import sys, balancer.dataplane.worker; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('predictor', 'pools', 'numpy', 'statsmodels', 'docker', 'aiohttp')); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -209,7 +209,7 @@ def test_config_workers_is_checked_and_used(tmp_path, backend):
     cfg = copy_config(tmp_path)
     text = (cfg / "routing.yaml").read_text()
     (cfg / "routing.yaml").write_text("workers: 0\n" + text)
-    out = subprocess.run([sys.executable, "-m", "balancer.cli", "check", "--config", str(cfg)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "balancer.wiring.cli", "check", "--config", str(cfg)], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "routing.yaml:1" in out.stderr and "workers" in out.stderr, out.stderr
     (cfg / "routing.yaml").write_text("workers: 1\n" + text)
@@ -221,7 +221,7 @@ def test_config_workers_is_checked_and_used(tmp_path, backend):
 
 
 async def test_the_proxy_keeps_serving_while_every_control_step_raises(tmp_path):
-    from balancer.app import App
+    from balancer.wiring.app import App
     from config.models import Config, Pool, RoutingConfig
     backend = DemoBackend("--work", "page=0")
     routing = RoutingConfig(sources=[SourceRule(header="X-Tenant")], routes=[Route(name="all", pool="web", type="page")])
@@ -255,7 +255,7 @@ async def test_the_proxy_keeps_serving_while_every_control_step_raises(tmp_path)
 
 
 def test_a_second_warmfront_on_the_same_port_is_refused(wf2, backend):
-    out = subprocess.run([sys.executable, "-m", "balancer.cli", "run", "--to", f"127.0.0.1:{backend.port}",
+    out = subprocess.run([sys.executable, "-m", "balancer.wiring.cli", "run", "--to", f"127.0.0.1:{backend.port}",
                           "--listen", f"127.0.0.1:{wf2.port}", "--admin", f"127.0.0.1:{free_port()}",
                           "--state-dir", str(wf2.state_dir / "second")], cwd=ROOT, capture_output=True,
                          text=True, timeout=30)

@@ -1,9 +1,9 @@
 """A data-plane worker process: the proxy on its own uvloop loop, fed by the control process.
 
-Started by `balancer.workers.WorkerSet` as ``python -m balancer.worker``, with two inherited file
+Started by `balancer.control.workers.WorkerSet` as ``python -m balancer.dataplane.worker``, with two inherited file
 descriptors: a listening socket (one of the SO_REUSEPORT group the control process holds, so a
 replacement accepts what queued while this one was gone) and its end of the channel
-(`balancer.channel`). It imports the request path and nothing of predictor/ or pools/.
+(`balancer.dataplane.channel`). It imports the request path and nothing of predictor/ or pools/.
 
 What it does: apply every routing table the control process sends; count each request in a
 `Tally` (per (source, type) rows and per-source type runs, no I/O); ship the tally with a snapshot
@@ -24,10 +24,10 @@ from bisect import bisect_left
 
 import structlog
 
-from balancer.channel import ChannelClosed, decode_table, frame, read_message
-from balancer.counters import ABORTS, BYTES_IN, BYTES_OUT, ERRORS, HIST, LATENCY_BOUNDS, LATENCY_SUM, OTHER, REQUESTS, WIDTH
+from balancer.dataplane.channel import ChannelClosed, decode_table, frame, read_message
+from balancer.dataplane.counters import ABORTS, BYTES_IN, BYTES_OUT, ERRORS, HIST, LATENCY_BOUNDS, LATENCY_SUM, OTHER, REQUESTS, WIDTH
 from balancer.logs import configure_logging
-from balancer.proxy import Proxy, make_ssl_context
+from balancer.dataplane.proxy import Proxy, make_ssl_context
 from config.models import Limits, Timeouts
 
 log = structlog.get_logger("warmfront.worker")
@@ -39,7 +39,7 @@ PR_SET_PDEATHSIG = 1
 
 class Tally:
     """What the proxy's `history.record` calls in a worker: counters since the last batch, in the
-    layout of `balancer.counters`, and each source's request types in order as runs."""
+    layout of `balancer.dataplane.counters`, and each source's request types in order as runs."""
     __slots__ = ("rows", "sessions")
 
     def __init__(self) -> None:

@@ -19,7 +19,7 @@ Up (worker → control):
   table was applied (so the control side learns soon that a member left every worker's table):
   `rows` are the history counters since the last report, `sessions` the request types per source
   in order, `snapshot` the worker's cumulative counters and per-member state (see
-  `balancer.worker.Tally` and `balancer.worker.snapshot`).
+  `balancer.dataplane.worker.Tally` and `balancer.dataplane.worker.snapshot`).
 - ``("bye",)`` — drained; the worker exits next.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import struct
 from dataclasses import fields
 from typing import Any
 
-from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
 
 HEADER = struct.Struct(">I")
 MAX_MESSAGE = 256 * 1024 * 1024   # a report of a flood is big, never this big: beyond it the peer is broken

@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from balancer.history import History
+from balancer.control.history import History
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,7 @@ def make_admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/status", status)
     if add_routes is not None:
-        add_routes(app)   # the operator API (balancer.operator)
+        add_routes(app)   # the operator API (balancer.operator.api)
     return app
 
 

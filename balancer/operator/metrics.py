@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from balancer.stats import LATENCY_BUCKETS, ProxyStats
+from balancer.dataplane.stats import LATENCY_BUCKETS, ProxyStats
 from pools.members import MemberState, MemberView
 
 StatsFn = Callable[[], ProxyStats]          # the data plane's counters, summed over workers

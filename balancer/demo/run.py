@@ -29,8 +29,8 @@ import aiohttp
 import numpy as np
 import structlog
 
-from balancer.app import App
-from balancer.history import History
+from balancer.wiring.app import App
+from balancer.control.history import History
 from balancer.logs import configure_logging
 from config.models import Config, Pool, Route, RouteMatch, RoutingConfig, SourceRule
 from pools.members import MemberState
@@ -132,7 +132,7 @@ def demo_config(backend: str, state_dir: Path) -> Config:
                            "env": {"WORK_MS": str(int(WORK_S * 1000))}}}
     else:
         pool = {**common, "backend": "process",
-                "command": f"{sys.executable} -m balancer.demo_backend --port {{port}} --work api={WORK_S}s"}
+                "command": f"{sys.executable} -m balancer.demo.backend --port {{port}} --work api={WORK_S}s"}
     routing = RoutingConfig(
         listen=f"127.0.0.1:{free_port()}", state_dir=str(state_dir),
         sources=[SourceRule(header="X-Tenant"), SourceRule(client_ip=True)],

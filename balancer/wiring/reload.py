@@ -30,7 +30,7 @@ from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
 
 if TYPE_CHECKING:
-    from balancer.app import App
+    from balancer.wiring.app import App
 
 log = structlog.get_logger(__name__)
 

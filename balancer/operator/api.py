@@ -22,14 +22,14 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from balancer import dashboard
-from balancer.admin import ApiError
-from balancer.controls import Controls, DesiredFn, ScaleRequest, SourceUpdate, constrain, override_json
-from balancer.costs import compute_costs
-from balancer.eventfeed import EventFeed
-from balancer.openapi import openapi_document
-from balancer.reload import ReloadRefused
-from balancer.timeline import MemberTimeline, sample
+from balancer.operator import dashboard
+from balancer.operator.server import ApiError
+from balancer.operator.controls import Controls, DesiredFn, ScaleRequest, SourceUpdate, constrain, override_json
+from balancer.operator.costs import compute_costs
+from balancer.operator.eventfeed import EventFeed
+from balancer.operator.openapi import openapi_document
+from balancer.wiring.reload import ReloadRefused
+from balancer.operator.timeline import MemberTimeline, sample
 from config.events import EVENTS_FILE, FIRST_YEAR, MAX_NAME, EventSpec, parse_time
 from config.loader import ConfigError
 from config.models import Pool, first_error
@@ -39,7 +39,7 @@ from pools.reconciler import Desired, ObservedMember
 from predictor.events import Event
 
 if TYPE_CHECKING:
-    from balancer.app import App
+    from balancer.wiring.app import App
 
 log = structlog.get_logger(__name__)
 

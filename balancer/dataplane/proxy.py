@@ -26,9 +26,9 @@ from http import HTTPStatus
 import httptools
 import structlog
 
-from balancer.routing import CompiledRoute, RoutingTable
-from balancer.stats import ProxyStats, UpstreamStats
-from balancer.upstream import Upstream, UpstreamPool
+from balancer.dataplane.routing import CompiledRoute, RoutingTable
+from balancer.dataplane.stats import ProxyStats, UpstreamStats
+from balancer.dataplane.upstream import Upstream, UpstreamPool
 from config.models import Limits, Timeouts
 
 log = structlog.get_logger("warmfront.balancer")

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from balancer.routing import PoolTargets, Target
-from balancer.stats import UpstreamStats
+from balancer.dataplane.routing import PoolTargets, Target
+from balancer.dataplane.stats import UpstreamStats
 
 if TYPE_CHECKING:
-    from balancer.proxy import UpstreamConnection
+    from balancer.dataplane.proxy import UpstreamConnection
 
 log = structlog.get_logger("warmfront.balancer")
 

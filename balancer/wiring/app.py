@@ -21,16 +21,16 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from balancer.admin import admin_needs_token, make_admin_app, status_sources
-from balancer.history import History
+from balancer.operator.server import admin_needs_token, make_admin_app, status_sources
+from balancer.control.history import History
 from balancer.logs import configure_logging
-from balancer.loop import ControlLoop
-from balancer.metrics import make_registry
-from balancer.operator import Operator
-from balancer.proxy import make_ssl_context
-from balancer.reload import ReloadResult, reload_config
-from balancer.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
-from balancer.workers import WorkerSet, default_workers
+from balancer.control.loop import ControlLoop
+from balancer.operator.metrics import make_registry
+from balancer.operator.api import Operator
+from balancer.dataplane.proxy import make_ssl_context
+from balancer.wiring.reload import ReloadResult, reload_config
+from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+from balancer.control.workers import WorkerSet, default_workers
 from config.models import Config, Pool, Route, RoutingConfig
 from pools.backends.process import ProcessBackend
 from pools.backends.static import StaticBackend
@@ -267,7 +267,7 @@ class App:
                            retire_other_generations=retire_other_generations)
 
     async def reload(self) -> ReloadResult:
-        """SIGHUP and POST /admin/reload: see balancer.reload."""
+        """SIGHUP and POST /admin/reload: see balancer.wiring.reload."""
         return await reload_config(self)
 
     def _control_status(self) -> dict[str, dict[str, Any]]:

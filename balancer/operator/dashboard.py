@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from balancer.timeline import Sample
+from balancer.operator.timeline import Sample
 from predictor.events import Event
 from predictor.svgplot import Band, Line, chart
 

@@ -2,7 +2,7 @@
 
 `WorkerSet` holds one listening socket per worker slot (all bound to the same address with
 SO_REUSEPORT, so the kernel spreads new connections over them) and starts one worker process per
-slot (`balancer.worker`) with that socket and its end of a channel (`balancer.channel`). Holding
+slot (`balancer.dataplane.worker`) with that socket and its end of a channel (`balancer.dataplane.channel`). Holding
 the sockets here means a worker that dies loses only what it had accepted: connections queued on
 its socket wait for the replacement, which inherits the same socket.
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import structlog
 
-from balancer.channel import ChannelClosed, encode_table, frame, read_message, table_members
-from balancer.history import History
-from balancer.routing import RoutingTable
-from balancer.stats import LatencyHistogram, ProxyStats, UpstreamStats
+from balancer.dataplane.channel import ChannelClosed, encode_table, frame, read_message, table_members
+from balancer.control.history import History
+from balancer.dataplane.routing import RoutingTable
+from balancer.dataplane.stats import LatencyHistogram, ProxyStats, UpstreamStats
 from config.models import Limits, Timeouts
 
 log = structlog.get_logger("warmfront.workers")
@@ -223,7 +223,7 @@ class WorkerSet:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listen_fd = self.sockets[slot].fileno()
         child_end.set_inheritable(True)
-        cmd = [sys.executable, "-m", "balancer.worker", "--listen-fd", str(listen_fd),
+        cmd = [sys.executable, "-m", "balancer.dataplane.worker", "--listen-fd", str(listen_fd),
                "--channel-fd", str(child_end.fileno()), "--parent", str(os.getpid()),
                "--log-level", self.log_level]
         try:

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo-backend"]:
-        from balancer import demo_backend
+        from balancer.demo import backend as demo_backend
         return demo_backend.main(argv[1:]) or 0
     if argv[:1] == ["forecast"]:
         from predictor import forecast_cli
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         from pools import simulate_cli
         return simulate_cli.main(argv[1:])
     if argv[:1] == ["demo"]:
-        from balancer import demo
+        from balancer.demo import run as demo
         return demo.main(argv[1:])
     args = _parser().parse_args(argv)
     from config import ConfigError, default_config_dir, json_schema, load_config
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{directory}: ok ({len(cfg.routing.routes)} routes, {len(cfg.pools)} pools)")
         return 0
     if args.command == "run":
-        from balancer.app import run_forever, static_config
+        from balancer.wiring.app import run_forever, static_config
         try:
             if args.to:
                 if args.config:

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-from balancer.controls import ScaleRequest, SourceUpdate
+from balancer.operator.controls import ScaleRequest, SourceUpdate
 from config.events import MAX_NAME, EventSpec
 from config.units import DURATION_PATTERN, EPOCH_PATTERN, int_range_pattern
 

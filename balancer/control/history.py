@@ -41,7 +41,7 @@ from typing import TypeVar
 
 import structlog
 
-from balancer.counters import (ABORTS, BYTES_IN, BYTES_OUT, ERRORS, HIST, LATENCY_BOUNDS, LATENCY_SUM,
+from balancer.dataplane.counters import (ABORTS, BYTES_IN, BYTES_OUT, ERRORS, HIST, LATENCY_BOUNDS, LATENCY_SUM,
                                OTHER, REQUESTS, WIDTH)
 
 log = structlog.get_logger(__name__)
@@ -166,7 +166,7 @@ class History:
         row[HIST + bisect_left(LATENCY_BOUNDS, latency)] += 1
 
     def merge(self, rows: Iterable[tuple], sessions: dict[str, list]) -> None:
-        """A worker's batch (`balancer.worker.Tally`): counter rows `(source, type, *row)` counted
+        """A worker's batch (`balancer.dataplane.worker.Tally`): counter rows `(source, type, *row)` counted
         since its last batch, and per source its request types in order as flat `[type, n, ...]`
         runs. The batch lands in the current minute of this history's clock (a worker ships about
         once a second, so a minute's edge blurs by at most that), and sources are admitted here, in

@@ -5,7 +5,7 @@ sleep, or with `--cpu` a busy spin that holds the event loop like real CPU-bound
 type comes from the path: /api/... is api, /static/... is static, anything else page. /healthz
 does no work. /echo (and /echo/...) answers any method with what it received, byte for byte. Every response carries `X-Backend-Port` so a test can tell which member answered.
 
-    python -m balancer.demo_backend --port 8001 [--host 127.0.0.1] [--work ...] [--cpu]
+    python -m balancer.demo.backend --port 8001 [--host 127.0.0.1] [--work ...] [--cpu]
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from balancer.timeline import Sample
+from balancer.operator.timeline import Sample
 
 TIERS = ("baseline", "burst", "overhead", "predictive_ready", "shadow")
 

@@ -43,7 +43,7 @@ import numpy as np
 import structlog
 
 
-from balancer.history import LATENCY_BOUNDS, OTHER, History, MinuteRow
+from balancer.control.history import LATENCY_BOUNDS, OTHER, History, MinuteRow
 from config.events import EVENTS_FILE, load_events
 from config.models import Config, Pool
 from pools.manager import PoolManager
@@ -88,7 +88,7 @@ class PoolForecast:
 
 
 class SourcePolicy(Protocol):
-    """The operator's per-source settings the loop honours (balancer.controls.Controls)."""
+    """The operator's per-source settings the loop honours (balancer.operator.controls.Controls)."""
 
     def predictive(self, source: str) -> bool: ...
 

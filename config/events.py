@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -63,7 +63,10 @@ TIME_SCHEMA = {"type": "string", "pattern": TIME_PATTERN, "anyOf": [{"format": "
                "description": f"RFC 3339 date-time, or a date (midnight UTC), in the years {FIRST_YEAR} to {LAST_YEAR}."}
 Time = Annotated[datetime, BeforeValidator(parse_time), WithJsonSchema(TIME_SCHEMA)]
 ScopeName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
-WindowLength = bounded_duration(minimum=MIN_WINDOW, maximum=MAX_EVENT_DURATION)
+if TYPE_CHECKING:   # a pydantic Annotated type built by a call: seconds, to the type checker
+    WindowLength = float
+else:
+    WindowLength = bounded_duration(minimum=MIN_WINDOW, maximum=MAX_EVENT_DURATION)
 
 
 def json_schema_given(schema: dict[str, Any], key: str, *absent: str) -> dict[str, Any]:
@@ -92,11 +95,11 @@ class EventScope(Strict):
             raise config_error((), f"a scope sets exactly one of source, type, pool (got {', '.join(chosen) or 'none'})")
         return self
 
-    def key_value(self) -> tuple[str, str]:
+    def key_value(self) -> tuple[Literal["source", "type", "pool"], str]:
         for name in type(self).model_fields:
             value = getattr(self, name)
             if value is not None:
-                return name, value
+                return name, value   # type: ignore[return-value]  # the model's fields are those three
         raise AssertionError("validated scope has no key")
 
 

@@ -127,7 +127,7 @@ class History:
         # (source, type) of every request in order, for the session model of the control loop;
         # bounded, so a loop that stops reading costs nothing but the oldest entries
         self._requests: deque[tuple[str, str]] = deque(maxlen=REQUEST_TAP)
-        self._db = _open(path)
+        self._db: sqlite3.Connection | None = _open(path)
         # The control loop's worker reads (`live=False`) on a connection of its own, so a replay
         # of two days does not hold `_lock` (which the loop thread's readers and the writer take).
         self._reader = _open_reader(path) if path is not None else None
@@ -350,7 +350,7 @@ class History:
             if day is not None and day.since <= start <= day.since + LATE_DAY_S:
                 base = day.totals
                 # minutes the window has moved past since `_day` was built: a short primary-key range
-                cur = self._db.execute(
+                cur = self._open_db().execute(
                     f"SELECT source, type, {', '.join(_COLUMNS)} FROM minutes WHERE minute >= ? AND minute < ?",
                     (day.since, start),
                 )
@@ -358,7 +358,7 @@ class History:
                     _add(totals.setdefault((source, rtype), [0] * WIDTH), [-v for v in row])
             else:
                 sums = ", ".join(f"SUM({c})" for c in _COLUMNS)
-                cur = self._db.execute(
+                cur = self._open_db().execute(
                     f"SELECT source, type, {sums} FROM minutes WHERE minute >= ? GROUP BY source, type",
                     (start,),
                 )
@@ -422,7 +422,7 @@ class History:
         in Python, so a worker thread reading a long replay lets the loop thread have the GIL."""
         if live or self._reader is None:
             with self._lock:
-                return consume(self._db.execute(sql, params)), [*self._unwritten, *([self._pending] if live else [])]
+                return consume(self._open_db().execute(sql, params)), [*self._unwritten, *([self._pending] if live else [])]
         with self._read_lock:
             reader = self._reader
             with self._lock:
@@ -450,9 +450,14 @@ class History:
         row[LATENCY_SUM] += latency_sum
         row[HIST + bisect_left(LATENCY_BOUNDS, latency_sum / requests)] += requests
 
+    def _open_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("history is closed")
+        return self._db
+
     def _busiest_sources(self, limit: int) -> list[str]:
         per_source: dict[str, int] = {}
-        for (source, _), row in self._day.totals.items():
+        for (source, _), row in (self._day.totals if self._day is not None else {}).items():
             if source != OTHER:
                 per_source[source] = per_source.get(source, 0) + row[REQUESTS]
         return sorted(per_source, key=lambda src: (-per_source[src], src))[:limit]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import structlog
@@ -40,8 +40,12 @@ MAX_WINDOWS = 48
 MAX_OVERRIDE = 30 * 86400.0
 MAX_ABANDON_AFTER = 3600.0
 MAX_REASON = 500
-AbandonAfter = bounded_duration(maximum=MAX_ABANDON_AFTER)
-OverrideLength = bounded_duration(minimum=MIN_WINDOW, maximum=MAX_OVERRIDE)
+if TYPE_CHECKING:   # pydantic Annotated types built by a call: seconds, to the type checker
+    AbandonAfter = float
+    OverrideLength = float
+else:
+    AbandonAfter = bounded_duration(maximum=MAX_ABANDON_AFTER)
+    OverrideLength = bounded_duration(minimum=MIN_WINDOW, maximum=MAX_OVERRIDE)
 
 
 class ProfileWindow(Strict):

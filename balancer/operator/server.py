@@ -46,7 +46,7 @@ def make_admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/status", status)
     if add_routes is not None:
-        add_routes(app)   # the operator API (balancer.operator.api)
+        add_routes(app)   # the operator API (balancer.operator.routes)
     return app
 
 
@@ -100,7 +100,7 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
         return _error(500, "internal error")
 
 
-def _require_token(token: str | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _require_token(token: str | None) -> Any:   # an aiohttp middleware
     """Every path but the open ones needs the token: as a bearer token (APIs, Prometheus), or as
     the password of HTTP Basic auth with any user name, so a browser can open the dashboard (it
     asks for the credentials itself when it sees the Basic challenge)."""

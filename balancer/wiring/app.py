@@ -26,7 +26,8 @@ from balancer.control.history import History
 from balancer.logs import configure_logging
 from balancer.control.loop import ControlLoop
 from balancer.operator.metrics import make_registry
-from balancer.operator.api import Operator
+from balancer.operator import routes
+from balancer.operator.state import Operator
 from balancer.dataplane.proxy import make_ssl_context
 from balancer.wiring.reload import ReloadResult, reload_config
 from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
@@ -211,7 +212,7 @@ class App:
         registry = make_registry(lambda: self.workers.stats, lambda: self.members, self._control_status,
                                  lambda: self.workers.restarts)
         self.admin_runner = web.AppRunner(make_admin_app(self.operator.status, registry, self.token,
-                                                         self.operator.add_routes),
+                                                         lambda web_app: routes.install(web_app, self.operator)),
                                           access_log=None, handle_signals=False)
         await self.admin_runner.setup()
         await web.TCPSite(self.admin_runner, self.admin_addr[0], self.admin_addr[1]).start()

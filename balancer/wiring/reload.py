@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from balancer.operator.host import ReloadRefused
 from config.loader import load_config
 from config.models import Config, Pool
 from pools.backends.base import MEMBER_FIELDS
@@ -36,10 +37,6 @@ log = structlog.get_logger(__name__)
 
 RESTART_FIELDS = ("listen", "admin", "state_dir", "workers", "tls", "history")
 ROLL_POLL = 0.1
-
-
-class ReloadRefused(Exception):
-    """Nothing to reload from (e.g. started with --to)."""
 
 
 @dataclass(slots=True)

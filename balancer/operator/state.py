@@ -1,0 +1,139 @@
+"""The operator's state: source controls, the event feed and the member timeline, and what the
+resources (balancer.operator.routes) compute from them and from the `Host` they serve.
+
+The Host (the App) owns everything read here (config, members, managers, history, control loop).
+Every refusal is an `ApiError`, answered as JSON with a message; nothing returns a 5xx for bad input.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from balancer.operator.controls import Controls, DesiredFn, constrain, override_json
+from balancer.operator.eventfeed import EventFeed
+from balancer.operator.host import Host
+from balancer.operator.requests import iso
+from balancer.operator.server import ApiError
+from balancer.operator.timeline import MemberTimeline, sample
+from config.events import EVENTS_FILE
+from config.models import Pool
+from pools.reconciler import Desired, ObservedMember
+from predictor.events import Event
+
+log = structlog.get_logger(__name__)
+
+SAMPLE_INTERVAL = 5.0
+
+
+class Operator:
+    def __init__(self, app: Host, clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.clock = clock
+        cfg = app.cfg
+        self.controls = Controls(app.state_dir / "sources.json", clock)
+        self.events = EventFeed(Path(cfg.directory) / EVENTS_FILE if cfg.directory else None,
+                                app.state_dir / "events.json")
+        self.events.replace_yaml(self.events.read_yaml())
+        self.timeline = MemberTimeline(path=app.state_dir / "timeline.sqlite3", retention=cfg.routing.history.retention)
+
+    # ---------------------------------------------------------------- hooks for the App
+    def desired_fn(self, inner: DesiredFn) -> DesiredFn:
+        """`inner` (the control loop's decision) bounded by manual overrides and maintenance events."""
+        def desired(pool: str, spec: Pool, observed: Sequence[ObservedMember]) -> Desired:
+            return constrain(inner(pool, spec, observed), self.controls.active_override(pool),
+                             self.maintenance(pool))
+        return desired
+
+    def maintenance(self, pool: str) -> list[Event]:
+        now = self.clock()
+        return [e for e in self.events.book.matching({"pool": pool}, now, math.nextafter(now, math.inf))
+                if e.kind == "maintenance"]
+
+    def status(self) -> dict[str, Any]:
+        """App.status() plus what the operator set: overrides, opted-out sources, events."""
+        st = self.app.status()
+        for name, pool in st.get("pools", {}).items():
+            pool["override"] = override_json(self.controls.active_override(name))
+        for s in st.get("sources", []):
+            s["predictive"] = self.controls.predictive(s.get("source", ""))
+        st["events"] = [self.event_json(e) for e in self.events.book.list()]
+        if self.events.skipped:
+            st["events_skipped"] = self.events.skipped
+        return st
+
+    def sample_members(self) -> None:
+        now = self.clock()
+        for name, spec in self.app.cfg.pools.items():
+            plan = self._plan(name)
+            self.timeline.add(name, sample(now, self.app.members.get(name, ()), spec.capacity.min,
+                                           plan.predictive if plan is not None else 0))
+
+    async def sample_loop(self, interval: float = SAMPLE_INTERVAL) -> None:
+        while True:
+            self.sample_members()
+            await asyncio.sleep(interval)
+
+    def _plan(self, name: str):
+        control = self.app.control
+        try:
+            return control.plan_of(name) if control is not None else None
+        except KeyError:
+            return None
+
+    def pool_named(self, request: web.Request) -> str:
+        name = request.match_info["name"]
+        if name not in self.app.cfg.pools:
+            raise ApiError(404, f"no pool named {name!r}")
+        return name
+
+    def within_capacity(self, pool: str, key: str, count: int | None) -> None:
+        limit = self.app.cfg.pools[pool].capacity.max
+        if count is not None and count > limit:
+            raise ApiError(400, f"{key}: must be at most {limit}, the capacity.max of pool {pool!r} (got {count})",
+                           key=key)
+
+    def pools_of_type(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for route in self.app.cfg.routing.routes:
+            pools = out.setdefault(route.type, [])
+            if route.pool not in pools:
+                pools.append(route.pool)
+        return out
+
+    def requests_by_pool_source(self, since: float, until: float) -> dict[str, dict[str, int]]:
+        pools_of = self.pools_of_type()
+        out: dict[str, dict[str, int]] = {}
+        for row in self.app.history.minute_rows(since, until):
+            for pool in pools_of.get(row.type, ()):
+                by_source = out.setdefault(pool, {})
+                by_source[row.source] = by_source.get(row.source, 0) + row.requests
+        return out
+
+    def requests_by_pool_minute(self, since: float, until: float) -> dict[str, dict[int, int]]:
+        pools_of = self.pools_of_type()
+        out: dict[str, dict[int, int]] = {}
+        for row in self.app.history.minute_rows(since, until):
+            for pool in pools_of.get(row.type, ()):
+                by_minute = out.setdefault(pool, {})
+                by_minute[row.minute] = by_minute.get(row.minute, 0) + row.requests
+        return out
+
+    def traffic_by_source(self, since: float) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.app.history.summary(since):
+            out[s.source] = out.get(s.source, 0) + s.requests
+        return out
+
+    def event_json(self, e: Event) -> dict[str, Any]:
+        return {"name": e.name, "kind": e.kind, "start": iso(e.start), "end": iso(e.end),
+                "scope": {e.scope_key: e.scope_value}, "multiplier": e.multiplier,
+                "learned_multiplier": None if e.multiplier is not None else self.events.book.uplift(e.kind),
+                "pin": e.pin, "drain": e.drain, "origin": self.events.origin(e.name)}
+

@@ -80,7 +80,7 @@ async def start_app():
 
     yield start
     for app, pids in apps:
-        backend = next(iter(app.backends.values()))
+        backend = next(iter(app.backends.made.values()))
         pids += [p for m in app.members["web"] if (p := backend.pid(m.id)) is not None]
         await app.stop()
         assert pids and not any(alive(p) for p in pids), "a member process outlived the app"

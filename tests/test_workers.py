@@ -261,3 +261,35 @@ def test_a_second_warmfront_on_the_same_port_is_refused(wf2, backend):
                          text=True, timeout=30)
     assert out.returncode == 1 and "cannot listen" in out.stderr, out.stderr
     assert http(wf2.url + "/")[0] == 200
+
+
+async def test_an_injected_backend_factory_runs_the_pools_members(tmp_path):
+    # App(backends=...): the pool's config names servers nobody listens on; the injected factory
+    # makes the static backend from a real backend's address instead, and traffic reaches it.
+    from balancer.wiring.app import App
+    from balancer.wiring.backends import Backends
+    from config.models import Config, Pool, RoutingConfig
+    from pools.backends.static import StaticBackend
+    backend = DemoBackend("--work", "page=0")
+    made: list[tuple] = []
+
+    def make(key, cfg):
+        made.append(key)
+        return StaticBackend({"web": [f"127.0.0.1:{backend.port}"]})
+    routing = RoutingConfig(routes=[Route(name="all", pool="web", type="page")])
+    app = App(Config(routing=routing, pools={"web": Pool(backend="static", servers=[f"127.0.0.1:{free_port()}"])}),
+              listen=("127.0.0.1", free_port()), admin=("127.0.0.1", free_port()), state_dir=str(tmp_path),
+              workers=1, backends=Backends(make))
+    await app.start()
+    try:
+        for _ in range(200):
+            if any(m.state.value == "ready" for m in app.members["web"]):
+                break
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{app.listen[1]}/") as r:
+                assert r.status == 200
+        assert made == [("static",)]
+    finally:
+        await app.stop()
+        backend.stop()

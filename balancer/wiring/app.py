@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import os
 import secrets
 import signal
@@ -21,20 +20,20 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from balancer.operator.server import admin_needs_token, make_admin_app, status_sources
 from balancer.control.history import History
-from balancer.logs import configure_logging
 from balancer.control.loop import ControlLoop
-from balancer.operator.metrics import make_registry
-from balancer.operator import routes
-from balancer.operator.state import Operator
-from balancer.dataplane.proxy import make_ssl_context
-from balancer.wiring.reload import ReloadResult, reload_config
-from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
 from balancer.control.workers import WorkerSet, default_workers
+from balancer.dataplane.proxy import make_ssl_context
+from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
+from balancer.logs import configure_logging
+from balancer.operator import routes
+from balancer.operator.metrics import make_registry
+from balancer.operator.server import admin_needs_token, make_admin_app, status_sources
+from balancer.operator.state import Operator
+from balancer.wiring.backends import Backends, BackendUnavailable
+from balancer.wiring.reload import ReloadResult, reload_config
 from config.models import Config, Pool, Route, RoutingConfig
-from pools.backends.process import ProcessBackend
-from pools.backends.static import StaticBackend
+from pools.backends.base import Backend
 from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
 from pools.ports import parse_hostport
@@ -59,7 +58,8 @@ class App:
     def __init__(self, cfg: Config, listen: tuple[str, int] | None = None,
                  admin: tuple[str, int] | None = None, state_dir: str | None = None,
                  clock: Callable[[], float] = time.time, plan_interval: float = 5.0,
-                 workers: int | None = None, log_level: str = "info", time_scale: float = 1.0):
+                 workers: int | None = None, log_level: str = "info", time_scale: float = 1.0,
+                 backends: Backends | None = None):
         self.cfg = cfg
         # History, predictor and planner run on `clock` (the demo compresses time, tests stop it);
         # the proxy and the pool managers keep real time.
@@ -83,7 +83,7 @@ class App:
                                f"loopback: set a bearer token in ${r.admin.token_env}")
         self.members: dict[str, list[MemberView]] = {name: [] for name in cfg.pools}
         self.tasks: list[asyncio.Task] = []
-        self.backends: dict[tuple, object] = {}
+        self.backends = backends if backends is not None else Backends()   # which Backend runs a pool's members
         self.managers: dict[str, PoolManager] = {}
         self.control: ControlLoop | None = None
         self.admin_runner: web.AppRunner | None = None
@@ -169,27 +169,13 @@ class App:
         return History(self.state_dir / "history.sqlite3", h.max_sources, h.retention, clock=self.clock,
                        time_scale=self.time_scale)
 
-    def _backend_for(self, name: str, spec: Pool):
-        """One backend object per kind (and per Docker daemon), shared by the pools using it."""
-        key: tuple
-        if spec.backend == "process":
-            key = ("process",)
-        elif spec.backend == "static":
-            key = ("static",)
-        elif spec.backend == "docker" and spec.docker is not None:
-            key = ("docker", spec.docker.host)
-        else:
-            raise StartupError(f"pools.{name}.backend: {spec.backend!r} is not available yet")
-        if key not in self.backends:
-            if key[0] == "process":
-                self.backends[key] = ProcessBackend(owner=self.instance_id, log_dir=self.state_dir / "members")
-            elif key[0] == "static":
-                self.backends[key] = StaticBackend({n: p.servers for n, p in self.cfg.pools.items()
-                                                    if p.backend == "static"})
-            else:
-                from pools.backends.docker import DockerBackend
-                self.backends[key] = DockerBackend(owner=self.instance_id, base_url=key[-1])
-        return self.backends[key]
+    def _backend_for(self, name: str, spec: Pool) -> Backend:
+        """The pool's backend, from the injected `Backends` (shared per kind and Docker daemon)."""
+        self.backends.owner, self.backends.state_dir = self.instance_id, self.state_dir
+        try:
+            return self.backends.for_pool(name, spec, self.cfg)
+        except BackendUnavailable as e:
+            raise StartupError(str(e)) from None
 
     async def start(self) -> None:
         r = self.cfg.routing
@@ -277,10 +263,7 @@ class App:
         return {name: self.control.pool_status(name) for name in self.cfg.pools}
 
     async def _close_backends(self) -> None:
-        for b in self.backends.values():
-            close = getattr(b, "close", None)
-            if close is not None and inspect.isawaitable(result := close()):
-                await result
+        await self.backends.close()
 
 
 async def _serve(app: App) -> None:

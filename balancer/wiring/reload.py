@@ -81,10 +81,8 @@ async def reload_config(app: App) -> ReloadResult:
     # spec they were built from (pools.backends.base.member_generation) and each manager adopts only
     # its own. Static servers carry no labels; the static backend holds the server lists, so it is
     # rebuilt from the new config (the old object is kept for closing at shutdown).
-    if any(new.pools[n].backend == "static" for n in result.rolled + result.added) and ("static",) in app.backends:
-        app.backends[("static", "retired", len(app.backends))] = app.backends.pop(("static",))
-        app._backend_for(next(n for n in new.pools if new.pools[n].backend == "static"),
-                         next(p for p in new.pools.values() if p.backend == "static"))
+    if any(new.pools[n].backend == "static" for n in result.rolled + result.added):
+        app.backends.renew_static()
     for name in result.retuned:
         app.managers[name].spec = new.pools[name]
         app.managers[name].wake()

@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,12 @@ class _Child:
     @property
     def alive(self) -> bool:
         return self.exited is not None and not self.exited.done()
+
+    def spawned(self) -> tuple[subprocess.Popen, asyncio.Future]:
+        """The process and its exit future; a member is only signalled once spawned."""
+        if self.proc is None or self.exited is None:
+            raise BackendError(f"{self.instance.id} was never started")
+        return self.proc, self.exited
 
 
 class ProcessBackend:
@@ -104,15 +111,16 @@ class ProcessBackend:
     async def stop(self, instance_id: str, timeout: float) -> None:
         child = self._child(instance_id)
         if child.alive:
+            proc, exited = child.spawned()
             child.stopping = True
             self._signal(child, signal.SIGTERM)
             self._signal(child, signal.SIGCONT)  # a paused process only acts on SIGTERM once continued
             try:
-                await asyncio.wait_for(asyncio.shield(child.exited), timeout)
+                await asyncio.wait_for(asyncio.shield(exited), timeout)
             except TimeoutError:
                 if child.alive:  # it may have exited while the timeout was being handled
-                    child.proc.kill()
-                await child.exited
+                    proc.kill()
+                await exited
         child.instance.status = InstanceStatus.STOPPED
 
     async def remove(self, instance_id: str) -> None:
@@ -132,7 +140,7 @@ class ProcessBackend:
         child = self._children.get(instance_id)
         if child is None or not child.alive:
             return None
-        return child.proc.pid
+        return child.spawned()[0].pid
 
     async def close(self) -> None:
         """Kill and reap every child still known: the last line of defence at shutdown."""
@@ -146,7 +154,7 @@ class ProcessBackend:
 
     def _spawn(self, child: _Child) -> None:
         inst = child.instance
-        out: int | object = subprocess.DEVNULL
+        out: int | BinaryIO = subprocess.DEVNULL
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self._log_dir / f"{inst.id}.log", "ab")
@@ -157,7 +165,7 @@ class ProcessBackend:
         except OSError as e:
             raise BackendError(f"cannot start {inst.id}: {e}") from e
         finally:
-            if out is not subprocess.DEVNULL:
+            if not isinstance(out, int):
                 out.close()
         loop = asyncio.get_running_loop()
         child.proc, child.exited, child.stopping = proc, loop.create_future(), False
@@ -173,7 +181,7 @@ class ProcessBackend:
         code = proc.wait()  # already exited: this only reaps, so no zombie is left
         if child.proc is not proc:
             return
-        child.exited.set_result(code)
+        child.spawned()[1].set_result(code)
         if child.stopping:
             child.instance.status = InstanceStatus.STOPPED
         else:
@@ -184,4 +192,4 @@ class ProcessBackend:
     def _signal(child: _Child, sig: signal.Signals) -> None:
         if not child.alive:
             raise BackendError(f"{child.instance.id} is not running")
-        child.proc.send_signal(sig)
+        child.spawned()[0].send_signal(sig)

@@ -12,15 +12,22 @@ import shlex
 import signal
 import subprocess
 import sys
-from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
 from config.models import Pool
-from pools.backends.base import (BackendError, BackendEvent, EventHub, Instance, InstanceStatus,
-                                 Subscription, member_labels)
+from pools.backends.base import (
+    BackendError,
+    BackendEvent,
+    EventHub,
+    Instance,
+    InstanceStatus,
+    Subscription,
+    member_labels,
+)
 from pools.ports import free_port
 
 log = structlog.get_logger()

@@ -5,6 +5,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -40,6 +41,20 @@ class HealthTracker:
                 self.healthy = False
                 return False
         return None
+
+
+class Checker(Protocol):
+    """What a PoolManager asks of its health checker: `HealthChecker` over HTTP, or
+    `pools.backends.simulated.SimulatedHealth` on a virtual clock."""
+
+    async def probe(self, host: str, port: int, check: HealthCheck) -> bool: ...
+
+    async def wait_healthy(self, host: str, port: int, check: HealthCheck, deadline: float,
+                           clock: Callable[[], float]) -> bool: ...
+
+    async def warm(self, host: str, port: int, warmup: Warmup, timeout: float) -> int: ...
+
+    async def close(self) -> None: ...
 
 
 class HealthChecker:

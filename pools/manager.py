@@ -2,6 +2,10 @@
 
 The decision is pure; this layer only performs it. Slow operations (boot, warm-up, stop) run as one
 task per member, so the loop never waits on a single member and a member has one operation at a time.
+What to reach is a published value (`set_desired`, a `DesiredState` from the control step), read
+here and never asked for. The clock, the backend and the health checker are passed in: live they
+are time.monotonic, docker/process/static and HTTP probes; in `warmfront simulate` a virtual
+clock, `SimulatedBackend` and `SimulatedHealth` (pools.backends.simulated).
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import contextlib
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 import aiohttp
@@ -19,15 +23,17 @@ import structlog
 from config.models import Pool
 from pools.backends.base import (LABEL_GENERATION, Backend, BackendError, Instance, InstanceStatus, Subscription,
                                  member_generation)
-from pools.health import HealthChecker, HealthTracker
+from pools.health import Checker, HealthChecker, HealthTracker
 from pools.members import MemberState, MemberView
-from pools.reconciler import (Action, Activate, Desired, Drain, Launch, ObservedMember, Park, Replace, Retire,
-                              Warm, baseline_desired, decide)
+from pools.reconciler import (Action, Activate, Desired, DesiredState, Drain, Launch, ObservedMember, Park, Replace,
+                              Retire, Warm, baseline_desired, decide)
 
 log = structlog.get_logger()
 
-DesiredFn = Callable[[str, Pool, Sequence[ObservedMember]], Desired]
 MAX_BACKOFF = 10.0
+# A pass that acted is followed by another at once (a drained member is retired, a booted one
+# activated, without waiting for the interval); launches only wait for the member to boot.
+MAX_PASSES = 4
 # Members that die before becoming healthy (bad command, port clash) delay the next launch:
 # 0.5 s, 1 s, 2 s ... up to MAX_BACKOFF, so a broken spec does not fork in a tight loop.
 LAUNCH_BACKOFF = 0.5
@@ -66,21 +72,26 @@ class PoolManager:
                  clock: Callable[[], float] = time.monotonic,
                  in_flight: Callable[[str], int] = lambda member_id: 0,
                  on_change: Callable[[str, list[MemberView]], None] = lambda pool, members: None,
-                 desired_fn: DesiredFn = baseline_desired,
-                 checker: HealthChecker | None = None,
+                 desired: DesiredState | None = None,
+                 checker: Checker | None = None,
                  interval: float = 0.5,
                  retire_other_generations: bool = True,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.name, self.spec, self.backend = name, spec, backend
-        self.clock, self.in_flight, self.on_change, self.desired_fn = clock, in_flight, on_change, desired_fn
+        self.clock, self.in_flight, self.on_change = clock, in_flight, on_change
+        self._desired = baseline_desired(name, spec, ())
+        self._published = False   # a published value names this pool (else the spec's baseline)
+        self._generation: tuple[Pool, str] | None = None
         self.interval = interval
         self.retire_other_generations = retire_other_generations
         self._leads: dict[str, deque] = {}   # cold | running | paused | stopped -> recent seconds
-        self._checker = checker or HealthChecker()
+        self._checker: Checker = checker or HealthChecker()
         self._owns_checker = checker is None
         self._static = spec.backend == "static"
         self._members: dict[str, _Member] = {}
         self._wake = asyncio.Event()
+        if desired is not None:
+            self.set_desired(desired)
         self._run_task: asyncio.Task | None = None
         self._boot_failures = 0
         self._launch_after = 0.0
@@ -101,18 +112,36 @@ class PoolManager:
         """Reconcile now rather than at the next interval (the desired state changed)."""
         self._wake.set()
 
+    @property
+    def desired(self) -> Desired:
+        """What this manager reaches: its pool's entry of the last published state, else the baseline."""
+        return self._desired if self._published else baseline_desired(self.name, self.spec, ())
+
+    def set_desired(self, state: DesiredState) -> None:
+        """Read a newly published desired state; reconcile at once when this pool's entry changed."""
+        new = state.pools.get(self.name)
+        before = self.desired
+        self._desired, self._published = (new, True) if new is not None else (self._desired, False)
+        if self.desired != before:
+            self._wake.set()
+
     async def run(self) -> None:
         """Reconcile every `interval` and at once on member deaths and finished operations, until cancelled."""
         self._run_task = asyncio.current_task()
         events = self.backend.events()
         helpers = [asyncio.create_task(self._watch(events)), asyncio.create_task(self._health_loop())]
         backoff = 0.0
+        passes = 0
         try:
             while True:
                 self._wake.clear()
                 try:
-                    await self.reconcile()
+                    acted = await self.reconcile()
                     backoff = 0.0
+                    passes = passes + 1 if acted else 0
+                    if acted and passes < MAX_PASSES:
+                        continue
+                    passes = 0
                 except Exception as e:  # a backend hiccup must not end the loop: back off and look again
                     backoff = min(max(2 * backoff, self.interval), MAX_BACKOFF)
                     self._log.warning("pool.backend_error", error=repr(e), retry_in=backoff)
@@ -174,14 +203,15 @@ class PoolManager:
         self.wake()
         return True
 
-    async def reconcile(self) -> None:
-        """One level-triggered pass: observe the backend, decide, act."""
+    async def reconcile(self) -> bool:
+        """One level-triggered pass: observe the backend, decide, act. True when it did more than
+        launch (what it did may call for more at once)."""
         await self._observe()
         if self._static:
-            return  # static members move only on health checks
+            return False  # static members move only on health checks
         observed = [ObservedMember(m.id, m.state, m.since, m.shadow_state, self.in_flight(m.id), m.busy)
                     for m in self._members.values()]
-        desired = self.desired_fn(self.name, self.spec, observed)
+        desired = self.desired
         actions = decide(desired, observed, self.clock())
         for action in actions:
             self.note(type(action).__name__.lower(), getattr(action, "member_id", None), _reason(action, desired))
@@ -189,10 +219,13 @@ class PoolManager:
         if actions:
             counts = {s.value: n for s in MemberState if (n := sum(m.state is s for m in self._members.values()))}
             self._log.info("pool.reconciled", actions=[_describe(a) for a in actions], members=counts)
+        return any(not isinstance(a, Launch) for a in actions)
 
     # ------------------------------------------------------------------ observing
     async def _observe(self) -> None:
-        generation = member_generation(self.spec)
+        if self._generation is None or self._generation[0] is not self.spec:   # a reload assigns a new spec
+            self._generation = (self.spec, member_generation(self.spec))
+        generation = self._generation[1]
         instances: dict[str, Instance] = {}
         for i in await self.backend.list():
             if i.pool != self.name:

@@ -10,8 +10,9 @@ An idle LAUNCHING member is booted and healthy; an idle WARMING member has finis
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from config.models import Pool
 from pools.members import MemberState
@@ -27,6 +28,21 @@ class Desired:
     shadow_state: str          # running | paused | stopped | none (none = no shadow tier)
     max_members: int           # ready + shadow + pipeline never exceeds this
     drain_timeout: float       # a draining member is retired after this even with requests in flight
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """Every managed pool's `Desired` as one published value, overrides and maintenance applied.
+
+    The control step builds it whole and hands it to the pool managers, as the routing table is
+    handed to the proxy; a manager reads its pool's entry and calls nothing back. A pool without an
+    entry (no plan yet) reaches its spec's baseline."""
+    pools: Mapping[str, Desired] = field(default_factory=lambda: MappingProxyType({}))
+    at: float = 0.0   # clock time of the step that published it
+
+    @classmethod
+    def of(cls, pools: Mapping[str, Desired], at: float = 0.0) -> DesiredState:
+        return cls(MappingProxyType(dict(pools)), at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,15 @@
 """Replay a trace through four capacity policies on a virtual clock: the engine of `warmfront simulate`.
 
 The predictive policy is warmfront itself: the live `Forecaster` (observing each finished bin,
-refitting when `refit_due`), the anomaly detector, `pools.planner.plan` and `pools.reconciler.decide`,
-acted on by the simulated backend. The others are yardsticks: `static` (sized for the training
-peak), `reactive` (Kubernetes HPA defaults) and `oracle` (exact future demand at 100 % utilisation,
-launched just in time: the cost floor).
+refitting when `refit_due`), the anomaly detector, service times learned per request type, and
+the live loop's step (`pools.step`: demand, `pools.planner.plan`, `Desired`). The others are
+yardsticks: `static` (sized for the training peak), `reactive` (Kubernetes HPA defaults) and
+`oracle` (exact future demand at 100 % utilisation, launched just in time: the cost floor).
+
+Every policy but the oracle publishes its `Desired` to the real `PoolManager` (reconcile decision,
+boot waits, activations, drains), acting on `SimulatedBackend` with `SimulatedHealth`, all on one
+`pools.virtual.VirtualClockLoop` per replay: what a manager does between two steps happens at the
+virtual instant it would live (a member booted 12 s into a step is routed then, not at the next step).
 
 Fluid model per step: the requests arriving in it (a trace bin spread evenly over its steps) meet
 `ready member-seconds × member_rate` of capacity; the rest are cold requests. The first `train_s`
@@ -15,20 +20,26 @@ reads demand and capacity of steps before `i` only.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
 from config.models import Pool
-from pools.backends.simulated import Delays, SimulatedPool
-from pools.planner import PlannerState, TypeDemand
-from pools.reconciler import Desired
+from pools.backends.simulated import Delays, SimulatedBackend, SimulatedHealth
+from pools.manager import PoolManager
+from pools.members import MemberState, MemberView
+from pools.planner import Plan, PlannerState, TypeDemand
+from pools.reconciler import Desired, DesiredState
 from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, LoadSamples, PoolObservation, SeriesForecasts, plan_pool,
                         pool_demand)
+from pools.virtual import run_virtual
 from predictor.engine import Forecaster
+from predictor.profiles import ResourceProfile, SourceClusters
 from predictor.series import Series
 
 POLICIES = ("static", "reactive", "predictive", "oracle")
@@ -39,6 +50,10 @@ HPA_TARGET = 0.7
 HPA_TOLERANCE = 0.1
 HPA_WINDOW_S = 60.0
 HPA_DOWN_STABILISATION_S = 300.0
+# Without a change to act on, a live manager looks again every half second; the simulated backend
+# changes only when the manager acts, so its periodic pass would find nothing: an hour is plenty.
+IDLE_PASS_S = 3600.0
+_COSTS_FULL = (MemberState.LAUNCHING, MemberState.WARMING, MemberState.READY, MemberState.DRAINING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +130,8 @@ def forecast_path(series: Series, bin_s: float, refit_every_s: float = 900.0) ->
     """Run the live Forecaster along the trace, one forecaster bin at a time, as the live loop
     runs it: same quantiles, horizons and refit cadence."""
     now = [0.0]
-    fc = Forecaster(lambda: now[0], bin_s=bin_s, refit_every_s=refit_every_s)
+    clusters = SourceClusters()   # young series borrow their cluster's daily shape, as live
+    fc = Forecaster(lambda: now[0], bin_s=bin_s, refit_every_s=refit_every_s, shape_for=clusters.shape_for)
     per = int(round(bin_s / series.bin_s))
     n_bounds = math.ceil(series.length / per) + 1
     point = np.zeros((n_bounds, series.n, len(HORIZONS_S)))
@@ -123,6 +139,11 @@ def forecast_path(series: Series, bin_s: float, refit_every_s: float = 900.0) ->
     band = np.zeros((n_bounds, series.n, 2))
     actual = np.zeros((n_bounds, series.n))
     index = {sid: i for i, sid in enumerate(series.ids)}
+    # The live loop's first step comes at the start, with nothing observed: the refit clock starts there.
+    fc.observe(0.0, {})
+    if fc.refit_due():
+        clusters.update(fc.ids, *fc.daily_profiles())
+        fc.refit()
     for j in range(1, n_bounds):
         now[0] = j * bin_s
         lo, hi = (j - 1) * per, min(j * per, series.length)
@@ -131,6 +152,7 @@ def forecast_path(series: Series, bin_s: float, refit_every_s: float = 900.0) ->
         fc.observe(now[0], {})   # the bin has ended: close it before forecasting
         actual[j] = series.values[:, lo:hi].sum(axis=1)
         if fc.refit_due():
+            clusters.update(fc.ids, *fc.daily_profiles())
             fc.refit()
         fa = fc.forecast_arrays(HORIZONS_S)
         if fa is None:
@@ -180,11 +202,18 @@ class Replay:
         return float(np.mean(np.minimum(1.0, arr[have] / cap[have])))
 
 
+class Members(Protocol):
+    """A policy's pool as its decision may read it."""
+    manager: PoolManager
+
+    def ready_ids(self) -> list[str]: ...
+
+
 class Static:
     def __init__(self, pool: SimPool, members: int) -> None:
         self.desired_ = Desired(members, 0, "none", max(members, pool.spec.capacity.max), pool.spec.drain_timeout)
 
-    def desired(self, i: int, now: float, actor: SimulatedPool, replay: Replay) -> Desired:
+    def desired(self, i: int, now: float, members: Members, replay: Replay) -> Desired:
         return self.desired_
 
 
@@ -199,12 +228,12 @@ class Reactive:
         self.replicas = pool.spec.capacity.min
         self.recommendations: deque[tuple[float, int]] = deque()
 
-    def desired(self, i: int, now: float, actor: SimulatedPool, replay: Replay) -> Desired:
+    def desired(self, i: int, now: float, members: Members, replay: Replay) -> Desired:
         cap = self.spec.capacity
         util = replay.utilisation_before(i, self.window)
         rec = self.replicas
         if util is not None and abs(util / HPA_TARGET - 1.0) > HPA_TOLERANCE:
-            rec = math.ceil(actor.ready_count() * util / HPA_TARGET)
+            rec = math.ceil(len(members.ready_ids()) * util / HPA_TARGET)
         rec = min(max(rec, cap.min), cap.max, max(2 * self.replicas, self.replicas + 4))
         q = self.recommendations
         q.append((now, rec))
@@ -215,14 +244,15 @@ class Reactive:
 
 
 class Predictive:
-    """warmfront: the forecast path, live in-flight load and anomalies into the live loop's step
-    (`pools.step.step_pool`), its `Desired` into `decide`."""
+    """warmfront: the forecast path, service times learned from what the members served, live
+    in-flight load and anomalies into the live loop's step (`pools.step.plan_pool`), with the lead
+    times the manager measured; its `Desired` is what the manager reaches. `plans` keeps every
+    step's `Plan` when asked (the parity test compares them with the live loop's)."""
 
-    def __init__(self, pool: SimPool, path: ForecastPath, delays: Delays, step_s: float) -> None:
+    def __init__(self, pool: SimPool, path: ForecastPath, series: Series, record: bool = False) -> None:
         self.pool = pool
         self.path = path
         self.state = PlannerState()
-        self.delays = delays
         self.load = LoadSamples()
         self._rows = [idx for idx, _ in pool.sources]
         self._types = tuple(rtype for _, rtype in pool.sources)
@@ -230,28 +260,57 @@ class Predictive:
         self._bound = -1
         self._demand: tuple[TypeDemand, ...] = ()
         self._anomalies = pool_anomalies(path, self._rows, pool.name)
+        # Per request type, requests per trace bin: what History would hold for the members' minutes.
+        self._bin_s = series.bin_s
+        self._by_type = {t: series.values[[i for i, rt in pool.sources if rt == t]].sum(axis=0)
+                         for t in sorted(set(self._types))}
+        self._next_bin = 0
+        self.profiles: dict[str, ResourceProfile] = {}
+        self._service: dict[str, float] = {}
+        self.plans: list[Plan] | None = [] if record else None
 
-    def desired(self, i: int, now: float, actor: SimulatedPool, replay: Replay) -> Desired:
+    def desired(self, i: int, now: float, members: Members, replay: Replay) -> Desired:
         spec = self.pool.spec
         j = min(int(now // self.path.bin_s), len(self.path.point) - 1)   # the latest forecast made by `now`
-        if j != self._bound:
-            self._bound = j
-            self._demand = pool_demand(self._obs, self.forecasts_at(j))
+        service = self._learn_service_times(now)
+        if j != self._bound or service != self._service:
+            self._bound, self._service = j, service
+            self._demand = pool_demand(replace(self._obs, service_times=service), self.forecasts_at(j))
         # Sampled as the live loop samples the proxy: the ready members now, and the requests in
-        # flight over the last step (Little's law: arrival rate × service time).
+        # flight at them over the last step (Little's law: arrival rate × service time); with no
+        # member ready nothing is in flight (the proxy refuses the requests).
         arrived = float(replay.arrivals_before(i, 1).sum()) / replay.step_s
-        self.load.sample(now, actor.ready_ids(), arrived * spec.scaling.service_time)
+        ready = members.ready_ids()
+        self.load.sample(now, ready, arrived * spec.scaling.service_time if ready else 0.0)
         live = self.load.live(now, spec.scaling, bool(self._anomalies[j]))
-        # The simulated backend's leads are known exactly: what a live manager would measure.
+        measured = members.manager.measured_lead
         obs = replace(self._obs, live=live, ready_since=tuple(self.load.ready_since.values()),
-                      cold_lead=self.delays.cold, shadow_lead=self.delays.activate(spec.shadow.state))
-        return plan_pool(now, obs, self._demand, self.state).desired
+                      service_times=service, cold_lead=measured("cold"), shadow_lead=measured(spec.shadow.state))
+        step = plan_pool(now, obs, self._demand, self.state)
+        if self.plans is not None:
+            self.plans.append(step.plan)
+        return step.desired
+
+    def _learn_service_times(self, now: float) -> dict[str, float]:
+        """Fold every trace bin that has ended into the per-type profiles, as the live loop folds
+        History's minutes: each request took the members' service time (the simulated members are
+        the pool's members: `scaling.service_time` matches their rate)."""
+        st = self.pool.spec.scaling.service_time
+        while (self._next_bin + 1) * self._bin_s <= now and self._next_bin < len(next(iter(self._by_type.values()))):
+            for rtype, counts in self._by_type.items():
+                n = float(counts[self._next_bin])
+                self.profiles.setdefault(rtype, ResourceProfile()).update(n, n * st)
+            self._next_bin += 1
+        return {t: p.service_time_s for t, p in self.profiles.items() if p.service_time_s is not None}
 
     def forecasts_at(self, j: int) -> SeriesForecasts:
         n = len(self._rows)
         return SeriesForecasts(self._types, self.path.point[j, self._rows], self.path.upper[j, self._rows],
                                self.path.band_quantile, np.ones(n, dtype=bool),
                                np.full(n, SENSITIVITIES.index("normal"), dtype=np.int64), horizons=self.path.horizons)
+
+
+Policy = Static | Reactive | Predictive
 
 
 # ---------------------------------------------------------------------------------------- replay
@@ -273,14 +332,14 @@ def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress
     runs: dict[str, list[PolicyRun]] = {name: [] for name in POLICIES}
     for pool, demand in zip(pools, demands):
         train_peak = float(demand[:max(1, scored_from)].max()) / step
-        policies = {"static": Static(pool, max(1, math.ceil(train_peak / pool.member_rate - 1e-9))),
+        policies: dict[str, Policy] = {"static": Static(pool, max(1, math.ceil(train_peak / pool.member_rate - 1e-9))),
                     "reactive": Reactive(pool, step),
-                    "predictive": Predictive(pool, path, cfg.delays, step)}
+                    "predictive": Predictive(pool, path, series)}
         for name, policy in policies.items():
             def tick(k: int, base: int = done) -> None:
                 if progress is not None:
                     progress((base + k) / total)
-            runs[name].append(_replay(pool, policy, demand, cfg, scored_from, tick))
+            runs[name].append(replay_policy(pool, policy, demand, cfg, scored_from, tick))
             done += n_steps
         runs["oracle"].append(oracle(demand, pool.member_rate, step, cfg.delays.cold, scored_from))
     if progress is not None:
@@ -288,32 +347,109 @@ def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress
     return SimResult(step, scored_from, sum(demands)[scored_from:] / step, runs)
 
 
-def _replay(pool: SimPool, policy, demand: np.ndarray, cfg: SimConfig, scored_from: int,
-            tick: Callable[[int], None]) -> PolicyRun:
+class Ledger:
+    """What one replay's members cost and serve, integrated per step from the member lists the
+    manager publishes (its `on_change`): ready member-seconds, cost-weighted member-seconds
+    (launching, warming, ready and draining members 1, shadows `shadow_cost`), and shadows made ready."""
+
+    def __init__(self, steps: int, step_s: float, shadow_cost: float, clock: Callable[[], float]) -> None:
+        self.step_s, self.shadow_cost, self.clock = step_s, shadow_cost, clock
+        self.ready_s = np.zeros(steps)
+        self.weight_s = np.zeros(steps)
+        self.activations = 0
+        self._ready: list[str] = []
+        self._weight = 0.0
+        self._states: dict[str, MemberState] = {}
+        self._t = 0.0
+
+    def ready_ids(self) -> list[str]:
+        return self._ready
+
+    def on_change(self, pool: str, members: Sequence[MemberView]) -> None:
+        self.accrue(self.clock())
+        states = {m.id: m.state for m in members}
+        self.activations += sum(1 for mid, st in states.items()
+                                if st is MemberState.READY and self._states.get(mid) is MemberState.SHADOW)
+        self._states = states
+        self._ready = [mid for mid, st in states.items() if st is MemberState.READY]
+        self._weight = (sum(1 for st in states.values() if st in _COSTS_FULL)
+                        + self.shadow_cost * sum(1 for st in states.values() if st is MemberState.SHADOW))
+
+    def accrue(self, until: float) -> None:
+        """Add the members as they are now to every step from the last change to `until`."""
+        steps = len(self.ready_s)
+        while self._t < until:
+            i = int(self._t // self.step_s)
+            if i >= steps:
+                break
+            end = min(until, (i + 1) * self.step_s)
+            self.ready_s[i] += len(self._ready) * (end - self._t)
+            self.weight_s[i] += self._weight * (end - self._t)
+            self._t = end
+
+
+class SimMembers:
+    """A replay's pool as a policy reads it: the manager (its measured lead times) and its members."""
+
+    def __init__(self, manager: PoolManager, ledger: Ledger) -> None:
+        self.manager, self.ledger = manager, ledger
+
+    def ready_ids(self) -> list[str]:
+        return self.ledger.ready_ids()
+
+
+def replay_policy(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimConfig, scored_from: int,
+                  tick: Callable[[int], None] = lambda i: None) -> PolicyRun:
+    """One policy over the whole trace, its `PoolManager` on a virtual clock of its own."""
+    return run_virtual(_replay(pool, policy, demand, cfg, scored_from, tick))
+
+
+async def _replay(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimConfig, scored_from: int,
+                  tick: Callable[[int], None]) -> PolicyRun:
+    loop = asyncio.get_running_loop()
     step = cfg.step_s
-    actor = SimulatedPool(cfg.delays, cfg.shadow_cost)
-    replay = Replay(demand, step)
     n = len(demand)
-    weight = np.zeros(n)
+    backend = SimulatedBackend(cfg.delays, loop.time)
+    ledger = Ledger(n, step, cfg.shadow_cost, loop.time)
+    manager = PoolManager(pool.name, pool.spec, backend, clock=loop.time, on_change=ledger.on_change,
+                          checker=SimulatedHealth(backend), interval=IDLE_PASS_S, wall_clock=loop.time)
+    members = SimMembers(manager, ledger)
+    replay = Replay(demand, step)
     ready = np.zeros(n, dtype=np.int64)
     activations_before = 0
     every = max(1, n // 100)
-    for i in range(n):
-        now = i * step
-        if i == scored_from:
-            activations_before = actor.activations
-        actor.reconcile(policy.desired(i, now, actor, replay), now)
-        replay.capacity[i] = actor.ready_seconds(now, now + step) * pool.member_rate
-        weight[i] = actor.cost_weight()
-        ready[i] = actor.ready_count()
-        if i % every == 0:
-            tick(i)
+    published: Desired | None = None
+    task: asyncio.Task | None = None
+    try:
+        for i in range(n + 1):
+            now = i * step
+            await asyncio.sleep(now - loop.time())
+            ledger.accrue(now)
+            if i > 0:   # step i - 1 has ended: what it served is known
+                replay.capacity[i - 1] = ledger.ready_s[i - 1] * pool.member_rate
+                ready[i - 1] = len(ledger.ready_ids())
+            if i == n:
+                break
+            if i == scored_from:
+                activations_before = ledger.activations
+            desired = policy.desired(i, now, members, replay)
+            if desired != published:
+                manager.set_desired(DesiredState.of({pool.name: desired}, now))
+                published = desired
+            if task is None:   # the first pass already reaches the first decision, as `run` waits for the first plan
+                task = asyncio.create_task(manager.run())
+            if i % every == 0:
+                tick(i)
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     s = slice(scored_from, n)
     served = np.minimum(demand[s], replay.capacity[s])
     return PolicyRun(requests=float(demand[s].sum()), cold_requests=float((demand[s] - served).sum()),
-                     container_minutes=float(weight[s].sum() * step / 60.0),
+                     container_minutes=float(ledger.weight_s[s].sum() / 60.0),
                      scale_events=int(np.count_nonzero(np.diff(ready[scored_from - 1 if scored_from else 0:]))),
-                     shadow_activations=actor.activations - activations_before,
+                     shadow_activations=ledger.activations - activations_before,
                      capacity=replay.capacity[s] / step)
 
 

@@ -26,6 +26,7 @@ from predictor.svgplot import Line, chart
 DEFAULT_PEAK_MEMBERS = 30       # without a member rate, members are sized so the peak needs this many
 STEP_S = 15.0
 FORECAST_BIN_S = 300.0
+SIM_HEALTH_INTERVAL_S = 3600.0
 COLUMNS = ("requests", "cold_requests", "cold_rate", "container_minutes", "cost_vs_oracle", "scale_events")
 COLORS = {"static": "#7f7f7f", "reactive": "#d62728", "predictive": "#2ca02c", "oracle": "#9467bd"}
 
@@ -144,9 +145,13 @@ def build_pools(series: Series, config: Config | None, member_rate: float | None
             spec = Pool(command="simulated --port {port}", capacity=Capacity(min=1, max=max(4, 2 * at_target)),
                         shadow=Shadow(state="paused"))
         # The simulated member is the pool's member: Little's law sizing must see its rate, and the
-        # shadow must cover the simulated cold start.
+        # shadow must cover the simulated cold start. It boots in `cold` by definition, so the
+        # manager waits that long for it; and it never fails, so health probes would only cost time.
         scaling = spec.scaling.model_copy(update={"service_time": spec.concurrency / rate, "launch_lead": cold})
-        pools.append(SimPool(name, spec.model_copy(update={"scaling": scaling}), rate, tuple(sources)))
+        health = spec.health.model_copy(update={"interval": SIM_HEALTH_INTERVAL_S})
+        pools.append(SimPool(name, spec.model_copy(update={
+            "scaling": scaling, "health": health, "startup_timeout": max(spec.startup_timeout, 2 * cold)}),
+            rate, tuple(sources)))
     return pools, notes
 
 

@@ -5,18 +5,14 @@ nothing; k in a row (same side) does. An anomaly is dated from the first bin of 
 open while actuals stay outside on its side, and closes after k bins that are not, dated at the
 first of them. The planner switches the pool to burst sizing while one is open.
 
-Only series with something going on (a run under way, or an open anomaly) hold state, so
-`update_many` over 100,000 series costs one numpy comparison plus Python work for the few
-outside their interval.
+Only series with something going on (a run under way, or an open anomaly) hold state: a series
+inside its interval costs one comparison and a dict lookup.
 """
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import numpy as np
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -47,7 +43,7 @@ class _State:
 
 
 class AnomalyDetector:
-    def __init__(self, k: int = 3, min_bound: float = 1.0, keep: int = 100) -> None:
+    def __init__(self, k: int = 3, min_bound: float = 1.0) -> None:
         if k < 1:
             raise ValueError("k must be >= 1")
         self.k = k
@@ -55,9 +51,6 @@ class AnomalyDetector:
         # does not make every anomaly infinitely large.
         self.min_bound = min_bound
         self._states: dict[str, _State] = {}
-        self._closed: deque[Anomaly] = deque(maxlen=keep)
-        self._ids: tuple[str, ...] | None = None
-        self._position: dict[str, int] = {}
 
     def update(self, series_id: str, bin_start: float, actual: float, lower: float, upper: float) -> Anomaly | None:
         """Feed one bin; returns the anomaly that opened or closed in it, else None."""
@@ -72,37 +65,9 @@ class AnomalyDetector:
             del self._states[series_id]
         return changed
 
-    def update_many(self, ids: Sequence[str], bin_start: float, actual: np.ndarray,
-                    lower: np.ndarray, upper: np.ndarray) -> list[Anomaly]:
-        """Feed one bin for many series (arrays aligned with `ids`); returns anomalies that opened or closed."""
-        actual, lower, upper = (np.asarray(a, dtype=np.float64) for a in (actual, lower, upper))
-        outside = np.flatnonzero((actual > upper) | (actual < lower))
-        candidates = set(outside.tolist())
-        if self._states:
-            position = self._positions(ids)
-            candidates.update(i for i in (position.get(sid) for sid in self._states) if i is not None)
-        changed = []
-        for i in sorted(candidates):
-            found = self.update(ids[i], bin_start, actual[i], lower[i], upper[i])
-            if found is not None:
-                changed.append(found)
-        return changed
-
-    def _positions(self, ids: Sequence[str]) -> dict[str, int]:
-        if not isinstance(ids, tuple):
-            return {sid: i for i, sid in enumerate(ids)}
-        # The engine passes the same ids tuple every bin; a tuple cannot change, so its index is reused.
-        if ids is not self._ids:
-            self._ids, self._position = ids, {sid: i for i, sid in enumerate(ids)}
-        return self._position
-
     def active(self) -> list[Anomaly]:
         """Open anomalies, oldest first."""
         return sorted((s.open for s in self._states.values() if s.open is not None), key=lambda a: a.start)
-
-    def recent(self, n: int = 20) -> list[Anomaly]:
-        """The last `n` anomalies, open or closed, newest first."""
-        return sorted([*self._closed, *self.active()], key=lambda a: a.start, reverse=True)[:n]
 
     def _step(self, series_id: str, state: _State, t: float, actual: float, lower: float, upper: float) -> Anomaly | None:
         direction: Direction | None = "up" if actual > upper else "down" if actual < lower else None
@@ -139,7 +104,6 @@ class AnomalyDetector:
         if state.inside < self.k:
             return None
         closed = replace(current, end=state.inside_start)
-        self._closed.append(closed)
         state.open, state.inside = None, 0
         log.info("anomaly.closed", series=closed.series_id, start=closed.start, end=closed.end,
                  direction=closed.direction, size=round(closed.size, 3))

@@ -117,13 +117,13 @@ class Forecaster:
     def observe(self, bin_start: float, counts: dict[str, float]) -> None:
         """Counts for a bin starting at `bin_start` (any bin no longer than `bin_s`: finer bins add up)."""
         b = int(bin_start // self.bin_s)
-        if self._open_bin is None:
-            self._open_bin = b
-        if b < self._open_bin:
+        open_bin = b if self._open_bin is None else self._open_bin
+        if b < open_bin:
             log.warning("predictor.late_counts", bin_start=bin_start)
             return
-        while self._open_bin < b:
-            self._close_bin()
+        for closing in range(open_bin, b):
+            self._close_bin(closing)
+        self._open_bin = b
         index = self._index
         new = [sid for sid in counts if sid not in index]
         if new:
@@ -176,16 +176,16 @@ class Forecaster:
         self._heavy_paths = paths
         return len(drop)
 
-    def _close_bin(self) -> None:
+    def _close_bin(self, b: int) -> None:
         values = self._pending
         self.buffer.append_bin(values)
         if self._hw_ready.any():
             self.hw.update(values[: len(self.hw.level)])
-        self.feedback.score(self._open_bin, values, self._scale)
+        self.feedback.score(b, values, self._scale)
         for i, d in self._long.items():
             d.append(float(values[i]))
         self._pending = np.zeros(len(self.ids))
-        self._open_bin += 1
+        self._open_bin = b + 1
 
     # -- refit ----------------------------------------------------------------------------------
     def refit_due(self) -> bool:
@@ -297,7 +297,7 @@ class Forecaster:
         steps_for = {H: max(1, int(round(H / self.bin_s))) for H in horizons}
         long = {H: H >= 6 * 3600 for H in horizons}  # long horizons: the hour ending there
         h_max = max(steps_for.values())
-        point, lower, upper = self._paths(h_max)
+        point, lower, upper = self._paths(h_max, self._open_bin)
         first_target = self._open_bin  # step 1 is the open bin
         if self.multipliers is not None:
             bins = (first_target + np.arange(h_max)) * self.bin_s
@@ -319,9 +319,11 @@ class Forecaster:
                 fb = {1: 0, 3: 1, 12: 2}[k]
                 self.feedback.register(first_target + k - 1, fb, point[:, k - 1].copy(), lower[:, k - 1].copy(), upper[:, k - 1].copy())
             windows.append((sl.stop - sl.start) * self.bin_s)
-        return ForecastArrays(tuple(self.ids), tuple(float(H) for H in horizons), *out, tuple(windows), tuple(self.models))
+        point_out, lower_out, upper_out = out
+        return ForecastArrays(tuple(self.ids), tuple(float(H) for H in horizons), point_out, lower_out, upper_out,
+                              tuple(windows), tuple(self.models))
 
-    def _paths(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _paths(self, h: int, open_bin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(self.ids)
         y = self.buffer.window().astype(np.float64)
         point, lower, upper = (np.zeros((n, h)) for _ in range(3))
@@ -340,8 +342,8 @@ class Forecaster:
                 full = [np.zeros((len(rows), h)) for _ in range(3)]
                 have = np.zeros(len(rows), dtype=bool)
                 path = self._heavy_paths.get(name)
-                part = path.slice(self._open_bin, h) if path is not None else None
-                if part is not None:
+                part = path.slice(open_bin, h) if path is not None else None
+                if path is not None and part is not None:
                     pos = {int(i): j for j, i in enumerate(path.rows)}
                     for r, i in enumerate(rows):
                         j = pos.get(int(i))
@@ -365,17 +367,18 @@ class Forecaster:
             lower[rows], upper[rows] = widen(sp, lo, hi, self._factor[rows][:, bucket])
         rows = np.flatnonzero((names == "last_value") | (names == "shape"))
         if len(rows):
-            self._young(rows, y, h, point, lower, upper)
+            self._young(rows, y, h, open_bin, point, lower, upper)
         return point, lower, upper
 
-    def _young(self, rows: np.ndarray, y: np.ndarray, h: int, point, lower, upper) -> None:
+    def _young(self, rows: np.ndarray, y: np.ndarray, h: int, open_bin: int,
+               point: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
         """Series with under a day of history: the recent mean, shaped by a borrowed daily profile
         when there is one; a Poisson-like band on the sqrt scale, widening like a random walk."""
         z_lo, z_hi = (NormalDist().inv_cdf(q) for q in self.quantiles)
         recent = min(12, y.shape[1])
-        slots = (self._open_bin + np.arange(h)) % self.period
-        past = (self._open_bin - np.arange(1, recent + 1)) % self.period
-        lived = np.clip(self._open_bin - self._first_bin[rows], 1, max(recent, 1))
+        slots = (open_bin + np.arange(h)) % self.period
+        past = (open_bin - np.arange(1, recent + 1)) % self.period
+        lived = np.clip(open_bin - self._first_bin[rows], 1, max(recent, 1))
         if recent:
             # mean of each series' last `lived` bins, for every series at once
             tail = y[rows, -recent:][:, ::-1].cumsum(axis=1)
@@ -394,11 +397,47 @@ class Forecaster:
         spread = (0.5 + 0.1 * sf) * np.sqrt(np.arange(1, h + 1))
         point[rows], lower[rows], upper[rows] = f, np.maximum(sf + z_lo * spread, 0) ** 2, (sf + z_hi * spread) ** 2
 
+    @property
+    def open_bin(self) -> int | None:
+        """Index (start // bin_s) of the bin counts go into now; None before the first count."""
+        return self._open_bin
+
+    def point_path(self, steps: int) -> np.ndarray:
+        """[series, steps] point forecasts of the next `steps` bins from the open bin, without the
+        event multipliers: the baseline an event's uplift is measured against. Registers nothing
+        with the feedback loop."""
+        if not self.ids or self._open_bin is None:
+            return np.zeros((len(self.ids), steps))
+        return self._paths(steps, self._open_bin)[0]
+
+    def closed_counts(self, first_bin: int, end_bin: int) -> np.ndarray | None:
+        """[series, bins] counts of the closed bins `first_bin` ..< `end_bin`; None unless all of
+        them are closed and still in the ring buffer."""
+        if self._open_bin is None or end_bin > self._open_bin or self._open_bin - first_bin > self.buffer.filled:
+            return None
+        window = self.buffer.window(self._open_bin - first_bin)
+        return window[:, : end_bin - first_bin].astype(np.float64)
+
+    def daily_profiles(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per series, the mean count in each slot of the day over the closed bins it has lived in
+        the ring buffer ([series, period], slot = bin % period), and which slots it was seen in:
+        all of them once it has a whole day. What `SourceClusters.update` clusters and matches."""
+        n, period = len(self.ids), self.period
+        if self._open_bin is None or not n:
+            return np.zeros((n, period)), np.zeros((n, period), dtype=bool)
+        y = self.buffer.window().astype(np.float64)
+        t_len = y.shape[1]
+        lived = np.minimum(self._open_bin - self._first_bin, t_len)
+        alive = np.arange(t_len)[None, :] >= (t_len - lived)[:, None]
+        # pad so that column 0 is slot 0, then fold the days on top of each other
+        pad = (self._open_bin - t_len) % period
+        days = -(-(pad + t_len) // period)
+        sums, seen = np.zeros((n, days * period)), np.zeros((n, days * period))
+        sums[:, pad : pad + t_len] = np.where(alive, y, 0.0)
+        seen[:, pad : pad + t_len] = alive
+        sums, counts = sums.reshape(n, days, period).sum(axis=1), seen.reshape(n, days, period).sum(axis=1)
+        return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0), counts > 0
+
     def status(self, rows: Iterable[int] | None = None) -> dict[str, dict]:
         """Errors and chosen models per series (all, or the indices in `rows`), for /admin/status."""
         return self.feedback.snapshot(self.models, rows)
-
-    @property
-    def bytes_per_series(self) -> int:
-        n = max(1, len(self.ids))
-        return (self.buffer.nbytes + self.hw.nbytes_per_series * len(getattr(self.hw, "level", ()))) // n

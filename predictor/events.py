@@ -4,16 +4,17 @@ An event declares a window, one scope (a source, a request type or a pool) and o
 multiplier it expects. Where none is declared, the uplift learned from past events of the same
 kind applies: actual over baseline forecast in their windows, pooled as a ratio of sums (a few
 busy bins cannot be outvoted by many near-zero ones) and shrunk towards 1 while there are few
-windows to go on, so one odd campaign does not double every later forecast.
+windows to go on, so one odd campaign does not double every later forecast. `UpliftWatch`
+takes those windows from the live forecaster as they happen.
 
 Plain dataclasses and numpy only: config/events.py turns events.yaml into `Event`s.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -131,3 +132,86 @@ class EventBook:
     def list(self) -> list[Event]:
         """All events, by start."""
         return sorted(self._events.values(), key=lambda e: (e.start, e.name))
+
+
+class Baselines(Protocol):
+    """What `UpliftWatch` reads from the live forecaster (`predictor.engine.Forecaster`)."""
+    bin_s: float
+    ids: list[str]
+
+    @property
+    def open_bin(self) -> int | None: ...
+
+    def point_path(self, steps: int) -> np.ndarray: ...
+
+    def closed_counts(self, first_bin: int, end_bin: int) -> np.ndarray | None: ...
+
+
+@dataclass(slots=True)
+class _Watched:
+    event: Event
+    first_bin: int
+    ids: tuple[str, ...]
+    baseline: np.ndarray   # [series, bins]: forecast without multipliers, made as the window began
+
+
+class UpliftWatch:
+    """Feeds `EventBook.learn_uplift` from the live forecaster, one call per control step.
+
+    When an event's first bin opens, the forecast of the series in its scope over its bins (at
+    most `max_bins` of them), made from data before the window and without any multiplier, is
+    kept; once those bins have closed, their actual counts over that baseline are recorded for
+    the event's kind. A window the watch did not see begin (added, or the process restarted,
+    mid-way) teaches nothing: a baseline made from data inside it would hold the uplift already.
+    """
+
+    def __init__(self, book: EventBook, max_bins: int = 288) -> None:
+        self.book = book
+        self.max_bins = max_bins
+        self._watched: dict[tuple[str, float, float], _Watched] = {}
+        self._done: set[tuple[str, float, float]] = set()
+
+    def step(self, fc: Baselines, scope_of: Callable[[str], Mapping[str, str]]) -> list[Event]:
+        """Start and finish watches as of `fc.open_bin`; returns the events learned from."""
+        open_bin = fc.open_bin
+        if open_bin is None:
+            return []
+        events = {(e.name, e.start, e.end): e for e in self.book.list()}
+        self._done &= set(events)
+        for key in set(self._watched) - set(events):
+            del self._watched[key]   # removed or changed: its window is no longer the one declared
+        starting = []
+        for key, event in events.items():
+            if key in self._done or key in self._watched:
+                continue
+            first = math.ceil(event.start / fc.bin_s)   # the bins `covers` counts: start in the window
+            if open_bin < first:
+                continue
+            # seen after its first bin opened: too late for a baseline from before it
+            rows = [i for i, sid in enumerate(fc.ids) if event.applies_to(scope_of(sid))] if open_bin == first else []
+            steps = min(math.ceil(event.end / fc.bin_s) - first, self.max_bins)   # 0: no bin starts in it
+            if rows and steps > 0:
+                starting.append((key, event, rows, steps))
+            else:
+                self._done.add(key)
+        if starting:
+            # one path of every series, as long as the longest window starting now needs, serves them all
+            path = fc.point_path(max(steps for *_, steps in starting))
+            for key, event, rows, steps in starting:
+                self._watched[key] = _Watched(event, open_bin, tuple(fc.ids[i] for i in rows), path[rows, :steps].copy())
+        learned: list[Event] = []
+        for key, w in list(self._watched.items()):
+            end = w.first_bin + w.baseline.shape[1]
+            if open_bin < end:
+                continue
+            del self._watched[key]
+            self._done.add(key)
+            actual = fc.closed_counts(w.first_bin, end)
+            if actual is None:
+                continue
+            index = {sid: i for i, sid in enumerate(fc.ids)}
+            kept = [k for k, sid in enumerate(w.ids) if sid in index]   # retired meanwhile: left out
+            rows = [index[w.ids[k]] for k in kept]
+            self.book.learn_uplift(w.event.kind, actual[rows].sum(axis=0), w.baseline[kept].sum(axis=0))
+            learned.append(w.event)
+        return learned

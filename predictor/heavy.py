@@ -26,7 +26,7 @@ import numpy as np
 
 from predictor.backtest import BacktestConfig, run as backtest
 from predictor.holtwinters import HoltWinters
-from predictor.models import Naive, SeasonalNaive, StatsETS, StatsSARIMAX, StatsSTL
+from predictor.models import Model, Naive, SeasonalNaive, StatsETS, StatsSARIMAX, StatsSTL
 
 NUMPY_MODELS = ("naive", "seasonal_naive", "holt_winters")
 HEAVY_MODELS = ("sm_ets", "sm_sarimax", "sm_stl")
@@ -103,7 +103,7 @@ def compute(job: HeavyJob) -> HeavyResult:
         length = min(len(job.history[k]) for k in pick)
         values = np.stack([job.history[k][-length:] for k in pick]).astype(np.float64)
         q = job.quantiles
-        models = [Naive(q), SeasonalNaive(job.period, q), HoltWinters(job.period, quantiles=q),
+        models: list[Model] = [Naive(q), SeasonalNaive(job.period, q), HoltWinters(job.period, quantiles=q),
                   StatsETS(job.period, q), StatsSARIMAX(job.period, q), StatsSTL(job.period, q)]
         cfg = BacktestConfig(horizons=job.buckets, window=2 * job.period, step=12, max_origins=8,
                              choice_fraction=0.99, statsmodels_top_n=len(pick), statsmodels_max_origins=8,
@@ -153,8 +153,12 @@ def start_process(job: HeavyJob) -> tuple[multiprocessing.process.BaseProcess, a
     send.close()   # the child holds the only writer: its exit means EOF here
 
     def settle(result: HeavyResult | None, error: BaseException | None) -> None:
-        if not fut.done():
-            fut.set_exception(error) if error is not None else fut.set_result(result)
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        elif result is not None:
+            fut.set_result(result)
 
     def wait() -> None:
         try:

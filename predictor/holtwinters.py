@@ -122,7 +122,7 @@ class HoltWinters:
         # plus today's season slot (β = 0 in the default grid, so the trend term is left out)
         far = [h for h in self.score_steps if h > 1]
         ring_n = max(far, default=1)
-        ring = np.repeat(lvl[None], ring_n, axis=0) if far else None
+        ring = np.repeat(lvl[None], ring_n if far else 0, axis=0)
         sse1 = np.zeros_like(lvl) if far else sse
         for t in range(t0, t_len):
             s = s_arr[t % m]

@@ -2,12 +2,13 @@
 
 - `SourceClusters`: k-means (numpy, k-means++ start, fixed seed, best of a few restarts) on each
   source's mean day divided by its mean, so clusters group shapes, not volumes. A source with
-  less than a day of history borrows its cluster's centroid as its daily shape.
-- `ResourceProfile`: service time (mean and p95) and bytes per request of one request type, as
-  request-weighted EWMAs over per-minute rows; the planner's service time.
+  less than a day of history is matched to the closest centroid over the hours it has been
+  seen, and borrows it as its daily shape (`update`, which the live loop calls at every refit).
+- `ResourceProfile`: service time (mean and p95) of one request type, as request-weighted EWMAs
+  over per-minute rows; the planner's service time.
 - `SessionTransitions`: first-order Markov transitions between request types per session key,
   in bounded memory, so the pool a session needs next can be warmed before it asks.
-- `abort_sensitivity`: how much a source's client abort rate rises per second of latency.
+- `AbortSlope`: how much a source's client abort rate rises per second of latency.
 """
 from __future__ import annotations
 
@@ -47,12 +48,16 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, restarts: int = 4,
     for _ in range(max(1, restarts)):
         centroids = _kmeans_plus_plus(x, sq_norms, k, rng)
         labels = np.full(len(x), -1)
+        last = math.inf
         for _ in range(max_iter):
             distances = _sq_distances(x, sq_norms, centroids)
             new_labels = distances.argmin(axis=1)
-            if np.array_equal(new_labels, labels):
+            inertia = float(distances[np.arange(len(x)), new_labels].sum())
+            # converged, or only trading points between near-equal centroids (duplicate rows)
+            if np.array_equal(new_labels, labels) or inertia >= last * (1 - 1e-6):
+                labels = new_labels
                 break
-            labels = new_labels
+            labels, last = new_labels, inertia
             centroids = _recentre(x, labels, centroids, distances)
         inertia = float(_sq_distances(x, sq_norms, centroids)[np.arange(len(x)), labels].sum())
         if best is None or inertia < best[2]:
@@ -80,9 +85,10 @@ def _kmeans_plus_plus(x: np.ndarray, sq_norms: np.ndarray, k: int, rng: np.rando
 
 
 def _recentre(x: np.ndarray, labels: np.ndarray, old: np.ndarray, distances: np.ndarray) -> np.ndarray:
-    k, d = old.shape
-    sums = np.zeros((k, d))
-    np.add.at(sums, labels, x)
+    k = len(old)
+    member = np.zeros((len(x), k))
+    member[np.arange(len(x)), labels] = 1.0
+    sums = member.T @ x   # one matrix product: np.add.at over [n, d] was 3 ms an iteration at n = 1,000
     counts = np.bincount(labels, minlength=k)
     centroids = old.copy()
     filled = counts > 0
@@ -122,34 +128,56 @@ class SourceClusters:
         self._labels = {sid: int(label) for sid, label in zip(ids, labels) if label >= 0}
         return labels
 
-    def label_of(self, series_id: str) -> int | None:
-        return self._labels.get(series_id)
+    def update(self, ids: Sequence[str], profiles: np.ndarray, seen: np.ndarray, min_seen: int = 12) -> None:
+        """Refit on the series seen in every slot of the day, and match each of the others seen in
+        at least `min_seen` slots (an hour of 5-minute bins) to the cluster closest over those
+        slots, so `shape_for` answers for both. `profiles` and `seen` are [n, slots], as
+        `Forecaster.daily_profiles` gives them. k is at most √(n/2), so that a centroid averages
+        several sources rather than copying one."""
+        profiles, seen = np.asarray(profiles, dtype=np.float64), np.asarray(seen, dtype=bool)
+        full = np.asarray(seen.all(axis=1))
+        k, self.k = self.k, max(1, min(self.k, int(math.sqrt(full.sum() / 2))))
+        try:
+            self.fit([sid for sid, f in zip(ids, full) if f], profiles[full])
+        finally:
+            self.k = k
+        partial = np.flatnonzero(~full & (seen.sum(axis=1) >= min_seen))
+        labels = self.assign(profiles[partial], seen[partial])
+        self._labels.update((ids[i], label) for i, label in zip(partial.tolist(), labels.tolist()) if label >= 0)
 
     def shape_for(self, series_id: str) -> np.ndarray | None:
         """The centroid (mean 1, one value per slot) of the source's cluster; None when unknown."""
         label = self._labels.get(series_id)
         return None if label is None else self.centroids[label].copy()
 
-    def assign(self, profile: np.ndarray, mask: np.ndarray | None = None) -> int:
-        """The cluster whose shape is closest to `profile`, comparing only the slots in `mask`
-        (e.g. the hours a new source has been seen so far); −1 when nothing can be compared."""
-        if len(self.centroids) == 0:
-            return -1
-        profile = np.asarray(profile, dtype=np.float64)
-        mask = np.isfinite(profile) if mask is None else np.asarray(mask, dtype=bool) & np.isfinite(profile)
-        seen = profile[mask]
-        if seen.size == 0 or seen.mean() <= 0:
-            return -1
+    def assign(self, profiles: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Per row of `profiles` ([n, slots]), the cluster whose shape is closest comparing only
+        the slots in its row of `masks` (e.g. the hours a new source has been seen so far); −1
+        where nothing can be compared."""
+        profiles = np.atleast_2d(np.asarray(profiles, dtype=np.float64))
+        masks = np.atleast_2d(np.asarray(masks, dtype=bool)) & np.isfinite(profiles)
+        labels = np.full(len(profiles), -1)
+        if len(self.centroids) == 0 or len(profiles) == 0:
+            return labels
         # Compare shapes over the seen slots only: each side divided by its own mean there.
-        parts = self.centroids[:, mask]
-        part_means = parts.mean(axis=1, keepdims=True)
-        parts = np.divide(parts, part_means, out=np.zeros_like(parts), where=part_means > 0)
-        return int(((parts - seen / seen.mean()) ** 2).sum(axis=1).argmin())
+        w = masks.astype(np.float64)
+        x = np.where(masks, profiles, 0.0)
+        n_seen = w.sum(axis=1)
+        x_mean = np.divide(x.sum(axis=1), n_seen, out=np.zeros(len(x)), where=n_seen > 0)
+        ok = x_mean > 0
+        x = np.divide(x, x_mean[:, None], out=np.zeros_like(x), where=ok[:, None])
+        c = self.centroids
+        c_mean = np.divide(w @ c.T, n_seen[:, None], out=np.zeros((len(x), len(c))), where=n_seen[:, None] > 0)
+        c_mean = np.where(c_mean > 0, c_mean, np.inf)
+        # Σ_mask (x − c/μc)² = Σ x² − 2 Σ x·c / μc + Σ_mask c² / μc², for all rows and clusters at once
+        d = (x * x).sum(axis=1)[:, None] - 2.0 * (x @ c.T) / c_mean + (w @ (c * c).T) / c_mean ** 2
+        labels[ok] = d[ok].argmin(axis=1)
+        return labels
 
 
 # ---------------------------------------------------------------- resource profile
 class ResourceProfile:
-    """Per request type: service time and bytes per request, request-weighted EWMAs over minutes.
+    """Per request type: service time per request, request-weighted EWMAs over minutes.
 
     Sums decay together (Σ latency / Σ requests), so a busy minute counts for more than a quiet
     one and the mean is a true per-request mean. The p95 comes from the latency histogram when
@@ -164,21 +192,16 @@ class ResourceProfile:
         self.latency_bounds = tuple(latency_bounds)
         self._requests = 0.0
         self._latency = 0.0
-        self._bytes_in = 0.0
-        self._bytes_out = 0.0
         self._p95: float | None = None
         self.minutes = 0
 
-    def update(self, requests: float, latency_sum: float, bytes_in: float = 0.0, bytes_out: float = 0.0,
-               latency_hist: Sequence[float] | None = None) -> None:
+    def update(self, requests: float, latency_sum: float, latency_hist: Sequence[float] | None = None) -> None:
         """Fold in one minute's row; minutes without requests tell nothing about cost and are skipped."""
         if requests <= 0:
             return
         keep = 1.0 - self.alpha
         self._requests = keep * self._requests + requests
         self._latency = keep * self._latency + latency_sum
-        self._bytes_in = keep * self._bytes_in + bytes_in
-        self._bytes_out = keep * self._bytes_out + bytes_out
         if latency_hist is not None:
             p95 = histogram_quantile(latency_hist, self.latency_bounds, 0.95)
             self._p95 = p95 if self._p95 is None else self._p95 + self.alpha * (p95 - self._p95)
@@ -192,19 +215,11 @@ class ResourceProfile:
     def service_time_p95_s(self) -> float | None:
         return self._p95
 
-    @property
-    def bytes_in_mean(self) -> float | None:
-        return self._bytes_in / self._requests if self._requests > 0 else None
 
-    @property
-    def bytes_out_mean(self) -> float | None:
-        return self._bytes_out / self._requests if self._requests > 0 else None
-
-
-def histogram_quantile(counts: Sequence[float], bounds: Sequence[float], q: float) -> float:
+def histogram_quantile(hist: Sequence[float] | np.ndarray, bounds: Sequence[float], q: float) -> float:
     """Quantile `q` of a histogram with bucket upper `bounds` (one more count for +Inf), linear
     inside the bucket as Prometheus does; the +Inf bucket reports the last finite bound."""
-    counts = np.asarray(counts, dtype=np.float64)
+    counts = np.asarray(hist, dtype=np.float64)
     if len(counts) != len(bounds) + 1:
         raise ValueError(f"{len(counts)} bucket counts for {len(bounds)} bounds (expected bounds + 1)")
     total = counts.sum()
@@ -216,7 +231,7 @@ def histogram_quantile(counts: Sequence[float], bounds: Sequence[float], q: floa
         return float(bounds[-1]) if bounds else 0.0
     low = 0.0 if bucket == 0 else float(bounds[bucket - 1])
     below = 0.0 if bucket == 0 else float(cumulative[bucket - 1])
-    return low + (float(bounds[bucket]) - low) * (q * total - below) / counts[bucket]
+    return low + (float(bounds[bucket]) - low) * (q * total - below) / float(counts[bucket])
 
 
 # ---------------------------------------------------------------- next request type
@@ -294,25 +309,11 @@ class SessionTransitions:
 
 
 # ---------------------------------------------------------------- latency sensitivity
-def abort_sensitivity(latency_s: np.ndarray, aborts: np.ndarray, requests: np.ndarray) -> float:
-    """Rise in a source's client abort rate per second of mean latency (≥ 0), from per-minute
-    rows, by least squares weighted by requests; 0 when latency never varied."""
-    latency_s, aborts, requests = (np.asarray(a, dtype=np.float64) for a in (latency_s, aborts, requests))
-    ok = np.isfinite(latency_s) & np.isfinite(aborts) & (requests > 0)
-    if ok.sum() < 2:
-        return 0.0
-    w, x, rate = requests[ok], latency_s[ok], aborts[ok] / requests[ok]
-    x_mean = np.average(x, weights=w)
-    spread = float(np.sum(w * (x - x_mean) ** 2))
-    if spread <= 1e-12 * max(1.0, float(np.sum(w))):
-        return 0.0
-    slope = float(np.sum(w * (x - x_mean) * (rate - np.average(rate, weights=w)))) / spread
-    return max(0.0, slope) if math.isfinite(slope) else 0.0
-
-
 class AbortSlope:
-    """`abort_sensitivity` kept as running sums, one per-minute row at a time, with exponential
-    forgetting (`half_life` in rows), so the live loop learns it for every source in O(1) memory."""
+    """Rise in a source's client abort rate per second of mean latency (≥ 0): least squares of
+    abort rate on latency over per-minute rows, weighted by requests, kept as running sums with
+    exponential forgetting (`half_life` in rows), so the live loop learns it for every source in
+    O(1) memory; 0 while latency has not varied."""
 
     def __init__(self, half_life: float = 1440.0) -> None:
         self.decay = 0.5 ** (1.0 / half_life) if half_life > 0 else 1.0

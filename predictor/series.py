@@ -40,13 +40,6 @@ class Series:
         """Bins per `span_s` (288 for a day of 5-minute bins)."""
         return int(round(span_s / self.bin_s))
 
-    def select(self, idx: Iterable[int]) -> Series:
-        idx = list(idx)
-        return Series(tuple(self.ids[i] for i in idx), self.values[idx], self.bin_s, self.start_s)
-
-    def head(self, t: int) -> Series:
-        return Series(self.ids, self.values[:, :t], self.bin_s, self.start_s)
-
 
 def from_rows(rows: Iterable[tuple[float, str, float]], bin_s: float | None = None) -> Series:
     """Rows of (bin start in seconds, series id, count) to a dense Series; the bin is detected
@@ -189,7 +182,3 @@ class RingBuffer:
         length = self.filled if length is None else min(length, self.filled)
         idx = (self._head - length + np.arange(length)) % self.capacity
         return self._data[:, idx]
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._data.nbytes)

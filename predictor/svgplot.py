@@ -1,6 +1,7 @@
 """A dependency-free SVG line chart with shaded bands: actual vs forecast (the dashboard reuses it)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -22,7 +23,7 @@ class Band:
     color: str = "#ff7f0e"
 
 
-def chart(x: np.ndarray, lines: list[Line], bands: list[Band] = (), title: str = "", width: int = 900, height: int = 320, x_label: str = "") -> str:
+def chart(x: np.ndarray, lines: list[Line], bands: Sequence[Band] = (), title: str = "", width: int = 900, height: int = 320, x_label: str = "") -> str:
     """An SVG document; NaN points leave gaps rather than drawing to zero."""
     pad_l, pad_r, pad_t, pad_b = 60, 20, 30, 40
     x = np.asarray(x, dtype=float)
@@ -48,8 +49,8 @@ def chart(x: np.ndarray, lines: list[Line], bands: list[Band] = (), title: str =
     for ln in lines:
         y = np.asarray(ln.y, float)
         for xs, ys_, _ in _segments(x, y, y):
-            pts = " ".join(f"{sx(a):.1f},{sy(c):.1f}" for a, c in zip(xs, ys_))
-            out.append(f'<polyline points="{pts}" fill="none" stroke="{ln.color}" stroke-width="1.2"/>')
+            line = " ".join(f"{sx(a):.1f},{sy(c):.1f}" for a, c in zip(xs, ys_))
+            out.append(f'<polyline points="{line}" fill="none" stroke="{ln.color}" stroke-width="1.2"/>')
     legend = [(ln.label, ln.color) for ln in lines] + [(b.label, b.color) for b in bands]
     for k, (label, color) in enumerate(legend):
         lx = width - pad_r - 180

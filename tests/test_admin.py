@@ -53,8 +53,8 @@ async def test_healthz_answers_ok(stats):
 
 async def test_metrics_expose_proxy_counters_with_labels(stats):
     for _ in range(3):
-        stats.count("web", "page", 200)
-    stats.count("web", "api", 502)
+        stats.answered("web", "page", 200, 0.0)
+    stats.answered("web", "api", 502, 0.0)
     stats.observe_latency("web", 0.004)
     stats.observe_latency("web", 0.3)
     stats.connections_open = 7
@@ -86,7 +86,7 @@ async def test_metrics_reflect_counts_added_after_start(stats):
     server = await serve(stats, None)
     try:
         _, _, before = await get(server, "/metrics")
-        stats.count("api", "api", 200)
+        stats.answered("api", "api", 200, 0.0)
         _, _, after = await get(server, "/metrics")
     finally:
         await server.close()

@@ -74,11 +74,12 @@ def our_containers(client: docker.DockerClient, owner: str) -> list:
 
 
 def set_desired(app: App, ready: int, shadow: int | None = None) -> None:
-    mgr = app.managers["web"]
-    spec = mgr.spec
-    mgr.desired_fn = lambda pool, s, observed: Desired(ready, spec.shadow.size if shadow is None else shadow,
-                                                       spec.shadow.state, spec.capacity.max, spec.drain_timeout)
-    mgr._wake.set()
+    """The test is the planner: every state the control loop publishes holds this for the pool."""
+    spec = app.managers["web"].spec
+    pinned = Desired(ready, spec.shadow.size if shadow is None else shadow, spec.shadow.state, spec.capacity.max,
+                     spec.drain_timeout)
+    app.control.bound = lambda pool, desired: pinned if pool == "web" else desired
+    app.control.publish()
 
 
 @pytest.mark.parametrize("shadow_state,docker_status", [("running", "running"), ("paused", "paused"),

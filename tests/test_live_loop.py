@@ -136,6 +136,28 @@ async def test_live_loop_prewarms_shadows_before_the_ramp_and_activates_them_at_
     assert 'warmfront_pool_forecast_requests_per_second{bound="upper",horizon="300",pool="web"}' in metrics
 
 
+async def test_an_override_is_published_at_once_not_at_the_next_planning_step(start_app):
+    now = [NOON + 30.0]
+    app = await start_app("forecast-and-scale", now)
+    await wait_until(lambda: by_state(app).get(MemberState.READY) == 3, timeout=15)
+    app.control.plan_interval = 3600.0
+    await asyncio.sleep(0.5)   # the loop's last short sleep ends: no planning step for an hour now
+    plan = app.control.plan_of("web")
+    manager = app.managers["web"]
+    assert manager.desired.ready == plan.ready == 3
+    admin = f"http://127.0.0.1:{app.admin_addr[1]}/admin/pools/web/scale"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(admin, json={"pin": 1, "duration": "5m", "reason": "maintenance"}) as resp:
+            assert resp.status == 200
+        assert manager.desired.ready == 1 and app.control.published.pools["web"].ready == 1
+        await wait_until(lambda: by_state(app).get(MemberState.READY) == 1, timeout=10)
+        async with session.delete(admin) as resp:
+            assert resp.status == 200
+        assert manager.desired.ready == 3
+        await wait_until(lambda: by_state(app).get(MemberState.READY) == 3, timeout=15)
+    assert app.control.plan_of("web") is plan, "a planning step ran: the test proves nothing"
+
+
 async def test_forecast_only_shows_the_same_plan_but_launches_nothing(start_app):
     now = [NOON + 30.0]
     app = await start_app("forecast-only", now)

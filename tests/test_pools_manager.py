@@ -13,7 +13,7 @@ from pools.backends.static import StaticBackend
 from pools.manager import PoolManager
 from pools.members import MemberState as S
 from pools.ports import free_port
-from pools.reconciler import Desired
+from pools.reconciler import Desired, DesiredState
 from tests.pools_support import TINY, alive, answers, fetch, pool_spec, proc_state, wait_until
 
 
@@ -98,13 +98,12 @@ async def test_shadow_members_are_warmed_and_not_routed():
 
 
 async def test_paused_shadow_is_resumed_on_activation_without_a_new_launch():
-    desired = {"ready": 1}
     spec = pool_spec(capacity={"min": 1, "max": 4}, shadow={"state": "paused", "size": 1})
 
-    def plan(pool, spec, observed):
-        return Desired(desired["ready"], spec.shadow.size, spec.shadow.state, spec.capacity.max, spec.drain_timeout)
+    def plan(ready):
+        return published(Desired(ready, spec.shadow.size, spec.shadow.state, spec.capacity.max, spec.drain_timeout))
 
-    async with running(spec, desired_fn=plan) as (manager, backend, routing):
+    async with running(spec, desired=plan(1)) as (manager, backend, routing):
         await wait_until(lambda: routing.in_state(S.READY) and routing.in_state(S.SHADOW), 5)
         [shadow] = routing.in_state(S.SHADOW)
         pid = backend.pid(shadow.id)
@@ -112,7 +111,7 @@ async def test_paused_shadow_is_resumed_on_activation_without_a_new_launch():
         await wait_until(lambda: proc_state(pid) == "T", 1)  # SIGSTOP lands asynchronously
         assert not answers(shadow.host, shadow.port, timeout=0.2)
 
-        desired["ready"] = 2
+        manager.set_desired(plan(2))
         await wait_until(lambda: shadow.id in routing.routed(), 1)
         assert backend.pid(shadow.id) == pid and proc_state(pid) != "T"
         assert (await asyncio.to_thread(fetch, shadow.host, shadow.port))["pid"] == pid
@@ -121,20 +120,22 @@ async def test_paused_shadow_is_resumed_on_activation_without_a_new_launch():
         assert routing.in_state(S.SHADOW)[0].id != shadow.id
 
 
-def resizable(ready):
-    """A planner stand-in whose ready count the test turns."""
-    def plan(pool, spec, observed):
-        return Desired(ready[0], 0, "none", spec.capacity.max, spec.drain_timeout)
-    return plan
+def published(desired: Desired) -> DesiredState:
+    """What the control loop would publish for the pool: the test is the planner."""
+    return DesiredState.of({"web": desired})
+
+
+def ready_only(spec, ready: int) -> DesiredState:
+    return published(Desired(ready, 0, "none", spec.capacity.max, spec.drain_timeout))
 
 
 async def test_drain_waits_for_in_flight_requests():
-    ready, busy = [2], {"n": 1}
+    busy = {"n": 1}
     spec = pool_spec(capacity={"min": 2}, drain_timeout=30)
-    async with running(spec, desired_fn=resizable(ready), in_flight=lambda mid: busy["n"]) as (
+    async with running(spec, desired=ready_only(spec, 2), in_flight=lambda mid: busy["n"]) as (
             manager, backend, routing):
         await wait_until(lambda: len(routing.routed()) == 2, 5)
-        ready[0] = 1
+        manager.set_desired(ready_only(spec, 1))
         [draining] = await wait_until(lambda: routing.in_state(S.DRAINING), 1)
         pid = backend.pid(draining.id)
         assert draining.id not in routing.routed()
@@ -147,11 +148,10 @@ async def test_drain_waits_for_in_flight_requests():
 
 
 async def test_drain_gives_up_after_drain_timeout():
-    ready = [2]
     spec = pool_spec(capacity={"min": 2}, drain_timeout=0.5)
-    async with running(spec, desired_fn=resizable(ready), in_flight=lambda mid: 1) as (manager, backend, routing):
+    async with running(spec, desired=ready_only(spec, 2), in_flight=lambda mid: 1) as (manager, backend, routing):
         await wait_until(lambda: len(routing.routed()) == 2, 5)
-        ready[0] = 1
+        manager.set_desired(ready_only(spec, 1))
         loop = asyncio.get_running_loop()
         [draining] = await wait_until(lambda: routing.in_state(S.DRAINING), 1)
         t0 = loop.time()

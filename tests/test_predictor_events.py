@@ -8,7 +8,8 @@ import pytest
 
 from config import ConfigError, default_config_dir
 from config.events import load_events
-from predictor.events import Event, EventBook
+from predictor.engine import Forecaster
+from predictor.events import Event, EventBook, UpliftWatch
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc).timestamp()
 BIN = 300.0
@@ -85,6 +86,29 @@ def test_uplift_is_a_ratio_of_sums_and_ignores_empty_baselines():
     # Nothing usable: its only finite baseline is zero (counting its 5 would make the ratio 1.15).
     book.learn_uplift("other", np.array([5.0, np.nan]), np.array([0.0, 3.0]))
     assert book.uplift("other") == pytest.approx(1.1, rel=0.001)
+
+
+def test_uplift_watch_learns_only_from_windows_it_saw_begin_and_that_stayed_declared():
+    now = [0.0]
+    fc = Forecaster(lambda: now[0])
+    start = 1000 * BIN   # a bin boundary
+    seen = Event("seen", "campaign", start, start + 12 * BIN, "source", "shop")
+    late = Event("late", "release", start, start + 12 * BIN, "source", "shop")      # declared mid-window
+    dropped = Event("dropped", "other", start, start + 12 * BIN, "source", "shop")  # removed mid-window
+    elsewhere = Event("elsewhere", "maintenance", start, start + 12 * BIN, "source", "nobody")
+    book = EventBook([seen, dropped, elsewhere])
+    watch = UpliftWatch(book)
+    learned = []
+    for b in range(1000 - 48, 1000 + 14):
+        now[0] = b * BIN
+        fc.observe(now[0], {"shop": 200.0 if seen.start <= now[0] < seen.end else 100.0})
+        if b == 1003:
+            book.add(late)
+            book.remove("dropped")
+        learned += watch.step(fc, lambda sid: {"source": sid})
+    assert learned == [seen]
+    assert book.uplift("campaign") == pytest.approx(2 ** 0.5)   # 2x over a flat 100, one window
+    assert book.uplift("release") == book.uplift("other") == book.uplift("maintenance") == 1.0
 
 
 def test_add_replaces_by_name_and_remove_returns_the_event():

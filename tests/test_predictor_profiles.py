@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from predictor.profiles import (
-    SLOTS_PER_DAY, ResourceProfile, SessionTransitions, SourceClusters, abort_sensitivity, histogram_quantile, kmeans,
+    SLOTS_PER_DAY, AbortSlope, ResourceProfile, SessionTransitions, SourceClusters, histogram_quantile, kmeans,
 )
 
 SLOT = np.arange(SLOTS_PER_DAY)
@@ -69,28 +69,45 @@ def test_silent_sources_stay_unknown():
 def test_assign_matches_a_partial_day_to_its_cluster():
     ids, profiles, truth = planted()
     clusters = SourceClusters(k=3, seed=1)
-    clusters.fit(ids, profiles)
-    evening = clusters.label_of(ids[truth.tolist().index(1)])
+    labels = clusters.fit(ids, profiles)
+    evening = labels[truth.tolist().index(1)]
     # Six hours of a new source with the evening shape, at a volume none of the others had.
     newcomer = 5000 * SHAPES[1]
     seen = (SLOT >= 144) & (SLOT < 216)
-    assert clusters.assign(np.where(seen, newcomer, np.nan), mask=seen) == evening
-    assert clusters.assign(newcomer) == evening
-    assert SourceClusters().assign(newcomer) == -1  # not fitted
+    everything = np.ones(SLOTS_PER_DAY, dtype=bool)
+    found = clusters.assign(np.stack([np.where(seen, newcomer, np.nan), newcomer, 0 * newcomer]),
+                            np.stack([seen, everything, everything]))
+    assert found.tolist() == [evening, evening, -1]   # a silent row cannot be compared
+    assert SourceClusters().assign(newcomer, everything).tolist() == [-1]  # not fitted
+
+
+def test_update_fits_whole_days_and_lends_young_series_the_shape_they_match():
+    ids, profiles, truth = planted()
+    seen = np.ones_like(profiles, dtype=bool)
+    hours = (SLOT >= 144) & (SLOT < 216)
+    young = np.stack([700 * SHAPES[t] * hours for t in range(3)] + [np.where(SLOT < 6, 9.0, 0.0)])
+    young_seen = np.stack([hours] * 3 + [SLOT < 6])   # the last has seen only half an hour
+    clusters = SourceClusters(k=3, seed=1)
+    clusters.update(ids + ["new0", "new1", "new2", "brand-new"], np.vstack([profiles, young]),
+                    np.vstack([seen, young_seen]))
+    for t in range(3):
+        borrowed = clusters.shape_for(f"new{t}")
+        assert borrowed is not None and np.abs(borrowed - SHAPES[t]).max() < 0.15
+        assert np.array_equal(borrowed, clusters.shape_for(ids[truth.tolist().index(t)]))
+    assert clusters.shape_for("brand-new") is None   # under min_seen slots: nothing to match on
+    assert clusters.k == 3   # k shrinks for a fit with few sources, not for good
 
 
 # ---------------------------------------------------------------- resource profile
-def test_resource_profile_learns_request_weighted_service_time_and_bytes():
+def test_resource_profile_learns_request_weighted_service_time():
     profile = ResourceProfile(alpha=0.2)
     assert profile.service_time_s is None
     for _ in range(50):
-        profile.update(requests=100, latency_sum=100 * 0.050, bytes_in=100 * 200, bytes_out=100 * 4000)
-        profile.update(requests=10, latency_sum=10 * 0.500, bytes_in=10 * 200, bytes_out=10 * 4000)
+        profile.update(requests=100, latency_sum=100 * 0.050)
+        profile.update(requests=10, latency_sum=10 * 0.500)
         profile.update(requests=0, latency_sum=0.0)  # idle minute: ignored
     # Request-weighted: (100·0.05 + 10·0.5·(1/0.8)) / (100 + 10/0.8), dominated by the busy minutes.
     assert profile.service_time_s == pytest.approx((5.0 + 5.0 / 0.8) / (100 + 10 / 0.8), rel=1e-3)
-    assert profile.bytes_in_mean == pytest.approx(200)
-    assert profile.bytes_out_mean == pytest.approx(4000)
     assert profile.minutes == 100
 
 
@@ -182,16 +199,23 @@ def test_session_memory_is_capped_least_recently_seen_first():
 
 
 # ---------------------------------------------------------------- latency sensitivity
-def test_abort_sensitivity_is_the_slope_of_abort_rate_on_latency():
+def slope_of(latency, aborts, requests, half_life: float = 0) -> float:
+    running = AbortSlope(half_life=half_life)
+    for x, a, n in zip(latency, aborts, requests):
+        running.update(x, a, n)
+    return running.slope
+
+
+def test_abort_slope_is_the_slope_of_abort_rate_on_latency():
     rng = np.random.default_rng(4)
     latency = rng.uniform(0.05, 2.0, size=500)
     requests = rng.integers(50, 500, size=500).astype(float)
     aborts = rng.binomial(requests.astype(int), 0.01 + 0.05 * latency).astype(float)
-    assert abort_sensitivity(latency, aborts, requests) == pytest.approx(0.05, rel=0.1)
+    assert slope_of(latency, aborts, requests) == pytest.approx(0.05, rel=0.1)
     # A source whose clients never give up, and one whose latency never varied.
-    assert abort_sensitivity(latency, np.zeros(500), requests) == pytest.approx(0.0, abs=1e-9)
-    assert abort_sensitivity(np.full(10, 0.3), np.arange(10.0), np.full(10, 100.0)) == 0.0
-    assert abort_sensitivity([], [], []) == 0.0
+    assert slope_of(latency, np.zeros(500), requests) == pytest.approx(0.0, abs=1e-9)
+    assert slope_of(np.full(10, 0.3), np.arange(10.0), np.full(10, 100.0)) == 0.0
+    assert slope_of([], [], []) == 0.0
 
 
 def test_decay_lets_a_changed_workflow_take_over():
@@ -209,16 +233,14 @@ def test_decay_lets_a_changed_workflow_take_over():
 
 
 def test_running_abort_slope_equals_the_batch_fit_and_forgets():
-    from predictor.profiles import AbortSlope
     rng = np.random.default_rng(3)
     latency = rng.uniform(0.1, 2.0, 300)
     requests = rng.integers(1, 200, 300).astype(float)
     aborts = rng.binomial(requests.astype(int), np.clip(0.01 + 0.08 * latency, 0, 1)).astype(float)
-    running = AbortSlope(half_life=0)   # no forgetting: the batch least squares exactly
-    for x, a, n in zip(latency, aborts, requests):
-        running.update(x, a, n)
-    assert running.slope == pytest.approx(abort_sensitivity(latency, aborts, requests), rel=1e-9)
-    assert running.slope == pytest.approx(0.08, abs=0.02)
+    running = slope_of(latency, aborts, requests)   # no forgetting: the batch least squares exactly
+    batch = np.polyfit(latency, aborts / requests, 1, w=np.sqrt(requests))[0]   # weighted by requests
+    assert running == pytest.approx(batch, rel=1e-9)
+    assert running == pytest.approx(0.08, abs=0.02)
     forgetting = AbortSlope(half_life=50)
     for x, a, n in zip(latency, aborts, requests):
         forgetting.update(x, a, n)

@@ -1,18 +1,22 @@
 """`warmfront simulate`: the replay drives the live predictor, planner and reconcile decision on a virtual clock."""
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from config.models import Pool, Shadow
-from pools.backends.simulated import Delays, SimulatedPool
+from pools.backends.simulated import Delays, SimulatedBackend, SimulatedHealth
+from pools.manager import PoolManager
 from pools.members import MemberState
-from pools.reconciler import Desired
+from pools.reconciler import Desired, DesiredState
 from pools.simulate import forecast_path, pool_anomalies
 from pools.simulate_cli import main
+from pools.virtual import run_virtual
 from predictor.series import Series
 
 DAY_MIN = 1440
@@ -107,32 +111,70 @@ def test_five_minute_and_one_minute_traces_both_work(capsys, tmp_path):
         assert out["policies"]["predictive"]["container_minutes"] > 0
 
 
+def daily_step(days: int, seed: int = 1) -> np.ndarray:
+    """Per-minute counts: 20 a minute, and 100 from 12:00 to 14:00 every day (Poisson noise)."""
+    tod = np.arange(days * DAY_MIN) % DAY_MIN
+    rate = 20 + 80 * ((tod >= 12 * 60) & (tod < 14 * 60))
+    return np.random.default_rng(seed).poisson(rate).astype(float)
+
+
 def test_forecast_ramps_are_served_by_activating_shadows(capsys, tmp_path):
-    # The same decide() as live: the planner's shadow tier is launched ahead and activated on the ramp.
-    path = write_trace(tmp_path / "daily.csv", daily(3))
+    # A ramp from 6 to 30 members within a minute at noon, in the two training days too: the
+    # planner's shadow tier (the forecast peak over the next 15 minutes) is launched before noon
+    # and activated at it, where HPA launches cold after the fact. (A smooth daily cycle does
+    # not prove this: there the ready tier's 5-minute lead covers a 60 s launch by itself and
+    # HPA has no cold requests either.)
+    path = write_trace(tmp_path / "step.csv", daily_step(3))
     policies = simulate(capsys, "--trace", str(path), "--train", "2d")["policies"]
-    assert policies["predictive"]["shadow_activations"] > 10
-    assert policies["reactive"]["shadow_activations"] == 0
-    assert policies["predictive"]["cold_rate"] < policies["reactive"]["cold_rate"] or \
-        policies["reactive"]["cold_requests"] == 0
+    predictive, reactive = policies["predictive"], policies["reactive"]
+    assert reactive["shadow_activations"] == 0 and reactive["cold_requests"] > 100
+    assert predictive["shadow_activations"] >= 8
+    assert predictive["cold_requests"] < 0.25 * reactive["cold_requests"]
 
 
-def test_simulated_pool_launches_cold_and_activates_paused_shadows_fast():
-    pool = SimulatedPool(Delays(cold=60.0), shadow_cost=0.2)
-    spec = Pool(command="app --port {port}", shadow=Shadow(state="paused"))
-    want = Desired(ready=1, shadow=2, shadow_state="paused", max_members=10, drain_timeout=spec.drain_timeout)
-    pool.reconcile(want, 0.0)
-    assert pool.ready_count() == 0 and pool.cost_weight() == 3
-    assert pool.ready_seconds(0.0, 15.0) == 0.0
-    pool.reconcile(want, 60.0)    # booted: one activated (nothing routable), two parked
-    states = sorted(m.state for m in pool.members.values())
-    assert states == [MemberState.READY, MemberState.SHADOW, MemberState.SHADOW]
-    assert pool.cost_weight() == pytest.approx(1.4)
-    pool.reconcile(Desired(3, 0, "paused", 10, 30.0), 75.0)
-    assert pool.activations == 2 and pool.ready_count() == 3
-    assert pool.ready_seconds(75.0, 90.0) == pytest.approx(15.0 + 2 * (15.0 - 0.015))
-    pool.reconcile(Desired(1, 0, "paused", 10, 30.0), 90.0)   # drains, then retires at once
-    assert pool.ready_count() == 1 and len(pool.members) == 1
+def test_pool_manager_on_the_simulated_backend_boots_cold_and_activates_paused_shadows_fast():
+    # The real PoolManager, on a virtual clock: a minute's boot and a day's wait cost no real time.
+    spec = Pool(command="simulated --port {port}", shadow=Shadow(state="paused"), startup_timeout=120,
+                health={"interval": 3600})
+
+    def want(ready: int, shadow: int) -> DesiredState:
+        return DesiredState.of({"web": Desired(ready, shadow, "paused", 10, spec.drain_timeout)})
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        backend = SimulatedBackend(Delays(cold=60.0), loop.time)
+        ready_at: dict[str, float] = {}
+
+        def on_change(pool: str, members: list) -> None:
+            for m in members:
+                if m.state is MemberState.READY:
+                    ready_at.setdefault(m.id, loop.time())
+
+        manager = PoolManager("web", spec, backend, clock=loop.time, on_change=on_change,
+                              checker=SimulatedHealth(backend), interval=3600, desired=want(1, 2))
+        task = asyncio.create_task(manager.run())
+        states = lambda: sorted(m.state for m in manager.members())  # noqa: E731
+        await asyncio.sleep(59.9)
+        assert states() == [MemberState.LAUNCHING] * 3 and not ready_at
+        await asyncio.sleep(0.2)   # booted at 60 s: one routed at once (nothing else is), two parked
+        assert states() == [MemberState.READY, MemberState.SHADOW, MemberState.SHADOW]
+        assert {i.status.value for i in backend.instances.values()} == {"running", "paused"}
+        assert list(ready_at.values()) == [60.0] and manager.measured_lead("cold") == 60.0
+        await asyncio.sleep(3600 - loop.time())
+        manager.set_desired(want(3, 0))   # the two paused shadows resume, one after the other
+        await asyncio.sleep(1.0)
+        assert states() == [MemberState.READY] * 3
+        assert sorted(ready_at.values())[1:] == pytest.approx([3600.015, 3600.030])
+        assert manager.measured_lead("paused") == pytest.approx(0.015)
+        manager.set_desired(want(1, 0))   # drained (nothing in flight) and retired in the same instant
+        await asyncio.sleep(0.001)
+        assert states() == [MemberState.READY] and len(backend.instances) == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    started = time.perf_counter()
+    run_virtual(scenario())
+    assert time.perf_counter() - started < 2.0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -3,7 +3,9 @@
 Per step (every `plan_interval`, a few seconds):
 1. feed the predictor every minute that closed since the last step, read from `History`
    (sealed rows included), and the learned service time per request type;
-2. refit the predictor when it says so, and start its statsmodels tier for the busiest series in
+2. refit the predictor when it says so (first clustering the series' daily profiles, so that young
+   series borrow the shape of the cluster they match), learn the uplift of events whose window
+   has closed, and start its statsmodels tier for the busiest series in
    a worker process when due (seconds of CPU and 250 MB of imports that are not the proxy's; its
    result is applied by a later step, never awaited);
 3. retire series without a request for `RETIRE_AFTER_S` (a day), so the forecaster's size
@@ -11,7 +13,10 @@ Per step (every `plan_interval`, a few seconds):
 4. forecast every series (source × type), sum the request types routed to each pool, and
    compare the last closed bin of each pool with the interval forecast for it (anomalies);
 5. plan each managed pool from that demand and the live in-flight load (sampled every
-   `sample_interval`), and wake its manager when the plan changed.
+   `sample_interval`), and publish what every manager should reach as one frozen `DesiredState`
+   (the plans bounded by the operator's overrides and maintenance events, `bound`); a manager
+   whose entry changed reconciles at once. The operator republishes (`publish`) when it sets or
+   clears an override, so a pin does not wait for the next step.
 
 The proxy's event loop runs none of 1–4: a step copies its inputs on the loop (`StepInputs`:
 the clock, the requests tapped since the last step, the pools' specs, a finished statsmodels
@@ -49,14 +54,14 @@ from config.models import Config, Pool
 from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
 from pools.planner import Plan, PlannerState, TypeDemand
-from pools.reconciler import Desired, ObservedMember, baseline_desired
+from pools.reconciler import Desired, DesiredState, baseline_desired
 from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, LoadSamples, PoolObservation, SeriesForecasts, plan_pool,
                         pool_demand)
 from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
 from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy, start_process
-from predictor.events import EventBook
-from predictor.profiles import AbortSlope, ResourceProfile, SessionTransitions, histogram_quantile
+from predictor.events import EventBook, UpliftWatch
+from predictor.profiles import AbortSlope, ResourceProfile, SessionTransitions, SourceClusters, histogram_quantile
 
 log = structlog.get_logger("warmfront")
 
@@ -154,17 +159,24 @@ class ControlLoop:
                  in_flight: Callable[[str], int], managers: Mapping[str, PoolManager], *,
                  clock: Callable[[], float], plan_interval: float = 5.0, sample_interval: float = 1.0,
                  forecaster: Forecaster | None = None, events: EventBook | None = None,
-                 controls: SourcePolicy | None = None) -> None:
+                 controls: SourcePolicy | None = None,
+                 bound: Callable[[str, Desired], Desired] | None = None) -> None:
         self.cfg, self.history, self.clock = cfg, history, clock
         self.members_fn, self.in_flight, self.managers = members, in_flight, managers
         self.plan_interval, self.sample_interval = plan_interval, sample_interval
         self.events = events if events is not None else EventBook(_events_of(cfg))
+        self.uplifts = UpliftWatch(self.events)   # learns the uplift of events that declare none
         self.controls = controls   # read (never written) by the worker thread too
+        self.bound = bound         # the operator's overrides and maintenance, applied as a plan is published
+        self.published = DesiredState()   # what the managers reach; replaced whole, never mutated
         # State of the thread running `compute` (one step at a time; the loop thread does not touch it).
         self._series: dict[str, tuple[str, str]] = {}   # series id -> (source, type)
         self._first_seen: dict[str, float] = {}   # series id -> clock time of its first request
         self._last_seen: dict[str, int] = {}      # series id -> last minute with a request
-        self.forecaster = forecaster or Forecaster(clock, multipliers=self._multipliers, long_history=self._long_history)
+        # Young series borrow the daily shape of the cluster their first hours match (`compute`).
+        self.clusters = SourceClusters()
+        self.forecaster = forecaster or Forecaster(clock, shape_for=self.clusters.shape_for, multipliers=self._multipliers,
+                                                   long_history=self._long_history)
         self.anomalies = AnomalyDetector()
         self.profiles: dict[str, ResourceProfile] = {}
         self._scores = BinScores(self.forecaster.bin_s, self.anomalies)
@@ -304,7 +316,11 @@ class ControlLoop:
             self._observe_sessions(inputs)
             self._observe_closed_minutes(inputs)
             if self.forecaster.refit_due():
+                self.clusters.update(self.forecaster.ids, *self.forecaster.daily_profiles())
                 self.forecaster.refit()
+            for event in self.uplifts.step(self.forecaster, self._scope):
+                log.info("event.uplift_learned", name=event.name, kind=event.kind,
+                         uplift=round(self.events.uplift(event.kind), 3))
             self._retire_quiet(inputs.now)
             job = self._heavy_work(inputs.heavy, inputs.heavy_running)
             outlooks = self._forecast(inputs)
@@ -319,6 +335,7 @@ class ControlLoop:
         for name, st in self.pools.items():
             if st.spec.backend != "static":
                 self._plan(name, st)
+        self.publish()
 
     async def _sample_loop(self) -> None:
         while True:
@@ -486,13 +503,17 @@ class ControlLoop:
             out[minute // bin_s - start] += n
         return out
 
-    def _multipliers(self, sid: str, bins: np.ndarray) -> np.ndarray:
+    def _scope(self, sid: str) -> dict[str, str]:
+        """The event scope keys of a series: its source, its type and the pool that type goes to."""
         source, rtype = self._series.get(sid, ("", ""))
         scope = {"source": source, "type": rtype}
         pools = self._pools_of_type.get(rtype)
         if pools:
             scope["pool"] = pools[0]
-        return self.events.multipliers(scope, bins)
+        return scope
+
+    def _multipliers(self, sid: str, bins: np.ndarray) -> np.ndarray:
+        return self.events.multipliers(self._scope(sid), bins)
 
     def _sensitivity(self, source: str, now: float) -> tuple[str, dict[str, Any] | None]:
         """A source's latency sensitivity as planned: what it declared; `high` while its recent p95
@@ -521,7 +542,10 @@ class ControlLoop:
         forecast of all series: numpy over series, Python over pools, types and sources only.
         Demand is the shared step's (`pools.step.pool_demand`), as in simulate."""
         fc = self.forecaster
-        fa = fc.forecast_arrays(HORIZONS_S)
+        # Nothing is forecast before a first bin has closed: a forecast from no history would be
+        # judged against the first bin (interval [0, 0]: an anomaly) and scored by the feedback
+        # loop. (It is also when simulate's forecaster first speaks.)
+        fa = fc.forecast_arrays(HORIZONS_S) if fc.buffer.filled else None
         ids = fa.ids if fa is not None else ()
         k = len(HORIZONS_S)
         open_bin = int(inputs.now // fc.bin_s)
@@ -602,15 +626,20 @@ class ControlLoop:
         manager = self.managers.get(name)
         if manager is not None:
             manager.note("plan", None, f"ready {new.ready}, shadow {new.shadow}: {reason}")
-            manager.wake()
 
-    def desired(self, pool: str, spec: Pool, observed: Sequence[ObservedMember]) -> Desired:
-        """The PoolManager's `desired_fn`: the latest plan, or the spec's baseline before the first."""
-        st = self.pools.get(pool)
-        p = st.plan if st is not None else None
-        if p is None or st.desired is None:
-            return baseline_desired(pool, spec, observed)
-        return st.desired
+    def publish(self) -> DesiredState:
+        """Publish what every managed pool should reach: its latest plan (the spec's baseline before
+        the first) within the operator's bounds, as one frozen value handed to every manager."""
+        pools: dict[str, Desired] = {}
+        for name, st in self.pools.items():
+            if st.spec.backend == "static":
+                continue
+            desired = st.desired if st.desired is not None else baseline_desired(name, st.spec, ())
+            pools[name] = self.bound(name, desired) if self.bound is not None else desired
+        self.published = DesiredState.of(pools, self.clock())
+        for manager in list(self.managers.values()):
+            manager.set_desired(self.published)
+        return self.published
 
     # ------------------------------------------------------------------ status
     def _model_rows(self) -> tuple[dict[str, Any], ...]:

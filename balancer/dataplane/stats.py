@@ -44,9 +44,6 @@ class ProxyStats:
                 h = self.latency[pool] = LatencyHistogram()
             h.observe(latency)
 
-    def count(self, pool: str, rtype: str, code: int) -> None:
-        self.answered(pool, rtype, code, 0.0)
-
     def observe_latency(self, pool: str, seconds: float) -> None:
         h = self.latency.get(pool)
         if h is None:

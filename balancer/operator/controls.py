@@ -25,14 +25,13 @@ import structlog
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from config.events import MIN_WINDOW, json_schema_given as _given
-from config.models import MemberCount, Pool, Strict, config_error
+from config.models import MemberCount, Strict, config_error
 from config.units import bounded_duration
 from predictor.events import Event
-from pools.reconciler import Desired, ObservedMember
+from pools.reconciler import Desired
 
 log = structlog.get_logger(__name__)
 
-DesiredFn = Callable[[str, Pool, Sequence[ObservedMember]], Desired]
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 MAX_RPS = 1e6                    # declared rates; past it a typo that would size pools absurdly
@@ -160,6 +159,8 @@ class Controls:
         self.clock = clock
         self.sources: dict[str, SourceControl] = {}
         self.overrides: dict[str, ScaleOverride] = {}
+        # Called after an override is set or cleared: the desired state is republished with it.
+        self.on_override: Callable[[], None] = lambda: None
         if path is not None and path.exists():
             self._load(path)
 
@@ -222,12 +223,14 @@ class Controls:
         override = ScaleOverride(pool, low, high, now + req.duration, req.reason, now)
         self.overrides[pool] = override
         log.info("pool.override_set", pool=pool, min=low, max=high, until=override.until, reason=req.reason)
+        self.on_override()
         return override
 
     def clear_override(self, pool: str) -> ScaleOverride | None:
         override = self.overrides.pop(pool, None)
         if override is not None:
             log.info("pool.override_cleared", pool=pool, reason=override.reason)
+            self.on_override()
         return override
 
     def active_override(self, pool: str) -> ScaleOverride | None:

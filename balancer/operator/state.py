@@ -9,22 +9,21 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from balancer.operator.controls import Controls, DesiredFn, constrain, override_json
+from balancer.operator.controls import Controls, constrain, override_json
 from balancer.operator.eventfeed import EventFeed
 from balancer.operator.host import Host
 from balancer.operator.requests import iso
 from balancer.operator.server import ApiError
 from balancer.operator.timeline import MemberTimeline, sample
 from config.events import EVENTS_FILE
-from config.models import Pool
-from pools.reconciler import Desired, ObservedMember
+from pools.reconciler import Desired
 from predictor.events import Event
 
 log = structlog.get_logger(__name__)
@@ -38,18 +37,22 @@ class Operator:
         self.clock = clock
         cfg = app.cfg
         self.controls = Controls(app.state_dir / "sources.json", clock)
+        self.controls.on_override = self.republish
         self.events = EventFeed(Path(cfg.directory) / EVENTS_FILE if cfg.directory else None,
                                 app.state_dir / "events.json")
         self.events.replace_yaml(self.events.read_yaml())
         self.timeline = MemberTimeline(path=app.state_dir / "timeline.sqlite3", retention=cfg.routing.history.retention)
 
     # ---------------------------------------------------------------- hooks for the App
-    def desired_fn(self, inner: DesiredFn) -> DesiredFn:
-        """`inner` (the control loop's decision) bounded by manual overrides and maintenance events."""
-        def desired(pool: str, spec: Pool, observed: Sequence[ObservedMember]) -> Desired:
-            return constrain(inner(pool, spec, observed), self.controls.active_override(pool),
-                             self.maintenance(pool))
-        return desired
+    def bound(self, pool: str, desired: Desired) -> Desired:
+        """The control loop's plan for `pool` bounded by manual overrides and maintenance events:
+        applied as the loop publishes its desired state (ControlLoop.bound)."""
+        return constrain(desired, self.controls.active_override(pool), self.maintenance(pool))
+
+    def republish(self) -> None:
+        """An override changed: publish the desired state with it now, not at the next step."""
+        if self.app.control is not None:
+            self.app.control.publish()
 
     def maintenance(self, pool: str) -> list[Event]:
         now = self.clock()

@@ -194,7 +194,8 @@ class App:
         self.operator = Operator(self, self.clock)
         self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.workers.in_flight,
                                    self.managers, clock=self.clock, plan_interval=self.plan_interval,
-                                   events=self.operator.events.book, controls=self.operator.controls)
+                                   events=self.operator.events.book, controls=self.operator.controls,
+                                   bound=self.operator.bound)
         registry = make_registry(lambda: self.workers.stats, lambda: self.members, self._control_status,
                                  lambda: self.workers.restarts)
         self.admin_runner = web.AppRunner(make_admin_app(self.operator.status, registry, self.token,
@@ -247,10 +248,11 @@ class App:
         log.info("proxy.stopped")
 
     def make_manager(self, name: str, spec: Pool, retire_other_generations: bool = True) -> PoolManager:
-        """A pool's manager, deciding by the control loop's plan within the operator's overrides."""
+        """A pool's manager, reaching the desired state the control loop publishes (its plan within
+        the operator's overrides); it starts from the one published last."""
         return PoolManager(name, spec, self._backend_for(name, spec),
                            in_flight=self.workers.in_flight, on_change=self.on_members,
-                           desired_fn=self.operator.desired_fn(self.control.desired), wall_clock=self.clock,
+                           desired=self.control.published if self.control is not None else None, wall_clock=self.clock,
                            retire_other_generations=retire_other_generations)
 
     async def reload(self) -> ReloadResult:

@@ -1,24 +1,26 @@
-"""The simulated backend: members on a virtual clock, acted on by the same reconcile decisions as live.
+"""The simulated backend: members that exist only on a clock, for `warmfront simulate`.
 
-This is the thin actor of `warmfront simulate`. `pools.reconciler.decide` chooses the actions; this
-module only performs them with modelled delays (a cold launch, an activation per shadow state) and
-accounts for what the members cost and serve. It is a fluid model: a member serves `member_rate`
-requests per second from the moment it is ready; draining is instant because no request is in flight
-between steps.
+A real `Backend` (the Protocol in pools.backends.base), so the real `PoolManager` acts on it, with
+`SimulatedHealth` as its health checker: a launched member answers its health check `Delays.cold`
+seconds later, a paused one resumes in `Delays.activation["paused"]` (a running shadow is
+routed at once, as live: the manager only restores its CPU), a stopped one boots again (cold).
+Nothing here waits on anything but the clock it is given and `asyncio.sleep`, so on
+`pools.virtual.VirtualClockLoop` a day of members costs no real time. Simulated members never
+crash; warm-up requests take no time.
 """
 from __future__ import annotations
 
-import bisect
+import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pools.members import MemberState
-from pools.reconciler import (Action, Activate, Desired, Drain, Launch, ObservedMember, Park, Replace, Retire,
-                              Warm, decide)
+from config.models import HealthCheck, Pool, Warmup
+from pools.backends.base import BackendError, EventHub, Instance, InstanceStatus, Subscription, member_labels
 
 # Medians from bench/activation.py (README "Activation"): a stopped shadow boots again, i.e. is cold.
 DEFAULT_ACTIVATION = {"running": 0.001, "paused": 0.015}
-_COUNTS_FULL = (MemberState.LAUNCHING, MemberState.WARMING, MemberState.READY, MemberState.DRAINING)
+HOST = "simulated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,101 +32,94 @@ class Delays:
         return self.activation.get(shadow_state or "", self.cold)
 
 
-@dataclass(slots=True)
-class SimMember:
-    id: str
-    state: MemberState
-    since: float
-    busy_until: float = -math.inf    # an operation (boot, activation) is under way until then
-    shadow_state: str | None = None
+class SimulatedBackend:
+    """Instances on `clock`; the port is the instance's number, so the health checker finds it."""
 
-
-class SimulatedPool:
-    """Members of one pool and one policy. `reconcile(desired, now)` is the manager's pass."""
-
-    def __init__(self, delays: Delays, shadow_cost: float = 0.2, max_passes: int = 4) -> None:
-        self.delays = delays
-        self.shadow_cost = shadow_cost
-        self.max_passes = max_passes
-        self.members: dict[str, SimMember] = {}
-        self.activations = 0            # shadows made ready
+    def __init__(self, delays: Delays, clock: Callable[[], float], owner: str = "simulate") -> None:
+        self.delays, self.clock, self.owner = delays, clock, owner
+        self.instances: dict[str, Instance] = {}
         self.launches = 0
-        self._next_id = 0
-        self._cache: tuple[int, float, list[float]] | None = None   # (ready, cost weight, sorted ready times)
-        self._settled: tuple[Desired, float] | None = None   # (desired, next op end) of an empty decision
+        self._boots_at: dict[int, float] = {}   # port -> when the member answers its health check
+        self._hub = EventHub()
 
-    def reconcile(self, desired: Desired, now: float) -> None:
-        """Decide and act until the decision is empty: the live manager wakes at once when an
-        operation finishes, so a warmed member is activated in the same instant, not a pass later."""
-        if self._settled is not None and self._settled[0] == desired and now < self._settled[1]:
-            return  # decide is pure and nothing it sees has changed: it would return nothing again
-        for _ in range(self.max_passes):
-            actions = decide(desired, self.observed(now), now)
-            if not actions:
-                self._settled = (desired, self._next_end(now))
-                return
-            self._settled = None
-            for action in actions:
-                self._act(action, now)
-            if all(isinstance(a, Launch) for a in actions):
-                return
+    async def list(self) -> list[Instance]:
+        return list(self.instances.values())
 
-    def observed(self, now: float) -> list[ObservedMember]:
-        return [ObservedMember(m.id, m.state, m.since, m.shadow_state, 0, m.busy_until > now)
-                for m in self.members.values()]
+    async def launch(self, pool: str, spec: Pool, port: int | None = None) -> Instance:
+        self.launches += 1
+        port = port if port is not None else self.launches
+        inst = Instance(f"sim-{self.launches}", pool, HOST, port, InstanceStatus.RUNNING,
+                        member_labels(pool, self.owner, spec))
+        self.instances[inst.id] = inst
+        self._boots_at[port] = self.clock() + self.delays.cold
+        return inst
 
-    def ready_seconds(self, t0: float, t1: float) -> float:
-        """Member-seconds of routable capacity in [t0, t1): activations under way count from their end."""
-        starts = self._summary()[2]
-        settled = bisect.bisect_right(starts, t0)
-        return settled * (t1 - t0) + sum(max(0.0, t1 - s) for s in starts[settled:])
+    async def start(self, instance_id: str) -> None:
+        inst = self._get(instance_id)
+        if inst.status is not InstanceStatus.RUNNING:
+            inst.status = InstanceStatus.RUNNING
+            self._boots_at[inst.port] = self.clock() + self.delays.cold
 
-    def ready_count(self) -> int:
-        return self._summary()[0]
+    async def pause(self, instance_id: str) -> None:
+        self._get(instance_id).status = InstanceStatus.PAUSED
 
-    def ready_ids(self) -> list[str]:
-        return [m.id for m in self.members.values() if m.state is MemberState.READY]
+    async def resume(self, instance_id: str) -> None:
+        inst = self._get(instance_id)
+        await asyncio.sleep(self.delays.activation.get("paused", 0.0))
+        inst.status = InstanceStatus.RUNNING
 
-    def cost_weight(self) -> float:
-        """Cost per second now: running members 1, shadows `shadow_cost`."""
-        return self._summary()[1]
+    async def resize(self, instance_id: str, cpus: float | None) -> None:
+        self._get(instance_id)
 
-    def _summary(self) -> tuple[int, float, list[float]]:
-        # Members change only in `_act`, a few times a day per member; steps read this 10^5 times.
-        if self._cache is None:
-            ms = self.members.values()
-            starts = sorted(max(m.since, m.busy_until) for m in ms if m.state is MemberState.READY)
-            weight = (sum(1 for m in ms if m.state in _COUNTS_FULL)
-                      + self.shadow_cost * sum(1 for m in ms if m.state is MemberState.SHADOW))
-            self._cache = (len(starts), weight, starts)
-        return self._cache
+    async def stop(self, instance_id: str, timeout: float) -> None:
+        self._get(instance_id).status = InstanceStatus.STOPPED
 
-    def _next_end(self, now: float) -> float:
-        return min((m.busy_until for m in self.members.values() if m.busy_until > now), default=math.inf)
+    async def remove(self, instance_id: str) -> None:
+        inst = self.instances.pop(instance_id, None)
+        if inst is not None:
+            self._boots_at.pop(inst.port, None)
 
-    def _act(self, action: Action, now: float) -> None:
-        self._cache = None
-        if isinstance(action, Launch):
-            self._next_id += 1
-            self.launches += 1
-            mid = f"sim-{self._next_id}"
-            self.members[mid] = SimMember(mid, MemberState.LAUNCHING, now, busy_until=now + self.delays.cold)
-            return
-        m = self.members.get(action.member_id)
-        if m is None:
-            return
-        match action:
-            case Warm():
-                m.state, m.since = MemberState.WARMING, now    # warm-up requests take no time here
-            case Park(state=state):
-                m.state, m.shadow_state, m.since = MemberState.SHADOW, state, now
-            case Activate():
-                if m.state is MemberState.SHADOW:
-                    m.busy_until = now + self.delays.activate(m.shadow_state)
-                    self.activations += 1
-                m.state, m.shadow_state, m.since = MemberState.READY, None, now
-            case Drain():
-                m.state, m.since = MemberState.DRAINING, now
-            case Retire() | Replace():
-                del self.members[m.id]
+    def address(self, instance_id: str) -> tuple[str, int]:
+        inst = self._get(instance_id)
+        return inst.host, inst.port
 
+    def events(self) -> Subscription:
+        return self._hub.subscribe()
+
+    def answers_at(self, port: int) -> float:
+        """When the member on `port` answers its health check (inf: never, as things stand)."""
+        return self._boots_at.get(port, math.inf)
+
+    def _get(self, instance_id: str) -> Instance:
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            raise BackendError(f"no simulated instance {instance_id}")
+        return inst
+
+
+class SimulatedHealth:
+    """The `PoolManager`'s health checker for a `SimulatedBackend`: a member is healthy once it has
+    booted and while it runs; waiting for a boot is one sleep until then, not a probe every 20 ms."""
+
+    def __init__(self, backend: SimulatedBackend) -> None:
+        self.backend = backend
+
+    async def probe(self, host: str, port: int, check: HealthCheck) -> bool:
+        inst = next((i for i in self.backend.instances.values() if i.port == port), None)
+        return (inst is not None and inst.status is InstanceStatus.RUNNING
+                and self.backend.answers_at(port) <= self.backend.clock())
+
+    async def wait_healthy(self, host: str, port: int, check: HealthCheck, deadline: float,
+                           clock: Callable[[], float]) -> bool:
+        at = self.backend.answers_at(port)
+        if at > deadline:
+            await asyncio.sleep(max(0.0, deadline - clock()))
+            return False
+        await asyncio.sleep(max(0.0, at - clock()))
+        return True
+
+    async def warm(self, host: str, port: int, warmup: Warmup, timeout: float) -> int:
+        return warmup.requests
+
+    async def close(self) -> None:
+        return None

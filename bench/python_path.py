@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from balancer import proxy as P  # noqa: E402
+from balancer.dataplane import proxy as P  # noqa: E402
 from balancer.wiring.app import static_config  # noqa: E402
 from balancer.control.history import History  # noqa: E402
 from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target  # noqa: E402

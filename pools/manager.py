@@ -164,7 +164,7 @@ class PoolManager:
         if run is not None and not run.done() and run is not asyncio.current_task():
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-        busy = [m.task for m in self._members.values() if m.busy]
+        busy = [m.task for m in self._members.values() if m.busy and m.task is not None]
         for t in busy:
             t.cancel()
         await asyncio.gather(*busy, return_exceptions=True)
@@ -254,10 +254,10 @@ class PoolManager:
         for m in list(self._members.values()):
             if m.busy or m.state is MemberState.FAILED:
                 continue
-            inst = instances.get(m.id)
-            if inst is None:
+            found = instances.get(m.id)
+            if found is None:
                 self._fail(m, "vanished from the backend")
-            elif inst.status is InstanceStatus.EXITED:
+            elif found.status is InstanceStatus.EXITED:
                 self._fail(m, "exited")
 
     def _adopt(self, inst: Instance, healthy: bool = False) -> None:

@@ -344,7 +344,7 @@ def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress
         runs["oracle"].append(oracle(demand, pool.member_rate, step, cfg.delays.cold, scored_from))
     if progress is not None:
         progress(1.0)
-    return SimResult(step, scored_from, sum(demands)[scored_from:] / step, runs)
+    return SimResult(step, scored_from, np.sum(demands, axis=0)[scored_from:] / step, runs)
 
 
 class Ledger:

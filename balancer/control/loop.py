@@ -524,15 +524,15 @@ class ControlLoop:
         declared = control.latency_sensitivity if control is not None else "normal"
         abandon_after = control.abandon_after if control is not None else None
         seen = self._p95.get(source)
-        recent = seen is not None and now - seen[0] <= LATENCY_RECENT_S
-        breach = bool(recent and abandon_after and seen[1] > abandon_after)
+        p95 = seen[1] if seen is not None and now - seen[0] <= LATENCY_RECENT_S else None
+        breach = bool(p95 is not None and abandon_after and p95 > abandon_after)
         learned = self._abort_slopes.get(source)
         slope = learned.slope if learned is not None and learned.weight >= LEARNED_MIN_REQUESTS else 0.0
         sensitivity = "high" if breach or (declared == "normal" and slope >= LEARNED_HIGH_SLOPE) else declared
         if sensitivity == "normal":
             return sensitivity, None
         return sensitivity, {"source": source, "declared": declared, "planned": sensitivity,
-                             "p95_ms": round(float(seen[1]) * 1000, 1) if recent else None,
+                             "p95_ms": round(float(p95) * 1000, 1) if p95 is not None else None,
                              "abandon_after_ms": round(abandon_after * 1000, 1) if abandon_after else None,
                              "breach": breach, "abort_slope": round(slope, 4)}
 
@@ -580,8 +580,8 @@ class ControlLoop:
             demand = pool_demand(obs, series)
             in_pool = np.isin(type_of, list(routed)) if len(ids) else np.zeros(0, dtype=bool)
             point_sum, lower_sum, upper_sum = (a[in_pool].sum(axis=0) for a in (rate, lower, upper))
-            latency = {s: per_source[s][2] for s in {sources[i] for i in np.flatnonzero(in_pool)}
-                       if per_source[s][2] is not None}
+            latency = {s: why for s in {sources[i] for i in np.flatnonzero(in_pool)}
+                       if (why := per_source[s][2]) is not None}
             pool_anomalies = [a for a in active if a.series_id == name]
             out[name] = PoolOutlook(
                 forecast=tuple(PoolForecast(h, round(float(point_sum[c]), 4), round(float(lower_sum[c]), 4),

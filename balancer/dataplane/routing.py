@@ -79,32 +79,33 @@ class SourceExtractor:
     """Source key of a request: the first non-empty value among the configured rules."""
 
     def __init__(self, rules: list[SourceRule]):
-        self.rules: list[tuple[str, object]] = []
+        # (kind, header name, query or cookie name, path segment): each kind reads its own slot.
+        self.rules: list[tuple[str, bytes, str, int]] = []
         for r in rules:
             if r.header is not None:
-                self.rules.append(("header", r.header.lower().encode()))
+                self.rules.append(("header", r.header.lower().encode(), "", 0))
             elif r.query is not None:
-                self.rules.append(("query", r.query))
+                self.rules.append(("query", b"", r.query, 0))
             elif r.cookie is not None:
-                self.rules.append(("cookie", r.cookie))
+                self.rules.append(("cookie", b"", r.cookie, 0))
             elif r.path_segment is not None:
-                self.rules.append(("segment", r.path_segment))
+                self.rules.append(("segment", b"", "", r.path_segment))
             elif r.client_ip:
-                self.rules.append(("ip", None))
+                self.rules.append(("ip", b"", "", 0))
         # Headers the request path must keep by lower-cased name for the rules above.
-        self.header_names = frozenset(arg for kind, arg in self.rules if kind == "header")
+        self.header_names = frozenset(header for kind, header, _, _ in self.rules if kind == "header")
 
     def extract(self, path: bytes, query: bytes, headers: dict[bytes, bytes], client_ip: str) -> str:
-        for kind, arg in self.rules:
+        for kind, header, name, segment in self.rules:
             value = ""
             if kind == "header":
-                value = headers.get(arg, b"").decode("latin-1").strip()
+                value = headers.get(header, b"").decode("latin-1").strip()
             elif kind == "ip":
                 value = client_ip
             elif kind == "query":
                 if query:
                     for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=False):
-                        if k == arg:
+                        if k == name:
                             value = v
                             break
             elif kind == "cookie":
@@ -112,13 +113,13 @@ class SourceExtractor:
                 if raw:
                     for part in raw.decode("latin-1").split(";"):
                         k, _, v = part.strip().partition("=")
-                        if k == arg:
+                        if k == name:
                             value = v
                             break
             elif kind == "segment":
                 segs = [s for s in path.split(b"/") if s]
-                if arg < len(segs):
-                    value = unquote(segs[arg].decode("latin-1"))
+                if segment < len(segs):
+                    value = unquote(segs[segment].decode("latin-1"))
             if value:
                 return value
         return "unknown"

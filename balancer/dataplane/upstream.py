@@ -5,23 +5,31 @@ routing keeps its in-flight count until its requests finish — the drain decisi
 """
 from __future__ import annotations
 
+import asyncio
 from random import random, sample
-from typing import TYPE_CHECKING
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
 from balancer.dataplane.routing import PoolTargets, Target
 from balancer.dataplane.stats import UpstreamStats
 
-if TYPE_CHECKING:
-    from balancer.dataplane.proxy import UpstreamConnection
-
 log = structlog.get_logger("warmfront.balancer")
 
 MAX_IDLE_PER_MEMBER = 128
 
 
-class Upstream:
+class Pooled(Protocol):
+    """An idle connection as a member keeps it (the proxy's `UpstreamConnection`)."""
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Pooled)
+
+
+class Upstream(Generic[C]):
     __slots__ = ("id", "pool", "host", "port", "in_flight", "requests", "failures", "ejections",
                  "ejected_until", "routable_since", "prewarmed", "idle", "routed")
 
@@ -37,10 +45,10 @@ class Upstream:
         self.ejected_until = 0.0
         self.routable_since = now
         self.prewarmed = target.prewarmed
-        self.idle: list[UpstreamConnection] = []
+        self.idle: list[C] = []
         self.routed = True
 
-    def take_idle(self) -> "UpstreamConnection | None":
+    def take_idle(self) -> C | None:
         idle = self.idle
         while idle:
             c = idle.pop()
@@ -48,7 +56,7 @@ class Upstream:
                 return c
         return None
 
-    def give_back(self, conn: "UpstreamConnection") -> None:
+    def give_back(self, conn: C) -> None:
         if self.routed and len(self.idle) < MAX_IDLE_PER_MEMBER:
             self.idle.append(conn)
         else:
@@ -63,18 +71,20 @@ class Upstream:
         return UpstreamStats(self.in_flight, self.requests, self.failures, self.ejected_until)
 
 
-class UpstreamPool:
+class UpstreamPool(Generic[C]):
     """The routable members of one pool and the choice among them."""
 
     __slots__ = ("name", "members", "conf", "waiters")
 
     def __init__(self, name: str):
         self.name = name
-        self.members: list[Upstream] = []
+        self.members: list[Upstream[C]] = []
         self.conf: PoolTargets | None = None
-        self.waiters: list = []   # exchanges waiting for a member (see Proxy activator)
+        # Exchanges waiting for a member (woken by `Proxy.set_table`); typed loosely because the
+        # exchange module imports this one.
+        self.waiters: list[Any] = []
 
-    def choose(self, now: float, exclude: tuple[Upstream, ...] = ()) -> Upstream | None:
+    def choose(self, now: float, exclude: tuple[Upstream[C], ...] = ()) -> Upstream[C] | None:
         """Least outstanding requests among two random healthy members (power of two choices).
 
         A member inside its slow-start window counts as busier in proportion to how new it is.
@@ -107,7 +117,7 @@ class UpstreamPool:
         a, b = sample(cands, 2)
         return a if self._load(a, now) <= self._load(b, now) else b
 
-    def _load(self, m: Upstream, now: float) -> float:
+    def _load(self, m: Upstream[C], now: float) -> float:
         load = m.in_flight + 1.0
         if m.prewarmed:
             return load
@@ -118,7 +128,7 @@ class UpstreamPool:
                 load /= max(0.05, age / ss)
         return load
 
-    def report_failure(self, m: Upstream, now: float) -> None:
+    def report_failure(self, m: Upstream[C], now: float) -> None:
         m.failures += 1
         conf = self.conf
         if conf and m.failures >= conf.eject_after and m.ejected_until <= now:
@@ -129,7 +139,7 @@ class UpstreamPool:
             log.warning("member.ejected", pool=self.name, member=m.id, failures=m.failures, seconds=backoff)
 
     @staticmethod
-    def report_success(m: Upstream) -> None:
+    def report_success(m: Upstream[Any]) -> None:
         if m.failures:
             m.failures = 0
             if m.ejected_until:

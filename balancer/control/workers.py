@@ -20,16 +20,21 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from balancer.dataplane.channel import ChannelClosed, encode_table, frame, read_message, table_members
+import balancer
 from balancer.control.history import History
+from balancer.dataplane.channel import ChannelClosed, encode_table, frame, read_message, table_members
 from balancer.dataplane.routing import RoutingTable
 from balancer.dataplane.stats import LatencyHistogram, ProxyStats, UpstreamStats
 from config.models import Limits, Timeouts
 
+# The directory holding the `balancer` package: the worker's cwd, so `python -m` puts it (and not a
+# directory inside the package, whose `operator` room would shadow the standard library's) first.
+PACKAGE_ROOT = str(Path(balancer.__file__).resolve().parent.parent)
 log = structlog.get_logger("warmfront.workers")
 
 START_TIMEOUT_S = 20.0     # a worker that has not said hello by then is killed and replaced
@@ -228,7 +233,7 @@ class WorkerSet:
                "--log-level", self.log_level]
         try:
             proc = subprocess.Popen(cmd, pass_fds=(listen_fd, child_end.fileno()), stdin=subprocess.DEVNULL,
-                                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                                    cwd=PACKAGE_ROOT)
         finally:
             child_end.close()
         self._procs[slot] = proc

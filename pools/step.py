@@ -1,7 +1,7 @@
 """One control step for `run` and `simulate`: forecasts and observations in, `Desired` per pool out.
 
-`balancer.control.loop.ControlLoop` (live) and `pools.simulate` (replay) both call `step_pool` for every
-pool they plan, and both judge anomalies with `BinScores`, so what simulate measures is what run
+`balancer.control.loop.ControlLoop` (live) and `pools.simulate` (replay) both call `pool_demand` and
+`plan_pool` for every pool they plan, and both judge anomalies with `BinScores`, so what simulate measures is what run
 does. The callers only differ in where observations come from: History, the proxy's in-flight
 counters and the pool managers live; the trace, the simulated backend and a virtual clock in a
 replay. Everything here is typed, frozen data in and out; the only state is what the caller keeps
@@ -106,14 +106,9 @@ def pool_demand(obs: PoolObservation, fc: SeriesForecasts) -> tuple[TypeDemand, 
                  for (rtype, h), (r, rq) in sorted(by_type.items()))
 
 
-def step_pool(now: float, obs: PoolObservation, fc: SeriesForecasts, state: PlannerState) -> PoolStep:
-    """One pool's step: demand from the forecasts, the plan, and what its manager should reach."""
-    return plan_pool(now, obs, pool_demand(obs, fc), state)
-
-
 def plan_pool(now: float, obs: PoolObservation, demand: tuple[TypeDemand, ...], state: PlannerState) -> PoolStep:
-    """The second half of `step_pool`, for a caller that computes demand elsewhere (the live loop
-    sums demand in its worker thread and plans on the event loop)."""
+    """One pool's plan and what its manager should reach, from its demand (`pool_demand`: the live
+    loop sums demand in its worker thread and plans on the event loop; simulate at each boundary)."""
     spec = obs.spec
     # Lead times as measured on the pool's members; the activation benchmark's medians until then.
     if obs.cold_lead is not None and obs.cold_lead > spec.scaling.launch_lead:

@@ -55,8 +55,8 @@ async def test_metrics_expose_proxy_counters_with_labels(stats):
     for _ in range(3):
         stats.answered("web", "page", 200, 0.0)
     stats.answered("web", "api", 502, 0.0)
-    stats.observe_latency("web", 0.004)
-    stats.observe_latency("web", 0.3)
+    stats.answered("web", "static", 200, 0.004)
+    stats.answered("web", "static", 200, 0.3)
     stats.connections_open = 7
     server = await serve(stats, None)
     try:

@@ -101,5 +101,3 @@ def table_members(wire: tuple) -> frozenset[str]:
     """Ids of the members a wire table routes to."""
     return frozenset(t[0] for p in wire[2] for t in p[0])
 
-
-Message = tuple[Any, ...]

@@ -44,12 +44,6 @@ class ProxyStats:
                 h = self.latency[pool] = LatencyHistogram()
             h.observe(latency)
 
-    def observe_latency(self, pool: str, seconds: float) -> None:
-        h = self.latency.get(pool)
-        if h is None:
-            h = self.latency[pool] = LatencyHistogram()
-        h.observe(seconds)
-
 
 @dataclass(frozen=True, slots=True)
 class UpstreamStats:

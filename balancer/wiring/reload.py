@@ -19,24 +19,44 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
+from balancer.control.loop import ControlLoop
+from balancer.control.workers import WorkerSet
 from balancer.operator.host import ReloadRefused
+from balancer.operator.state import Operator
+from balancer.wiring.backends import Backends
 from config.loader import load_config
 from config.models import Config, Pool
 from pools.backends.base import MEMBER_FIELDS
 from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
 
-if TYPE_CHECKING:
-    from balancer.wiring.app import App
-
 log = structlog.get_logger(__name__)
 
 RESTART_FIELDS = ("listen", "admin", "state_dir", "workers", "tls", "history")
 ROLL_POLL = 0.1
+
+
+class App(Protocol):
+    """What a reload reads and replaces of the running app (balancer.wiring.app.App), so this
+    module does not import the app that calls it."""
+    cfg: Config
+    operator: Operator
+    backends: Backends
+    managers: dict[str, PoolManager]
+    members: dict[str, list[MemberView]]
+    tasks: list[asyncio.Task]
+    control: ControlLoop | None
+    workers: WorkerSet
+
+    def publish_table(self) -> None: ...
+
+    def on_members(self, pool: str, members: list[MemberView]) -> None: ...
+
+    def make_manager(self, name: str, spec: Pool, retire_other_generations: bool = True) -> PoolManager: ...
 
 
 @dataclass(slots=True)

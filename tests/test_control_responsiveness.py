@@ -63,13 +63,19 @@ async def test_the_proxy_answers_within_100ms_while_the_control_loop_replays_and
                   plan_interval=0.5)
         starting = asyncio.create_task(app.start())   # its first step replays the two days
         port = app.listen[1]
+        # Ready is a first answer, not a first accepted connection: the control process binds
+        # the listener before the workers start, so a connect succeeds (and queues) earlier.
         while True:
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /ready HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
                 writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.01)
+                if head.startswith(b"HTTP/1.1 200"):
+                    break
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            await asyncio.sleep(0.01)
         procs.append(subprocess.Popen([sys.executable, str(PROBE_SCRIPT), "_load", str(port), "600", "150", "4"],
                                       cwd=ROOT))
         # The probe runs in a process of its own, as a client does: the data plane is the

@@ -72,17 +72,56 @@ class SimConfig:
     shadow_cost: float = 0.2
     forecast_bin_s: float = 300.0
     refit_every_s: float = 900.0   # the live default of `predictor.refit_every`
+    reactive_target: float = 0.7   # the HPA policy's target utilisation (Kubernetes' common 70 %)
 
 
 @dataclass(slots=True)
 class PolicyRun:
-    """One policy on one pool, over the scored steps."""
-    requests: float
-    cold_requests: float
-    container_minutes: float
-    scale_events: int
-    shadow_activations: int
-    capacity: np.ndarray      # ready capacity per scored step, requests per second
+    """One policy on one pool, step by step over the scored part, so any window of it can be
+    scored (`totals`): the folds of `simulate --folds` are windows of one replay."""
+    step_s: float
+    member_rate: float             # requests per second one member serves at 100 % utilisation
+    target: float | None           # the utilisation it plans ready members at (None: it does not)
+    shadow_cost: float
+    demand: np.ndarray             # requests arriving per step
+    capacity: np.ndarray           # requests the ready members could serve per step
+    ready_s: np.ndarray            # member-seconds per step: ready,
+    boot_s: np.ndarray             # launching or warming,
+    drain_s: np.ndarray            # draining,
+    shadow_s: np.ndarray           # and kept as shadows
+    ready: np.ndarray              # ready members at the end of each step
+    activations: np.ndarray        # shadows made ready per step
+    before: int = 0                # ready members just before the first step (scale events count from it)
+
+    def window(self, s: slice) -> PolicyRun:
+        start = s.start or 0
+        before = int(self.ready[start - 1]) if start > 0 else self.before
+        cut = {name: getattr(self, name)[s] for name in _STEP_ARRAYS}
+        return replace(self, **cut, before=before)
+
+    def totals(self) -> dict:
+        step_min = self.step_s / 60.0
+        served = np.minimum(self.demand, self.capacity)
+        full = (self.ready_s + self.boot_s + self.drain_s).sum() + self.shadow_cost * self.shadow_s.sum()
+        need = np.ceil(self.demand / (self.member_rate * self.step_s) - 1e-9)
+        headroom = 0.0
+        if self.target is not None:
+            headroom = float((np.ceil(self.demand / (self.member_rate * self.target * self.step_s) - 1e-9)
+                              - need).sum() * step_min)
+        ready_min = float(self.ready_s.sum() / 60.0)
+        return {"requests": float(self.demand.sum()), "cold_requests": float((self.demand - served).sum()),
+                "container_minutes": float(full / 60.0),
+                "scale_events": int(np.count_nonzero(np.diff(np.concatenate([[self.before], self.ready])))),
+                "shadow_activations": int(self.activations.sum()),
+                # where the container-minutes go (they add up to container_minutes)
+                "minutes": {"at_need": float(need.sum() * step_min), "target_headroom": headroom,
+                            "excess_ready": ready_min - float(need.sum() * step_min) - headroom,
+                            "launch": float(self.boot_s.sum() / 60.0), "drain": float(self.drain_s.sum() / 60.0),
+                            "shadow": float(self.shadow_cost * self.shadow_s.sum() / 60.0)}}
+
+
+OVER_ORACLE = ("target_headroom", "excess_ready", "launch", "drain", "shadow")
+_STEP_ARRAYS = ("demand", "capacity", "ready_s", "boot_s", "drain_s", "shadow_s", "ready", "activations")
 
 
 @dataclass(slots=True)
@@ -90,24 +129,51 @@ class SimResult:
     step_s: float
     scored_from: int                 # first scored step
     demand: np.ndarray               # all pools, requests per second per scored step
-    runs: dict[str, list[PolicyRun]]   # policy -> one run per pool
+    runs: dict[str, list[PolicyRun]]   # policy -> one run per pool (the oracle's over the whole scored part)
+    cold_s: float = 60.0             # the oracle's launch time
 
-    def summary(self) -> dict[str, dict]:
-        totals = {name: _total(runs) for name, runs in self.runs.items()}
+    def summary(self, window: slice | None = None) -> dict[str, dict]:
+        """Per policy over the scored part, or a window of it (scored steps, 0-based): requests, cold
+        requests and rate, container-minutes, cost against the oracle of that same window, scale
+        events, and where the minutes above the oracle's go."""
+        w = window or slice(0, len(self.demand))
+        totals = {}
+        for name, runs in self.runs.items():
+            if name == "oracle":   # the floor of this window, planned for this window alone
+                parts = [oracle(r.demand[w], r.member_rate, self.step_s, self.cold_s, 0) for r in runs]
+            else:
+                parts = [r.window(w) for r in runs]
+            totals[name] = _total([p.totals() for p in parts])
         floor = totals["oracle"]["container_minutes"]
-        for t in totals.values():
+        base = totals["oracle"]["minutes"]
+        for name, t in totals.items():
             t["cost_vs_oracle"] = round(t["container_minutes"] / floor, 3) if floor > 0 else None
+            minutes = t.pop("minutes")
+            if name != "oracle" and floor > 0:
+                # The minutes above the oracle's by cause, as shares of the oracle's (they add up
+                # to cost_vs_oracle - 1): the utilisation target's headroom, ready members beyond
+                # it (forecast error, stabilisation, lag), launches, drains and shadows.
+                t["over_oracle"] = {k: round((minutes[k] - base[k]) / floor, 4) for k in OVER_ORACLE}
         return totals
 
+    def windows(self, k: int) -> list[slice]:
+        """The scored part cut into `k` consecutive windows of equal length (the folds)."""
+        n = len(self.demand)
+        if not 1 <= k <= n:
+            raise ValueError(f"cannot cut {n} scored steps into {k} folds")
+        edges = [round(i * n / k) for i in range(k + 1)]
+        return [slice(a, b) for a, b in zip(edges, edges[1:])]
 
-def _total(runs: list[PolicyRun]) -> dict:
-    requests = sum(r.requests for r in runs)
-    cold = sum(r.cold_requests for r in runs)
+
+def _total(parts: list[dict]) -> dict:
+    requests = sum(p["requests"] for p in parts)
+    cold = sum(p["cold_requests"] for p in parts)
+    minutes = {key: sum(p["minutes"][key] for p in parts) for key in parts[0]["minutes"]} if parts else {}
     return {"requests": int(round(requests)), "cold_requests": int(round(cold)),
             "cold_rate": round(cold / requests, 6) if requests else 0.0,
-            "container_minutes": round(sum(r.container_minutes for r in runs), 1),
-            "scale_events": sum(r.scale_events for r in runs),
-            "shadow_activations": sum(r.shadow_activations for r in runs)}
+            "container_minutes": round(sum(p["container_minutes"] for p in parts), 1),
+            "scale_events": sum(p["scale_events"] for p in parts),
+            "shadow_activations": sum(p["shadow_activations"] for p in parts), "minutes": minutes}
 
 
 # ---------------------------------------------------------------------------------------- predictor
@@ -222,8 +288,9 @@ class Reactive:
     tolerance, scale-up limited to max(+100 %, +4), scale-down to the highest recommendation of the
     last 5 minutes. Utilisation is averaged over the last minute and cannot exceed 100 %."""
 
-    def __init__(self, pool: SimPool, step_s: float) -> None:
+    def __init__(self, pool: SimPool, step_s: float, target: float = HPA_TARGET) -> None:
         self.spec = pool.spec
+        self.target = target
         self.window = max(1, int(round(HPA_WINDOW_S / step_s)))
         self.replicas = pool.spec.capacity.min
         self.recommendations: deque[tuple[float, int]] = deque()
@@ -232,8 +299,8 @@ class Reactive:
         cap = self.spec.capacity
         util = replay.utilisation_before(i, self.window)
         rec = self.replicas
-        if util is not None and abs(util / HPA_TARGET - 1.0) > HPA_TOLERANCE:
-            rec = math.ceil(len(members.ready_ids()) * util / HPA_TARGET)
+        if util is not None and abs(util / self.target - 1.0) > HPA_TOLERANCE:
+            rec = math.ceil(len(members.ready_ids()) * util / self.target)
         rec = min(max(rec, cap.min), cap.max, max(2 * self.replicas, self.replicas + 4))
         q = self.recommendations
         q.append((now, rec))
@@ -321,44 +388,81 @@ def arrivals_per_step(series: Series, pool: SimPool, step_s: float) -> np.ndarra
     return np.repeat(bins / per, per)
 
 
-def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress | None = None) -> SimResult:
-    step = cfg.step_s
-    demands = [arrivals_per_step(series, p, step) for p in pools]
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What every policy of one simulation shares: per-pool arrivals, the first scored step and
+    the live predictor's forecasts along the trace (computed once, read by every predictive run)."""
+    series: Series
+    pools: tuple[SimPool, ...]
+    cfg: SimConfig
+    demands: tuple[np.ndarray, ...]
+    scored_from: int
+    path: ForecastPath
+
+
+def prepare(series: Series, pools: list[SimPool], cfg: SimConfig) -> Prepared:
+    demands = tuple(arrivals_per_step(series, p, cfg.step_s) for p in pools)
     n_steps = len(demands[0])
-    scored_from = min(n_steps - 1, int(round(cfg.train_s / step)))
-    path = forecast_path(series, cfg.forecast_bin_s, cfg.refit_every_s)
+    scored_from = min(n_steps - 1, int(round(cfg.train_s / cfg.step_s)))
+    return Prepared(series, tuple(pools), cfg, demands, scored_from,
+                    forecast_path(series, cfg.forecast_bin_s, cfg.refit_every_s))
+
+
+def make_policy(name: str, prepared: Prepared, k: int, pool: SimPool | None = None) -> Policy:
+    """Policy `name` for pool `k` of `prepared` (or a variant of that pool's spec)."""
+    pool = pool or prepared.pools[k]
+    step, demand = prepared.cfg.step_s, prepared.demands[k]
+    if name == "static":
+        train_peak = float(demand[:max(1, prepared.scored_from)].max()) / step
+        return Static(pool, max(1, math.ceil(train_peak / pool.member_rate - 1e-9)))
+    if name == "reactive":
+        return Reactive(pool, step, prepared.cfg.reactive_target)
+    if name == "predictive":
+        return Predictive(pool, prepared.path, prepared.series)
+    raise ValueError(f"no policy {name!r}")
+
+
+def policy_target(policy: Policy, pool: SimPool) -> float | None:
+    if isinstance(policy, Reactive):
+        return policy.target
+    if isinstance(policy, Predictive):
+        return pool.spec.capacity.target_utilization
+    return None
+
+
+def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress | None = None,
+        prepared: Prepared | None = None) -> SimResult:
+    prepared = prepared or prepare(series, pools, cfg)
+    n_steps = len(prepared.demands[0])
     total = 3 * n_steps * len(pools)
     done = 0
     runs: dict[str, list[PolicyRun]] = {name: [] for name in POLICIES}
-    for pool, demand in zip(pools, demands):
-        train_peak = float(demand[:max(1, scored_from)].max()) / step
-        policies: dict[str, Policy] = {"static": Static(pool, max(1, math.ceil(train_peak / pool.member_rate - 1e-9))),
-                    "reactive": Reactive(pool, step),
-                    "predictive": Predictive(pool, path, series)}
-        for name, policy in policies.items():
-            def tick(k: int, base: int = done) -> None:
+    for k, (pool, demand) in enumerate(zip(pools, prepared.demands)):
+        for name in ("static", "reactive", "predictive"):
+            def tick(i: int, base: int = done) -> None:
                 if progress is not None:
-                    progress((base + k) / total)
-            runs[name].append(replay_policy(pool, policy, demand, cfg, scored_from, tick))
+                    progress((base + i) / total)
+            policy = make_policy(name, prepared, k)
+            runs[name].append(replay_policy(pool, policy, demand, cfg, prepared.scored_from, tick))
             done += n_steps
-        runs["oracle"].append(oracle(demand, pool.member_rate, step, cfg.delays.cold, scored_from))
+        runs["oracle"].append(oracle(demand, pool.member_rate, cfg.step_s, cfg.delays.cold, prepared.scored_from))
     if progress is not None:
         progress(1.0)
-    return SimResult(step, scored_from, np.sum(demands, axis=0)[scored_from:] / step, runs)
+    return SimResult(cfg.step_s, prepared.scored_from,
+                     np.sum(prepared.demands, axis=0)[prepared.scored_from:] / cfg.step_s, runs, cfg.delays.cold)
 
 
 class Ledger:
     """What one replay's members cost and serve, integrated per step from the member lists the
-    manager publishes (its `on_change`): ready member-seconds, cost-weighted member-seconds
-    (launching, warming, ready and draining members 1, shadows `shadow_cost`), and shadows made ready."""
+    manager publishes (its `on_change`): member-seconds by state (ready; launching or warming;
+    draining; shadow) and the shadows made ready, per step."""
 
-    def __init__(self, steps: int, step_s: float, shadow_cost: float, clock: Callable[[], float]) -> None:
-        self.step_s, self.shadow_cost, self.clock = step_s, shadow_cost, clock
-        self.ready_s = np.zeros(steps)
-        self.weight_s = np.zeros(steps)
-        self.activations = 0
+    def __init__(self, steps: int, step_s: float, clock: Callable[[], float]) -> None:
+        self.step_s, self.clock = step_s, clock
+        self.seconds = {key: np.zeros(steps) for key in ("ready", "boot", "drain", "shadow")}
+        self.activations = np.zeros(steps, dtype=np.int64)
         self._ready: list[str] = []
-        self._weight = 0.0
+        self._counts = dict.fromkeys(self.seconds, 0)
         self._states: dict[str, MemberState] = {}
         self._t = 0.0
 
@@ -366,26 +470,38 @@ class Ledger:
         return self._ready
 
     def on_change(self, pool: str, members: Sequence[MemberView]) -> None:
-        self.accrue(self.clock())
+        now = self.clock()
+        self.accrue(now)
         states = {m.id: m.state for m in members}
-        self.activations += sum(1 for mid, st in states.items()
-                                if st is MemberState.READY and self._states.get(mid) is MemberState.SHADOW)
+        made_ready = sum(1 for mid, st in states.items()
+                         if st is MemberState.READY and self._states.get(mid) is MemberState.SHADOW)
+        if made_ready:
+            self.activations[min(int(now // self.step_s), len(self.activations) - 1)] += made_ready
         self._states = states
         self._ready = [mid for mid, st in states.items() if st is MemberState.READY]
-        self._weight = (sum(1 for st in states.values() if st in _COSTS_FULL)
-                        + self.shadow_cost * sum(1 for st in states.values() if st is MemberState.SHADOW))
+        counts = dict.fromkeys(self.seconds, 0)
+        for st in states.values():
+            key = _COST_KEY.get(st)
+            if key is not None:
+                counts[key] += 1
+        self._counts = counts
 
     def accrue(self, until: float) -> None:
         """Add the members as they are now to every step from the last change to `until`."""
-        steps = len(self.ready_s)
+        steps = len(self.activations)
         while self._t < until:
             i = int(self._t // self.step_s)
             if i >= steps:
                 break
             end = min(until, (i + 1) * self.step_s)
-            self.ready_s[i] += len(self._ready) * (end - self._t)
-            self.weight_s[i] += self._weight * (end - self._t)
+            for key, n in self._counts.items():
+                if n:
+                    self.seconds[key][i] += n * (end - self._t)
             self._t = end
+
+
+_COST_KEY = {MemberState.READY: "ready", MemberState.LAUNCHING: "boot", MemberState.WARMING: "boot",
+             MemberState.DRAINING: "drain", MemberState.SHADOW: "shadow"}
 
 
 class SimMembers:
@@ -410,13 +526,12 @@ async def _replay(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimCon
     step = cfg.step_s
     n = len(demand)
     backend = SimulatedBackend(cfg.delays, loop.time)
-    ledger = Ledger(n, step, cfg.shadow_cost, loop.time)
+    ledger = Ledger(n, step, loop.time)
     manager = PoolManager(pool.name, pool.spec, backend, clock=loop.time, on_change=ledger.on_change,
                           checker=SimulatedHealth(backend), interval=IDLE_PASS_S, wall_clock=loop.time)
     members = SimMembers(manager, ledger)
     replay = Replay(demand, step)
     ready = np.zeros(n, dtype=np.int64)
-    activations_before = 0
     every = max(1, n // 100)
     published: Desired | None = None
     task: asyncio.Task | None = None
@@ -426,12 +541,10 @@ async def _replay(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimCon
             await asyncio.sleep(now - loop.time())
             ledger.accrue(now)
             if i > 0:   # step i - 1 has ended: what it served is known
-                replay.capacity[i - 1] = ledger.ready_s[i - 1] * pool.member_rate
+                replay.capacity[i - 1] = ledger.seconds["ready"][i - 1] * pool.member_rate
                 ready[i - 1] = len(ledger.ready_ids())
             if i == n:
                 break
-            if i == scored_from:
-                activations_before = ledger.activations
             desired = policy.desired(i, now, members, replay)
             if desired != published:
                 manager.set_desired(DesiredState.of({pool.name: desired}, now))
@@ -445,12 +558,10 @@ async def _replay(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimCon
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     s = slice(scored_from, n)
-    served = np.minimum(demand[s], replay.capacity[s])
-    return PolicyRun(requests=float(demand[s].sum()), cold_requests=float((demand[s] - served).sum()),
-                     container_minutes=float(ledger.weight_s[s].sum() / 60.0),
-                     scale_events=int(np.count_nonzero(np.diff(ready[scored_from - 1 if scored_from else 0:]))),
-                     shadow_activations=ledger.activations - activations_before,
-                     capacity=replay.capacity[s] / step)
+    sec = ledger.seconds
+    return PolicyRun(step, pool.member_rate, policy_target(policy, pool), cfg.shadow_cost, demand[s],
+                     replay.capacity[s], sec["ready"][s], sec["boot"][s], sec["drain"][s], sec["shadow"][s],
+                     ready[s], ledger.activations[s], before=int(ready[scored_from - 1]) if scored_from else 0)
 
 
 def oracle(demand: np.ndarray, member_rate: float, step_s: float, cold_s: float, scored_from: int) -> PolicyRun:
@@ -460,7 +571,7 @@ def oracle(demand: np.ndarray, member_rate: float, step_s: float, cold_s: float,
     d = demand[scored_from:]
     need = np.ceil(d / (member_rate * step_s) - 1e-9).astype(np.int64)
     held = np.zeros(len(d), dtype=np.int64)
-    launch_s = 0.0
+    boot_s = np.zeros(len(d))
     bridge = int(cold_s // step_s)
     for k in range(1, int(need.max(initial=0)) + 1):
         on = need >= k
@@ -471,9 +582,8 @@ def oracle(demand: np.ndarray, member_rate: float, step_s: float, cold_s: float,
             if gap_end - gap_start <= bridge:
                 layer[gap_start:gap_end] = True
         held += layer
-        runs = np.flatnonzero(np.diff(np.concatenate([[0], layer.astype(np.int8)])) == 1)
-        launch_s += len(runs) * cold_s
-    return PolicyRun(requests=float(d.sum()), cold_requests=0.0,
-                     container_minutes=float((held.sum() * step_s + launch_s) / 60.0),
-                     scale_events=int(np.count_nonzero(np.diff(held))), shadow_activations=0,
-                     capacity=held * member_rate)
+        launches = np.flatnonzero(np.diff(np.concatenate([[0], layer.astype(np.int8)])) == 1)
+        np.add.at(boot_s, launches, cold_s)   # each launch's boot, charged where the member is needed
+    zeros = np.zeros(len(d))
+    return PolicyRun(step_s, member_rate, None, 0.0, d, held * member_rate * step_s, held * step_s, boot_s,
+                     zeros, zeros, held, np.zeros(len(d), dtype=np.int64))

@@ -18,10 +18,11 @@ from balancer.logs import configure_logging
 from config.loader import ConfigError, load_config
 from config.models import Capacity, Config, Pool, Shadow
 from pools.backends.simulated import Delays
-from pools.simulate import POLICIES, SimConfig, SimPool, SimResult, run
+from pools.simulate import POLICIES, SimConfig, SimPool, SimResult, prepare, run
+from pools.sweep import Point, fold_summaries, frontier, spread, sweep, sweep_json
 from predictor.forecast_cli import parse_duration
 from predictor.series import Series, TraceError, load_trace
-from predictor.svgplot import Line, chart
+from predictor.svgplot import Line, Scatter, chart, scatter
 
 DEFAULT_PEAK_MEMBERS = 30       # without a member rate, members are sized so the peak needs this many
 STEP_S = 15.0
@@ -50,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cold-delay", default="60s", help="launch to ready of a new member (default 60s)")
     p.add_argument("--shadow-cost", type=float, default=0.2, help="cost of a shadow member relative to a running one "
                                                                    "(default 0.2)")
+    p.add_argument("--folds", type=int, metavar="K", help="also score K consecutive equal windows of the scored part "
+                                                         "(each by policies that learned only from what precedes it) "
+                                                         "and report min / median / max over them")
+    p.add_argument("--sweep", action="store_true", help="replay reactive over target utilisations and predictive over "
+                                                        "quantiles and shadow sizes; report the cold/cost frontier "
+                                                        "per fold (with --folds, else one fold)")
+    p.add_argument("--sweep-plot", metavar="FILE.svg", help="with --sweep: cold requests against container-minutes")
     p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
     return p
 
@@ -67,6 +75,10 @@ def main(argv: list[str]) -> int:
         if not 0 <= args.shadow_cost <= 1:
             raise UsageError("--shadow-cost must be between 0 and 1")
         train = _train_s(args.train, series)
+        if args.folds is not None and args.folds < 1:
+            raise UsageError("--folds must be >= 1")
+        if args.sweep_plot and not args.sweep:
+            raise UsageError("--sweep-plot needs --sweep")
         config = load_config(args.config) if args.config else None
         pools, notes = build_pools(series, config, args.member_rate, cold)
     except (TraceError, ConfigError, ValueError) as e:
@@ -75,10 +87,32 @@ def main(argv: list[str]) -> int:
     cfg = SimConfig(train_s=train, step_s=step, delays=Delays(cold=cold), shadow_cost=args.shadow_cost,
                     forecast_bin_s=fc_bin)
     show = args.progress or sys.stderr.isatty()
-    result = run(series, pools, cfg, progress=_bar if show else None)
+    prepared = prepare(series, pools, cfg)
+    result = run(series, pools, cfg, progress=_bar if show else None, prepared=prepared)
     if show:
         print(file=sys.stderr)
     summary = result.summary()
+    folds = None
+    try:
+        if args.folds:
+            folds = fold_summaries(result, args.folds)
+    except ValueError as e:
+        print(f"warmfront simulate: {e}", file=sys.stderr)
+        return 2
+    swept = None
+    if args.sweep:
+        defaults = pools[0].spec
+        points, oracles = sweep(prepared, args.folds or 1, cfg.reactive_target, defaults.scaling.quantile,
+                                progress=_bar if show else None)
+        if show:
+            print(file=sys.stderr)
+        swept = sweep_json(points, oracles)
+        if args.sweep_plot:
+            try:
+                Path(args.sweep_plot).write_text(frontier_plot(points, oracles, Path(args.trace).name))
+            except OSError as e:
+                print(f"warmfront simulate: cannot write plot: {e}", file=sys.stderr)
+                return 2
     if args.plot:
         try:
             Path(args.plot).write_text(_plot(result))
@@ -91,10 +125,20 @@ def main(argv: list[str]) -> int:
                                "min": p.spec.capacity.min, "max": p.spec.capacity.max,
                                "shadow": p.spec.shadow.state} for p in pools},
             "notes": notes}
+    out: dict = {"policies": summary, "simulation": info}
+    if folds is not None:
+        out["folds"] = folds
+        out["over_folds"] = spread(folds)
+    if swept is not None:
+        out["sweep"] = swept
     if args.json:
-        print(json.dumps({"policies": summary, "simulation": info}, indent=2))
+        print(json.dumps(out, indent=2))
     else:
         print(_table(summary, info))
+        if folds is not None:
+            print("\n" + _fold_table(out["over_folds"], len(folds)))
+        if swept is not None:
+            print("\n" + _sweep_table(swept))
     return 0
 
 
@@ -201,7 +245,60 @@ def _plot(result: SimResult, points: int = 1500) -> str:
     x = np.arange(len(result.demand) // k) * k * result.step_s / 3600.0
     lines = [Line("demand (req/s)", block(result.demand), "#1f77b4")]
     for name in POLICIES:
-        capacity = sum(r.capacity for r in result.runs[name])
+        capacity = sum(r.capacity for r in result.runs[name]) / result.step_s
         lines.append(Line(f"{name} ready capacity", block(capacity), COLORS[name]))
     return chart(x, lines, title="warmfront simulate: demand and ready capacity (scored part)",
                  x_label="hours since scoring began")
+
+
+def _fold_table(over: dict, k: int) -> str:
+    lines = [f"over {k} folds (min / median / max):", "",
+             "| policy | cold_rate | cold vs reactive | cost vs reactive | cost vs oracle |", "|---|---|---|---|---|"]
+    for name in POLICIES:
+        row = over[name]
+        cells = []
+        for metric, fmt in (("cold_rate", "{:.3%}"), ("cold_vs_reactive", "{:.2f}x"), ("cost_vs_reactive", "{:.2f}x"),
+                            ("cost_vs_oracle", "{:.2f}x")):
+            m = row[metric]
+            cells.append("-" if m["median"] is None else " / ".join(fmt.format(m[key]) for key in ("min", "median", "max")))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _sweep_table(swept: dict) -> str:
+    lines = ["| fold | reactive cold | predictive cold at reactive's cost | share | goal (<= 25 %) | default on frontier "
+             "| cost vs oracle at reactive's cold |", "|---|---|---|---|---|---|---|"]
+    for f, v in enumerate(swept["verdict"]):
+        share = v["cold_share_at_reactive_cost"]
+        lines.append(f"| {f + 1} | {v['reactive_cold_requests']:,} | "
+                     f"{'-' if v['predictive_cold_at_reactive_cost'] is None else format(v['predictive_cold_at_reactive_cost'], ',.0f')} | "
+                     f"{'-' if share is None else format(share, '.1%')} | {'met' if v['goal_met'] else 'NOT met'} | "
+                     f"{'yes' if v['default_on_frontier'] else 'no'} | "
+                     f"{'-' if v['cost_vs_oracle_at_reactive_cold'] is None else format(v['cost_vs_oracle_at_reactive_cold'], '.2f') + 'x'} |")
+    return "\n".join(lines)
+
+
+def frontier_plot(points: list[Point], oracles: list[dict], trace: str) -> str:
+    """Cold requests (% of requests) against container-minutes (× the fold's oracle), per fold, both
+    policies' sweep points with their frontiers (frontier points labelled); the defaults circled."""
+    folds = len(points[0].folds)
+    series = []
+    dash = ["", "6 3", "2 2", "8 2 2 2"]
+    for f in range(folds):
+        for policy in ("reactive", "predictive"):
+            pts = [p for p in points if p.policy == policy]
+            floor = max(oracles[f]["container_minutes"], 1e-9)
+            xy = [(p.folds[f]["container_minutes"] / floor, 100.0 * p.folds[f]["cold_rate"]) for p in pts]
+            front = frontier(xy)
+            labels = [_knob_label(p) if pt in front else "" for p, pt in zip(pts, xy)]
+            series.append(Scatter(f"{policy}, fold {f + 1}" if folds > 1 else policy, xy, front, labels,
+                                  COLORS[policy], dash[f % len(dash)],
+                                  [i for i, p in enumerate(pts) if p.default]))
+    return scatter(series, title=f"{trace}: cold requests against cost, per fold (defaults circled)",
+                   x_label="container-minutes (x the oracle's for the same fold)", y_label="cold requests (% of requests)")
+
+
+def _knob_label(p: Point) -> str:
+    if p.policy == "reactive":
+        return f"t{p.knobs['target']:g}"
+    return f"q{p.knobs['quantile']:g}" + (f"+s{int(p.knobs['shadow'])}" if p.knobs["shadow"] else "")

@@ -197,3 +197,46 @@ def test_plot_draws_demand_and_each_policy(capsys, tmp_path):
     text = svg.read_text()
     assert text.startswith("<svg") and text.count("<polyline") >= 5
     assert all(name in text for name in ("demand", "static", "reactive", "predictive", "oracle"))
+
+
+def test_folds_and_sweep_report_every_window_and_the_frontier(capsys, tmp_path):
+    counts = daily(2, seed=4)
+    counts[DAY_MIN + 1000:DAY_MIN + 1015] *= 6   # a burst in the second fold (the scored day's last 12 h)
+    path = write_trace(tmp_path / "two_days.csv", counts)
+    plot = tmp_path / "frontier.svg"
+    out = simulate(capsys, "--trace", str(path), "--train", "1d", "--folds", "2", "--sweep", "--sweep-plot", str(plot))
+    folds = out["folds"]
+    assert len(folds) == 2 and folds[0]["to_s"] == folds[1]["from_s"] == 43_200
+    for name in ("static", "reactive", "predictive", "oracle"):
+        assert sum(f["policies"][name]["requests"] for f in folds) == pytest.approx(out["policies"][name]["requests"], abs=2)
+        spread = out["over_folds"][name]["cost_vs_oracle"]
+        assert spread["min"] <= spread["median"] <= spread["max"] and spread["folds"] == 2
+    for name in ("reactive", "predictive"):   # where the cost above the oracle goes adds up
+        row = out["policies"][name]
+        assert sum(row["over_oracle"].values()) == pytest.approx(row["cost_vs_oracle"] - 1, abs=0.01)
+    assert folds[1]["policies"]["reactive"]["cold_requests"] > folds[0]["policies"]["reactive"]["cold_requests"]
+    sweep = out["sweep"]
+    knobs = [(p["policy"], tuple(sorted(p["knobs"].items()))) for p in sweep["points"]]
+    assert len(knobs) == len(set(knobs)) == 5 + 4 * 2
+    assert [p["knobs"]["target"] for p in sweep["points"] if p["policy"] == "reactive"] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert sum(p["default"] for p in sweep["points"]) == 2
+    reactive = sorted((p for p in sweep["points"] if p["policy"] == "reactive"), key=lambda p: p["knobs"]["target"])
+    # a higher target utilisation buys fewer containers with more cold requests
+    minutes = [p["total"]["container_minutes"] for p in reactive]
+    assert minutes == sorted(minutes, reverse=True)
+    assert reactive[-1]["total"]["cold_requests"] >= reactive[0]["total"]["cold_requests"]
+    default = next(p for p in reactive if p["default"])
+    assert default["total"]["container_minutes"] == pytest.approx(out["policies"]["reactive"]["container_minutes"], rel=1e-6)
+    assert len(sweep["verdict"]) == len(sweep["oracle"]) == 2
+    assert {"goal_met", "default_on_frontier", "cold_share_at_reactive_cost",
+            "cost_vs_oracle_at_reactive_cold"} <= set(sweep["verdict"][0])
+    svg = plot.read_text()
+    assert "cold requests (% of requests)" in svg and "oracle" in svg and "predictive, fold 2" in svg
+
+
+def test_frontier_keeps_the_pareto_points_and_reads_them_between():
+    from pools.sweep import cold_at, cost_at, frontier
+    front = frontier([(10, 5), (12, 2), (11, 6), (15, 0), (14, 3)])
+    assert front == [(10, 5), (12, 2), (15, 0)]
+    assert cold_at(front, 9) is None and cold_at(front, 11) == pytest.approx(3.5) and cold_at(front, 20) == 0
+    assert cost_at(front, 1) == pytest.approx(13.5) and cost_at(front, 9) == 10

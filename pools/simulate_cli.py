@@ -66,26 +66,16 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     configure_logging("warning")
     try:
-        series = load_trace(args.trace)
-        step = STEP_S if series.bin_s % STEP_S == 0 else series.bin_s
-        fc_bin = FORECAST_BIN_S if FORECAST_BIN_S % series.bin_s == 0 else series.bin_s
-        cold = parse_duration(args.cold_delay)
-        if args.member_rate is not None and not args.member_rate > 0:
-            raise UsageError("--member-rate must be > 0")
-        if not 0 <= args.shadow_cost <= 1:
-            raise UsageError("--shadow-cost must be between 0 and 1")
-        train = _train_s(args.train, series)
+        series, pools, cfg, notes = setup(args.trace, args.train, args.config, args.member_rate, args.cold_delay,
+                                          args.shadow_cost)
         if args.folds is not None and args.folds < 1:
             raise UsageError("--folds must be >= 1")
         if args.sweep_plot and not args.sweep:
             raise UsageError("--sweep-plot needs --sweep")
-        config = load_config(args.config) if args.config else None
-        pools, notes = build_pools(series, config, args.member_rate, cold)
     except (TraceError, ConfigError, ValueError) as e:
         print(f"warmfront simulate: {e}", file=sys.stderr)
         return 2
-    cfg = SimConfig(train_s=train, step_s=step, delays=Delays(cold=cold), shadow_cost=args.shadow_cost,
-                    forecast_bin_s=fc_bin)
+    step, train, cold = cfg.step_s, cfg.train_s, cfg.delays.cold
     show = args.progress or sys.stderr.isatty()
     prepared = prepare(series, pools, cfg)
     result = run(series, pools, cfg, progress=_bar if show else None, prepared=prepared)
@@ -140,6 +130,26 @@ def main(argv: list[str]) -> int:
         if swept is not None:
             print("\n" + _sweep_table(swept))
     return 0
+
+
+def setup(trace: str, train_text: str | None = None, config_dir: str | None = None, member_rate: float | None = None,
+          cold_delay: str = "60s", shadow_cost: float = 0.2) -> tuple[Series, list[SimPool], SimConfig, list[str]]:
+    """The trace, its pools and the simulation settings as `warmfront simulate` builds them from its
+    options (raises TraceError, ConfigError or ValueError with the message to show)."""
+    series = load_trace(trace)
+    step = STEP_S if series.bin_s % STEP_S == 0 else series.bin_s
+    fc_bin = FORECAST_BIN_S if FORECAST_BIN_S % series.bin_s == 0 else series.bin_s
+    cold = parse_duration(cold_delay)
+    if member_rate is not None and not member_rate > 0:
+        raise UsageError("--member-rate must be > 0")
+    if not 0 <= shadow_cost <= 1:
+        raise UsageError("--shadow-cost must be between 0 and 1")
+    train = _train_s(train_text, series)
+    config = load_config(config_dir) if config_dir else None
+    pools, notes = build_pools(series, config, member_rate, cold)
+    cfg = SimConfig(train_s=train, step_s=step, delays=Delays(cold=cold), shadow_cost=shadow_cost,
+                    forecast_bin_s=fc_bin)
+    return series, pools, cfg, notes
 
 
 def _train_s(text: str | None, series: Series) -> float:

@@ -95,7 +95,7 @@ def sweep(prepared: Prepared, k: int, default_target: float, default_quantile: f
                                   cfg, prepared.scored_from) for i, pool in enumerate(pools)]
         result = SimResult(cfg.step_s, prepared.scored_from, np.zeros(len(per_pool[0].demand)),
                            {policy: per_pool}, cfg.delays.cold)
-        folds = tuple(_score(result, policy, w) for w in result.windows(k))
+        folds = score_folds(result, policy, k)
         default = (knobs == {"target": default_target} if policy == "reactive"
                    else knobs == {"quantile": default_quantile, "shadow": default_shadow})
         points.append(Point(policy, knobs, default, folds, _score(result, policy, slice(0, len(result.demand)))))
@@ -113,13 +113,29 @@ def sweep(prepared: Prepared, k: int, default_target: float, default_quantile: f
 
 
 def _variant(pool: SimPool, quantile: float, shadow: int) -> SimPool:
+    size = min(shadow, pool.spec.capacity.max)
+    state = pool.spec.shadow.state if pool.spec.shadow.state != "none" or size == 0 else "paused"
+    return variant(pool, {"scaling.quantile": quantile, "shadow.size": size, "shadow.state": state})
+
+
+def variant(pool: SimPool, knobs: dict[str, object]) -> SimPool:
+    """`pool` with some of its spec's settings changed, named `section.field` (`scaling.quantile`,
+    `capacity.target_utilization`, `shadow.size`, ...); the result is validated as a config is."""
     spec = pool.spec
-    scaling = spec.scaling.model_copy(update={"quantile": quantile})
-    cap = spec.capacity
-    size = min(shadow, cap.max)
-    state = spec.shadow.state if spec.shadow.state != "none" or size == 0 else "paused"
-    return replace(pool, spec=spec.model_copy(update={
-        "scaling": scaling, "shadow": spec.shadow.model_copy(update={"size": size, "state": state})}))
+    sections: dict[str, dict[str, object]] = {}
+    for name, value in knobs.items():
+        section, key = name.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+    updates = {}
+    for section, fields in sections.items():
+        current = getattr(spec, section)
+        updates[section] = type(current).model_validate(current.model_dump() | fields)
+    return replace(pool, spec=spec.model_copy(update=updates))
+
+
+def score_folds(result: SimResult, policy: str, k: int) -> tuple[dict, ...]:
+    """Requests, cold requests and rate and container-minutes of `policy` on each of `k` folds."""
+    return tuple(_score(result, policy, w) for w in result.windows(k))
 
 
 def _score(result: SimResult, policy: str, w: slice) -> dict:

@@ -2,8 +2,10 @@
 
 Bins are 5 minutes with a 288-slot day (per-minute counts accumulate into the open bin). Every
 series keeps two days in a float32 ring buffer; one Holt-Winters state vectorised over all series
-advances per closed bin, and a grid refit runs on `refit()`. A series is forecast by the blend of
-naive, seasonal naive and Holt-Winters its backtest weighed (per horizon bucket: 1, ≤ 3 and more
+advances per closed bin, and a grid refit runs on `refit()`, which also refits lag ridge for the
+`ridge_top_n` busiest series (its 288-step recursive path for 100,000 series would cost as much as
+the whole Holt-Winters refit; the others blend without it). A series is forecast by the blend of
+naive, seasonal naive, Holt-Winters and lag ridge its backtest weighed (per horizon bucket: 1, ≤ 3 and more
 steps ahead), its band widened by the backtest's calibration; `Forecast.model` names the heaviest
 model. With under `min_history` bins it gets its last value, or a borrowed cluster shape when
 `shape_for` provides one. The 24-hour horizon is the
@@ -21,11 +23,12 @@ from typing import Callable, Iterable
 import numpy as np
 import structlog
 
-from predictor.backtest import BacktestConfig, run as backtest, seasonal_scale, widen
+from predictor.backtest import BacktestConfig, poisson_floor, run as backtest, seasonal_scale, widen
 from predictor.feedback import Feedback
 from predictor.heavy import ALL_MODELS, HEAVY_MODELS, NUMPY_MODELS, HeavyJob, HeavyPath, HeavyResult
 from predictor.holtwinters import HoltWinters
 from predictor.models import Naive, SeasonalNaive
+from predictor.ridge import LagRidge
 from predictor.series import RingBuffer
 
 log = structlog.get_logger(__name__)
@@ -38,6 +41,9 @@ LongHistory = Callable[[str, int, int], "np.ndarray | None"]   # (series, first 
 DEFAULT_HORIZONS_S = (300.0, 900.0, 3600.0, 86_400.0)
 BLEND = NUMPY_MODELS
 BUCKETS = (1, 3, 12)  # steps ahead the backtest weighs; longer steps use the last bucket's weights
+# lag ridge for this many of the busiest series: its refit and 288-step path for 5,000 cost ≈ 0.3 s,
+# for 100,000 as much as the whole Holt-Winters refit again (bench/FORECAST.md)
+RIDGE_TOP_N = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,7 @@ class Forecaster:
         heavy_every_s: float | None = None,
         heavy_rechoose_s: float = 86_400.0,
         long_history: LongHistory | None = None,
+        ridge_top_n: int = RIDGE_TOP_N,
     ) -> None:
         self.clock = clock
         self.bin_s = bin_s
@@ -92,6 +99,9 @@ class Forecaster:
         self.buffer = RingBuffer(0, int(buffer_days * self.period))
         self.hw = HoltWinters(self.period, quantiles=quantiles)
         self._hw_ready = np.zeros(0, dtype=bool)
+        self.ridge = LagRidge(self.period, quantiles=quantiles)
+        self.ridge_top_n = ridge_top_n
+        self._ridge_rows = np.zeros(0, dtype=np.int64)  # series the ridge was fitted for, in its row order
         self.models: list[str] = []
         self._factor = np.ones((0, len(BUCKETS)))
         self._weights = np.zeros((0, len(ALL_MODELS), len(BUCKETS)))
@@ -165,6 +175,10 @@ class Forecaster:
         if hasattr(self.hw, "level"):
             fitted = keep[keep < len(self.hw.level)]
             self.hw.select(fitted)
+        if len(self._ridge_rows):
+            alive = np.array([int(i) in new_of for i in self._ridge_rows], dtype=bool)
+            self.ridge.select(np.flatnonzero(alive))
+            self._ridge_rows = np.array([new_of[int(i)] for i in self._ridge_rows[alive]], dtype=np.int64)
         self.feedback.select(keep, self.ids)
         self._long = {new_of[i]: d for i, d in self._long.items() if i in new_of}
         self._heavy_chosen_at = {new_of[i]: t for i, t in self._heavy_chosen_at.items() if i in new_of}
@@ -204,6 +218,14 @@ class Forecaster:
             self.hw.fit(y, start_slot=(self._open_bin - t_len) % self.period)
             self._hw_ready = history >= self.hw.min_length()
             self._scale = seasonal_scale(y, self.period)
+        ridge_ok = np.flatnonzero(history >= self.ridge.min_length()) if t_len >= self.ridge.min_length() else np.zeros(0, dtype=np.int64)
+        if len(ridge_ok) and self.ridge_top_n > 0:
+            traffic = y[ridge_ok].sum(axis=1)
+            top = np.sort(ridge_ok[np.argsort(-traffic, kind="stable")[: self.ridge_top_n]])
+            self.ridge.fit(y[top])
+            self._ridge_rows = top
+        else:
+            self._ridge_rows = np.zeros(0, dtype=np.int64)
         redo = np.zeros(len(self.ids), dtype=bool)
         redo[self.feedback.take_flagged()] = True
         cfg = BacktestConfig(horizons=BUCKETS, window=self.hw.min_length(), step=12, max_origins=16,
@@ -211,14 +233,15 @@ class Forecaster:
         rows = np.flatnonzero((redo | self._needs_choice) & self._hw_ready)
         if len(rows) and t_len >= cfg.window + cfg.step * 2 + 12:
             res = backtest(y[rows], tuple(self.ids[i] for i in rows), self.bin_s, cfg,
-                           models=[Naive(self.quantiles), SeasonalNaive(self.period, self.quantiles), HoltWinters(self.period, quantiles=self.quantiles)],
+                           models=[Naive(self.quantiles), SeasonalNaive(self.period, self.quantiles),
+                                   HoltWinters(self.period, quantiles=self.quantiles), LagRidge(self.period, quantiles=self.quantiles)],
                            start_slot=(self._open_bin - t_len) % self.period)
             for k, i in enumerate(rows):
                 self.models[i] = res.chosen[k]
                 self._heavy_chosen_at.pop(int(i), None)  # re-chosen without statsmodels: the heavy tier redoes it
             self._weights[rows] = 0.0
             self._weights[rows, : len(BLEND)] = np.stack([res.weights[m] for m in BLEND], axis=1)
-            self._factor[rows] = res.interval_factor[None, :]
+            self._factor[rows] = res.series_factor
             self._needs_choice[rows] = False
             log.info("predictor.models_chosen", count=len(rows))
         for i in np.flatnonzero(~self._hw_ready):
@@ -337,6 +360,15 @@ class Forecaster:
                 "holt_winters": tuple(a[rows] for a in self.hw.predict(h)),
             }
             w = self._weights[rows][:, :, bucket]  # [r, model, step]
+            # lag ridge serves the busiest series it was fitted for, on the newest bins
+            at = np.searchsorted(self._ridge_rows, rows).clip(max=max(0, len(self._ridge_rows) - 1))
+            have = (at < len(self._ridge_rows)) & (self._ridge_rows[at] == rows) if len(self._ridge_rows) else np.zeros(len(rows), dtype=bool)
+            ridge = [np.zeros((len(rows), h)) for _ in range(3)]
+            if have.any():
+                for a, src in zip(ridge, self.ridge.forecast(y[rows[have]], h, at[have])):
+                    a[have] = src
+            w[~have, BLEND.index("lag_ridge")] = 0.0
+            paths["lag_ridge"] = tuple(ridge)
             for k, name in enumerate(HEAVY_MODELS, start=len(BLEND)):
                 # a statsmodels path serves the series it was fitted for while it still reaches h
                 full = [np.zeros((len(rows), h)) for _ in range(3)]
@@ -364,7 +396,7 @@ class Forecaster:
             root = np.sqrt(sp)
             lo, hi = np.minimum(slo, root) ** 2, np.maximum(shi, root) ** 2
             point[rows] = sp
-            lower[rows], upper[rows] = widen(sp, lo, hi, self._factor[rows][:, bucket])
+            lower[rows], upper[rows] = widen(sp, lo, hi, self._factor[rows][:, bucket], poisson_floor(self.quantiles))
         rows = np.flatnonzero((names == "last_value") | (names == "shape"))
         if len(rows):
             self._young(rows, y, h, open_bin, point, lower, upper)

@@ -2,7 +2,10 @@
 
 This is how a user judges the predictor before trusting it: per model and horizon MASE, sMAPE,
 90 % interval coverage and fit time, and the same figures for warmfront's own per-series choice,
-made on earlier origins than the ones it is scored on.
+made on earlier origins than the ones it is scored on. Each table is scored on one sample of
+(series, origin) pairs, named with it: every series at every scored origin, and — when the
+statsmodels models ran on the busiest `--top-n` series only — that subsample, with every model
+and the choice scored on exactly it.
 """
 from __future__ import annotations
 
@@ -83,17 +86,28 @@ def _with_train(cfg: BacktestConfig, train: str, length: int, bin_s: float) -> B
     return replace(cfg, choice_fraction=frac)
 
 
+SAMPLE_TITLES = {
+    "all": "every series, every scored origin",
+    "statsmodels_subsample": "the statsmodels subsample: every model on the same busiest series and spread of scored origins",
+}
+
+
 def _table(summary: dict) -> str:
-    hs = list(next(iter(summary["models"].values()))["horizons"])
-    head = "| model | " + " | ".join(f"MASE {h} | sMAPE {h} | cover {h}" for h in hs) + " | fit s/series | series |"
-    rows = [head, "|" + "---|" * (2 + 3 * len(hs))]
-    for name, m in list(summary["models"].items()) + [("chosen", summary["chosen"] | {"series": len(summary["per_series"])})]:
-        cells = " | ".join(f"{m['horizons'][h]['mase']:.3f} | {m['horizons'][h]['smape']:.3f} | {m['horizons'][h]['coverage']:.3f}" for h in hs)
-        rows.append(f"| {name} | {cells} | {m['fit_seconds']:.5f} | {m.get('series', '')} |")
+    out = []
+    for sample, t in summary["samples"].items():
+        hs = list(t["chosen"]["horizons"])
+        out.append(f"{SAMPLE_TITLES.get(sample, sample)} ({t['series']} series × {t['origins']} origins = "
+                   f"{t['series'] * t['origins']} forecasts per horizon)")
+        out.append("| model | " + " | ".join(f"MASE {h} | sMAPE {h} | cover {h}" for h in hs) + " | fit s/series | series | origins |")
+        out.append("|" + "---|" * (4 + 3 * len(hs)))
+        for name, m in list(t["models"].items()) + [("chosen", t["chosen"])]:
+            cells = " | ".join(f"{m['horizons'][h]['mase']:.3f} | {m['horizons'][h]['smape']:.3f} | {m['horizons'][h]['coverage']:.3f}" for h in hs)
+            out.append(f"| {name} | {cells} | {m['fit_seconds']:.5f} | {m['series']} | {m['origins']} |")
+        out.append("")
     o = summary["origins"]
-    rows.append(f"\norigins: {o['choice']} choose, {o['scored']} score (later)")
-    rows.append("chosen per series: " + ", ".join(f"{s}={v['model']}({v['intervals']})" for s, v in summary["per_series"].items()))
-    return "\n".join(rows)
+    out.append(f"origins: {o['choice']} choose, {o['scored']} score (later)")
+    out.append("chosen per series: " + ", ".join(f"{s}={v['model']}({v['intervals']})" for s, v in summary["per_series"].items()))
+    return "\n".join(out)
 
 
 def _plot(result: BacktestResult, values: np.ndarray) -> str:

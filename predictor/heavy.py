@@ -8,7 +8,7 @@ neither the GIL nor statsmodels' memory is the proxy's — and returns a `HeavyR
 engine applies on its own thread again. Nothing is shared while the worker runs; both are
 picklable.
 
-A job re-chooses a series' blend by a rolling-origin backtest of all six models on its longer
+A job re-chooses a series' blend by a rolling-origin backtest of all seven models on its longer
 history (three days: the statsmodels models need two days in every window), and fits the
 statsmodels models that earned weight on the last two days, producing paths long enough to serve
 forecasts until the next job.
@@ -27,8 +27,9 @@ import numpy as np
 from predictor.backtest import BacktestConfig, run as backtest
 from predictor.holtwinters import HoltWinters
 from predictor.models import Model, Naive, SeasonalNaive, StatsETS, StatsSARIMAX, StatsSTL
+from predictor.ridge import LagRidge
 
-NUMPY_MODELS = ("naive", "seasonal_naive", "holt_winters")
+NUMPY_MODELS = ("naive", "seasonal_naive", "holt_winters", "lag_ridge")
 HEAVY_MODELS = ("sm_ets", "sm_sarimax", "sm_stl")
 ALL_MODELS = NUMPY_MODELS + HEAVY_MODELS
 MIN_WEIGHT = 0.01  # a statsmodels model below this weight in every bucket is not fitted live
@@ -104,7 +105,8 @@ def compute(job: HeavyJob) -> HeavyResult:
         values = np.stack([job.history[k][-length:] for k in pick]).astype(np.float64)
         q = job.quantiles
         models: list[Model] = [Naive(q), SeasonalNaive(job.period, q), HoltWinters(job.period, quantiles=q),
-                  StatsETS(job.period, q), StatsSARIMAX(job.period, q), StatsSTL(job.period, q)]
+                               LagRidge(job.period, quantiles=q),
+                               StatsETS(job.period, q), StatsSARIMAX(job.period, q), StatsSTL(job.period, q)]
         cfg = BacktestConfig(horizons=job.buckets, window=2 * job.period, step=12, max_origins=8,
                              choice_fraction=0.99, statsmodels_top_n=len(pick), statsmodels_max_origins=8,
                              quantiles=q)
@@ -112,7 +114,7 @@ def compute(job: HeavyJob) -> HeavyResult:
                        start_slot=(job.open_bin - length) % job.period)
         for j, k in enumerate(pick):
             weights[k] = np.stack([res.weights[m][j] for m in ALL_MODELS])
-            factor[k] = res.interval_factor
+            factor[k] = res.series_factor[j]
             chosen[k] = True
     paths: dict[str, HeavyPath] = {}
     classes = {"sm_ets": StatsETS, "sm_sarimax": StatsSARIMAX, "sm_stl": StatsSTL}

@@ -14,6 +14,7 @@ import numpy as np
 import structlog
 
 from predictor.holtwinters import HoltWinters
+from predictor.ridge import POISSON_SD, LagRidge
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,8 @@ class Model(Protocol):
 
 
 def _band(f: np.ndarray, sig: np.ndarray, quantiles: tuple[float, float]) -> Prediction:
+    # never narrower than count noise: a series regular so far still varies by Poisson noise
+    sig = np.maximum(sig, POISSON_SD)
     z_lo, z_hi = (NormalDist().inv_cdf(q) for q in quantiles)
     return np.maximum(f, 0.0) ** 2, np.maximum(f + z_lo * sig, 0.0) ** 2, np.maximum(f + z_hi * sig, 0.0) ** 2
 
@@ -215,11 +218,12 @@ def candidates(
     quantiles: tuple[float, float] = DEFAULT_QUANTILES,
     statsmodels: bool = False,
 ) -> list[Model]:
-    """The models worth trying on `history` bins: weekly seasonal naive only with ≥ 3 weeks."""
-    out: list[Model] = [Naive(quantiles), SeasonalNaive(period, quantiles), HoltWinters(period, quantiles=quantiles)]
+    """The models worth trying on `history` bins: the weekly variants only with ≥ 3 weeks."""
+    out: list[Model] = [Naive(quantiles), SeasonalNaive(period, quantiles), HoltWinters(period, quantiles=quantiles),
+                        LagRidge(period, quantiles=quantiles)]
     week = 7 * period
     if history >= 3 * week:
-        out.append(SeasonalNaive(week, quantiles, name="seasonal_naive_weekly"))
+        out += [SeasonalNaive(week, quantiles, name="seasonal_naive_weekly"), LagRidge(period, weekly=True, quantiles=quantiles)]
     if statsmodels:
         out += [StatsETS(period, quantiles), StatsSARIMAX(period, quantiles), StatsSTL(period, quantiles)]
     return out

@@ -8,8 +8,8 @@ with its defaults and the same configuration for every trace (7 days or a third 
 training, 60 s cold launch, paused shadows costing 0.2, members sized so the trace's peak needs 30).
 The scored part is cut into 3 consecutive equal windows (about a week each on the 30-day traces);
 each window is scored by policies that learned only from what precedes it. The sweep replays
-reactive at target utilisations 0.5-0.9 and predictive at quantiles 0.6-0.97 with 0 or 3 fixed
-shadows. The speed trace is built from the shared ones: the 17 Huawei dc1 functions (5-minute counts
+reactive at target utilisations 0.5-0.9 and predictive at quantiles 0.6-0.97 with the forecast
+tier's target utilisation at 0.7 or 0.8, plus 3 fixed shadows at the default. The speed trace is built from the shared ones: the 17 Huawei dc1 functions (5-minute counts
 spread evenly over their minutes, each scaled to NASA's mean) plus NASA itself and NASA shifted by
 one and by three days, all wrapped to 30 days of minutes. Prints markdown and writes
 bench/results/simulate.json.

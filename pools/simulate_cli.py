@@ -91,9 +91,7 @@ def main(argv: list[str]) -> int:
         return 2
     swept = None
     if args.sweep:
-        defaults = pools[0].spec
-        points, oracles = sweep(prepared, args.folds or 1, cfg.reactive_target, defaults.scaling.quantile,
-                                progress=_bar if show else None)
+        points, oracles = sweep(prepared, args.folds or 1, progress=_bar if show else None)
         if show:
             print(file=sys.stderr)
         swept = sweep_json(points, oracles)
@@ -311,4 +309,5 @@ def frontier_plot(points: list[Point], oracles: list[dict], trace: str) -> str:
 def _knob_label(p: Point) -> str:
     if p.policy == "reactive":
         return f"t{p.knobs['target']:g}"
-    return f"q{p.knobs['quantile']:g}" + (f"+s{int(p.knobs['shadow'])}" if p.knobs["shadow"] else "")
+    return (f"q{p.knobs['quantile']:g}" + (f"/t{p.knobs['target']:g}" if p.knobs["target"] != 0.7 else "")
+            + (f"+s{int(p.knobs['shadow'])}" if p.knobs["shadow"] else ""))

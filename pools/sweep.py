@@ -8,7 +8,8 @@ folds of each policy's cold rate, cold requests and container-minutes against re
 cost against the oracle's.
 
 Frontier. `sweep` replays reactive over a range of target utilisations and predictive over a range
-of planning quantiles and fixed shadow sizes, all from one `Prepared` (one forecast path), and
+of planning quantiles and target utilisations (and fixed shadow sizes), all from one `Prepared`
+(one forecast path), and
 `frontier` keeps each policy's Pareto points (no other point of that policy is both cheaper and
 colder). `verdict` reads, per fold, predictive's frontier at reactive's default cost (goal: at most
 a quarter of its cold requests), whether the default configuration sits on the frontier, and the
@@ -26,7 +27,8 @@ from pools.simulate import POLICIES, Prepared, SimPool, SimResult, make_policy, 
 
 REACTIVE_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.9)
 PREDICTIVE_QUANTILES = (0.6, 0.75, 0.9, 0.97)
-SHADOW_SIZES = (0, 3)
+PREDICTIVE_TARGETS = (0.7, 0.8)   # the forecast tier's target utilisation (the pool's capacity.target_utilization)
+SHADOW_SIZES = (0, 3)             # fixed shadows on top of the forecast's, tried at the default quantile and target
 COLD_GOAL = 0.25          # predictive's cold requests at reactive's cost, as a share of reactive's
 SPREAD_METRICS = ("cold_rate", "cold_vs_reactive", "cost_vs_reactive", "cost_vs_oracle")
 
@@ -53,8 +55,8 @@ def spread(folds: Sequence[dict]) -> dict[str, dict[str, dict[str, float | None]
         out[name] = {}
         for metric in SPREAD_METRICS:
             values = [f["policies"][name][metric] for f in folds if f["policies"][name].get(metric) is not None]
-            out[name][metric] = ({"min": round(min(values), 4), "median": round(statistics.median(values), 4),
-                                  "max": round(max(values), 4), "folds": len(values)} if values else
+            out[name][metric] = ({"min": round(min(values), 6), "median": round(statistics.median(values), 6),
+                                  "max": round(max(values), 6), "folds": len(values)} if values else
                                  {"min": None, "median": None, "max": None, "folds": 0})
     return out
 
@@ -73,21 +75,26 @@ class Point:
     total: dict
 
 
-def sweep(prepared: Prepared, k: int, default_target: float, default_quantile: float,
-          targets: Sequence[float] = REACTIVE_TARGETS, quantiles: Sequence[float] = PREDICTIVE_QUANTILES,
+def sweep(prepared: Prepared, k: int, targets: Sequence[float] = REACTIVE_TARGETS,
+          quantiles: Sequence[float] = PREDICTIVE_QUANTILES, utilisations: Sequence[float] = PREDICTIVE_TARGETS,
           shadows: Sequence[int] = SHADOW_SIZES, progress: Callable[[float], None] | None = None
           ) -> tuple[list[Point], list[dict]]:
-    """Every reactive target and every predictive (quantile, shadow size), each one replay over all
-    pools, scored on `k` folds; and the oracle per fold."""
+    """Every reactive target, every predictive (quantile, target utilisation) and, at the default
+    quantile and target, every fixed shadow size; each one replay over all pools, scored on `k`
+    folds; and the oracle per fold. Defaults: reactive's `cfg.reactive_target`, the first pool's
+    scaling.quantile, capacity.target_utilization and shadow.size."""
     base = prepared.pools
+    spec = base[0].spec
+    default_target = prepared.cfg.reactive_target
+    d_q, d_u, d_s = spec.scaling.quantile, spec.capacity.target_utilization, spec.shadow.size
     runs: list[tuple[str, dict[str, float], tuple[SimPool, ...]]] = []
     for t in sorted(set(targets) | {default_target}):
         runs.append(("reactive", {"target": t}, base))
-    default_shadow = base[0].spec.shadow.size
-    for q in sorted(set(quantiles) | {default_quantile}):
-        for size in sorted(set(shadows) | {default_shadow}):
-            pools = tuple(_variant(p, q, size) for p in base)
-            runs.append(("predictive", {"quantile": q, "shadow": size}, pools))
+    combos = {(q, u, d_s) for q in set(quantiles) | {d_q} for u in set(utilisations) | {d_u}}
+    combos |= {(d_q, d_u, size) for size in shadows}
+    for q, u, size in sorted(combos):
+        pools = tuple(_variant(p, q, u, size) for p in base)
+        runs.append(("predictive", {"quantile": q, "target": u, "shadow": size}, pools))
     points = []
     for n, (policy, knobs, pools) in enumerate(runs):
         cfg = replace(prepared.cfg, reactive_target=knobs.get("target", prepared.cfg.reactive_target))
@@ -97,7 +104,7 @@ def sweep(prepared: Prepared, k: int, default_target: float, default_quantile: f
                            {policy: per_pool}, cfg.delays.cold)
         folds = score_folds(result, policy, k)
         default = (knobs == {"target": default_target} if policy == "reactive"
-                   else knobs == {"quantile": default_quantile, "shadow": default_shadow})
+                   else knobs == {"quantile": d_q, "target": d_u, "shadow": d_s})
         points.append(Point(policy, knobs, default, folds, _score(result, policy, slice(0, len(result.demand)))))
         if progress is not None:
             progress((n + 1) / len(runs))
@@ -112,10 +119,11 @@ def sweep(prepared: Prepared, k: int, default_target: float, default_quantile: f
     return points, oracles
 
 
-def _variant(pool: SimPool, quantile: float, shadow: int) -> SimPool:
+def _variant(pool: SimPool, quantile: float, target: float, shadow: int) -> SimPool:
     size = min(shadow, pool.spec.capacity.max)
     state = pool.spec.shadow.state if pool.spec.shadow.state != "none" or size == 0 else "paused"
-    return variant(pool, {"scaling.quantile": quantile, "shadow.size": size, "shadow.state": state})
+    return variant(pool, {"scaling.quantile": quantile, "capacity.target_utilization": target,
+                          "shadow.size": size, "shadow.state": state})
 
 
 def variant(pool: SimPool, knobs: dict[str, object]) -> SimPool:

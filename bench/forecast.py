@@ -49,7 +49,7 @@ SF_PYTHON = HERE / ".venv-statsforecast" / "bin" / "python"
 SF_WORKER = HERE / "sf_autoets.py"
 SF_TIMEOUT_S = 1800  # all workers of one trace; the default budget needs ≈ 3–6 min a trace
 NOT_INSTALLED = "not installed (run bench/statsforecast_env.sh)"
-TRACE_FILES = ("nasa_http_jul95.csv", "huawei_dc1_5min.csv")
+TRACE_FILES = ("nasa_http_jul95.csv", "huawei_dc1_5min.csv", "huawei_dc2_5min.csv")
 SM_SAMPLE = 100  # series statsmodels is timed on in the speed part (≈ 2 s)
 
 LABELS = {
@@ -333,7 +333,10 @@ def speed(n: int, sm: tuple[float, float]) -> dict:
 
 
 def trace_label(name: str, out: dict) -> str:
-    return "NASA" if name.startswith("nasa") else f"Huawei ({out['series']})"
+    if name.startswith("nasa"):
+        return "NASA"
+    region = "dc2" if "dc2" in name else "dc1"
+    return f"Huawei {region} ({out['series']})"
 
 
 def row(trace: str, name: str, h: dict, fit: str, sample: str) -> str:

@@ -290,8 +290,9 @@ class Scaling(Strict):
         "forecast-and-scale", description="`forecast-and-scale` acts on forecasts; `forecast-only` computes and "
                                           "shows what it would do but scales reactively; `reactive` ignores "
                                           "forecasts. Default `forecast-and-scale`.")
-    quantile: float = Field(0.9, gt=0.5, lt=1, description="Forecast quantile capacity is planned for: the risk "
-                                                           "knob. Default `0.9`.")
+    quantile: float = Field(0.7, gt=0.5, lt=1, description="Forecast quantile capacity is planned for: the risk "
+                                                           "knob. Default `0.7` (chosen on folds of every shared "
+                                                           "trace: bench/defaults.py).")
     service_time: Duration = Field(0.05, gt=0, description="Service time per request used until one is learned "
                                                            "from observed upstream latency. Default `50ms`.")
     launch_lead: Duration = Field(60.0, gt=0, description="Time from launch to a ready member (cold start); the "
@@ -310,6 +311,11 @@ class Scaling(Strict):
                                                                   "above the pool's target because the forecast holds "
                                                                   "the headroom and shadows activate in milliseconds. "
                                                                   "Default `0.8`.")
+    scale_up_window: Duration = Field(10.0, gt=0, description="The burst tier scales up on the in-flight requests "
+                                                              "averaged over this short window when they are above "
+                                                              "the `stable_window` average, and down on the long one "
+                                                              "only (as Knative does); equal to `stable_window` turns "
+                                                              "it off. Default `10s`.")
 
 
 class Shadow(Strict):
@@ -318,6 +324,12 @@ class Shadow(Strict):
         "none", description="What shadow members are kept as: `running` (instant), `paused`, `stopped` "
                             "(cheaper, slower to activate) or `none`. Default `none`.")
     size: int = Field(0, ge=0, description="Shadow members kept prepared and unrouted, ready to activate. Default `0`.")
+    burst_quantile: float = Field(0.99, ge=0, lt=1, description="Shadow members cover this quantile of the burst "
+                                                               "heights seen over `burst_history` (what each forecaster "
+                                                               "bin's requests needed beyond what its forecast planned "
+                                                               "for); `0` turns it off. Default `0.99`.")
+    burst_history: Duration = Field(7 * 86400.0, gt=0, description="How far back burst heights are kept. "
+                                                                   "Default `7d`.")
     cpus: Cpus | None = Field(None, description="Shrink running and paused shadow members in place to this CPU "
                                                 "limit (docker), restored at activation. Default: no shrink.")
 
@@ -377,10 +389,45 @@ class DockerSpec(Strict):
 
 
 class SwarmSpec(Strict):
-    """Service spec for the `swarm` backend."""
-    image: NonEmptyStr = Field(description="Image the service runs. Required.")
-    service: NonEmptyStr | None = Field(None, description="Swarm service name. Default: `warmfront-<pool>`.")
-    replicas_max: int | None = Field(None, ge=1, description="Cap on service replicas. Default: `capacity.max`.")
+    """Service spec for the `swarm` backend: one Swarm service (one replica) per member."""
+    image: NonEmptyStr = Field(description="Image every member's service runs, e.g. `myapp:1.4`. Required.")
+    command: str | None = Field(
+        None, description="Command overriding the image's; `{port}` is replaced by the member's port. "
+                          "Default: the image's.")
+    env: EnvVars = Field(default_factory=dict, description="Extra environment variables. Default: none.")
+    network: NonEmptyStr = Field(
+        "host", description="`host` (the task listens on its node's address) or an overlay network name "
+                            "warmfront reaches tasks on by their IP. Default `host`.")
+    cpus: Cpus | None = Field(None, description="CPU limit per task, e.g. `0.5` or `500m`. Default: unlimited.")
+    memory: ByteSize | None = Field(None, description="Memory limit per task, e.g. `256m`. Default: unlimited.")
+    init: bool = Field(True, description="Run an init process (tini) as PID 1 so SIGTERM reaches the app and "
+                                         "stops are prompt. Default `true`.")
+    constraints: list[NonEmptyStr] = Field(
+        default_factory=list, description="Placement constraints, e.g. `node.labels.tier==web`. Default: none.")
+    placement: list[Annotated[str, Field(pattern=r"^spread=\S+$")]] = Field(
+        default_factory=list, description="Placement preferences as `spread=<node attribute>`, e.g. "
+                                          "`spread=node.labels.zone`. Default: none.")
+    on_exit: Literal["keep", "remove"] = Field(
+        "keep", description="When warmfront exits: `keep` the services for the next run with the same state dir "
+                            "to adopt, or `remove` them. Default `keep`.")
+    host: str | None = Field(None, description="Engine URL of a Swarm manager, e.g. `tcp://manager:2376`. "
+                                               "Default: from the environment (DOCKER_HOST).")
+
+    def check_shadow(self, shadow: Shadow) -> None:
+        """Paused shadows and `shadow.cpus` act on the task's container through the engine at `host`, so
+        such members are placed on that engine's own node; placement that contradicts it is refused."""
+        if shadow.state != "paused" and shadow.cpus is None:
+            return
+        what = "shadow.state paused" if shadow.state == "paused" else "shadow.cpus"
+        instead = "shadow.state running" if shadow.state == "paused" else "no shadow.cpus"
+        if self.placement:
+            raise config_error(("placement",), f"cannot be used with {what}: a task is paused and resized through "
+                                               "the engine at swarm.host, so every member runs on that manager's "
+                                               f"node and cannot be spread (use {instead})")
+        for c in self.constraints:
+            if re.sub(r"\s", "", c) == "node.role==worker":
+                raise config_error(("constraints",), f"{c!r} cannot be used with {what}: only the engine at "
+                                                     "swarm.host (a manager's) is reachable to pause or resize a task")
 
 
 class Pool(Strict):
@@ -421,6 +468,11 @@ class Pool(Strict):
             raise config_error(("docker",), "backend docker needs a docker: section with at least an image")
         elif self.backend == "swarm" and self.swarm is None:
             raise config_error(("swarm",), "backend swarm needs a swarm: section with at least an image")
+        elif self.backend == "swarm" and self.swarm is not None:
+            try:
+                self.swarm.check_shadow(self.shadow)
+            except PydanticCustomError as e:
+                raise config_error(("swarm", *(e.context or {}).get("at", ())), e.message()) from None
         return self
 
     def _check_process_command(self) -> None:

@@ -11,13 +11,20 @@ Tiers:
              shadow state's activation lead), and a shadow pool that covers the forecast peak over
              the cold-launch lead time, so what the forecast says may come can be activated in
              milliseconds instead of launched in seconds;
-- burst      reactive, HPA-style on live in-flight requests averaged over `stable_window`, sized at
-             `burst_utilization` rather than the pool's target: the forecast already holds the planned
-             headroom, live load lags, and what the burst tier adds is activated from the shadow pool
-             in milliseconds, so it only has to catch what the forecast missed. Knative-like panic mode: in-flight above `panic_threshold` × target capacity over the
-             short `panic_window` scales at once and never scales down while panicking. An anomaly
-             (actuals outside the forecast interval) switches the pool to burst sizing: live load
-             adds members and nothing the forecast prepared is given back until it clears.
+- burst      reactive, HPA-style on live in-flight requests, sized at `burst_utilization` rather than
+             the pool's target: the forecast already holds the planned headroom, live load lags, and
+             what the burst tier adds is activated from the shadow pool in milliseconds, so it only
+             has to catch what the forecast missed. It scales up on the in-flight averaged over the
+             short `scale_up_window` and down on `stable_window` (Knative's two windows): the first
+             seconds of a burst count at once instead of a sixtieth at a time. Knative-like panic
+             mode: in-flight above `panic_threshold` × target capacity over the short `panic_window`
+             scales at once and never scales down while panicking. An anomaly (actuals outside the
+             forecast interval) switches the pool to burst sizing: live load adds members and nothing
+             the forecast prepared is given back until it clears.
+
+The shadow pool is the largest of `shadow.size`, the forecast peak over the launch lead, and the
+bursts the forecast does not see: a high quantile (`shadow.burst_quantile`) of the burst heights of
+recent history (`pools.step.BurstHeights`), so what the burst tier activates is there to activate.
 
 Scale-down is stabilised: the highest recommendation of the last `scale_down_delay` wins (HPA's
 stabilisation window), and a member that became ready less than `cooldown` ago is not retired.
@@ -48,6 +55,7 @@ class LiveLoad:
     in_flight_stable: float = 0.0    # mean in-flight requests over `stable_window`
     in_flight_panic: float = 0.0     # mean in-flight requests over `panic_window`
     anomaly: bool = False
+    in_flight_recent: float = 0.0    # mean in-flight requests over `scale_up_window`
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,7 @@ class PlanInputs:
     live: LiveLoad = LiveLoad()
     ready_since: tuple[float, ...] = ()   # when each currently ready member became ready
     shadow_lead: float = 0.02             # measured activation lead of the shadow state, seconds
+    burst_rate: float = 0.0               # capacity (req/s at 100 %) bursts beyond the forecast need (BurstHeights)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,7 @@ class Plan:
     predictive: int       # ready members above baseline the forecast asks for
     burst: int            # ready members above baseline + predictive live load asks for
     forecast_ready: int   # what the forecast alone asks for (shown in forecast-only mode)
+    burst_shadow: int     # shadow members the burst heights of recent history ask for
     wanted: int           # before the `max` cap
     capped: bool
     panic: bool
@@ -97,6 +107,15 @@ def load_at(demand: tuple[TypeDemand, ...], spec: Pool, max_horizon: float, uppe
     return max(by_h.values(), default=0.0)
 
 
+def service_time(demand: tuple[TypeDemand, ...], spec: Pool) -> float:
+    """Seconds per request of the pool's forecast mix at its nearest horizon (the prior without one)."""
+    near = min((d.horizon_s for d in demand), default=None)
+    rate = sum(d.rate_upper for d in demand if d.horizon_s == near)
+    if rate <= 0:
+        return spec.scaling.service_time
+    return sum(d.rate_upper * (d.service_time or spec.scaling.service_time) for d in demand if d.horizon_s == near) / rate
+
+
 def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
     sc = spec.scaling
     now = inputs.now
@@ -113,7 +132,9 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
 
     # Burst: live in-flight, HPA-style, with Knative's panic mode.
     current = len(inputs.ready_since)
-    reactive = members_for(inputs.live.in_flight_stable, spec, sc.burst_utilization)
+    # Up on the short window, down on the long one: stabilisation keeps what the short one added.
+    reactive = members_for(max(inputs.live.in_flight_stable, inputs.live.in_flight_recent), spec,
+                           sc.burst_utilization)
     capacity_now = max(current, 1) * per_member
     if inputs.live.in_flight_panic >= sc.panic_threshold * capacity_now:
         if state.panic_until <= now:
@@ -154,19 +175,25 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
         reasons.append(f"capped: wants {stable} ready, max is {cap}")
     ready = min(stable, cap)
 
-    shadow = 0
+    shadow = burst_shadow = 0
     if spec.shadow.state != "none":
         forecast_shadow = max(0, peak_ready - ready) if predictive_on else 0
         if inputs.live.anomaly and state.last is not None:
             forecast_shadow = max(forecast_shadow, state.last.shadow)
-        shadow = min(max(spec.shadow.size, forecast_shadow), cap - ready)
-        if forecast_shadow > spec.shadow.size and predictive_on:
+        if predictive_on:
+            burst_shadow = members_for(inputs.burst_rate * service_time(inputs.demand, spec), spec, 1.0)
+        shadow = min(max(spec.shadow.size, forecast_shadow, burst_shadow), cap - ready)
+        if forecast_shadow > max(spec.shadow.size, burst_shadow) and predictive_on:
             reasons.append(f"shadow {shadow}: forecast peak needs {peak_ready} within "
                            f"{max(sc.launch_lead, 900.0):.0f}s")
+        elif burst_shadow > max(spec.shadow.size, forecast_shadow):
+            reasons.append(f"shadow {shadow}: bursts beyond the forecast need {burst_shadow} "
+                           f"(p{spec.shadow.burst_quantile * 100:g} of recent history)")
 
     predictive = max(0, min(ready, forecast_ready if predictive_on else 0) - baseline)
     burst = max(0, ready - baseline - predictive)
     result = Plan(ready=ready, shadow=shadow, baseline=min(baseline, ready), predictive=predictive, burst=burst,
-                  forecast_ready=forecast_ready, wanted=stable, capped=capped, panic=panic, reasons=tuple(reasons))
+                  forecast_ready=forecast_ready, burst_shadow=burst_shadow, wanted=stable, capped=capped, panic=panic,
+                  reasons=tuple(reasons))
     state.last = result
     return result

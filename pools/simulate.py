@@ -35,8 +35,8 @@ from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
 from pools.planner import Plan, PlannerState, TypeDemand
 from pools.reconciler import Desired, DesiredState
-from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, LoadSamples, PoolObservation, SeriesForecasts, plan_pool,
-                        pool_demand)
+from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, BurstHeights, LoadSamples, PoolObservation,
+                        SeriesForecasts, plan_pool, pool_demand)
 from pools.virtual import run_virtual
 from predictor.engine import Forecaster
 from predictor.profiles import ResourceProfile, SourceClusters
@@ -334,6 +334,10 @@ class Predictive:
         self._next_bin = 0
         self.profiles: dict[str, ResourceProfile] = {}
         self._service: dict[str, float] = {}
+        # Burst heights from the pool's requests per trace bin, as the live loop's from History's minutes.
+        self.bursts = BurstHeights(path.bin_s)
+        self._pool_bins = series.values[self._rows].sum(axis=0)
+        self._next_burst_bin = 0
         self.plans: list[Plan] | None = [] if record else None
 
     def desired(self, i: int, now: float, members: Members, replay: Replay) -> Desired:
@@ -343,6 +347,9 @@ class Predictive:
         if j != self._bound or service != self._service:
             self._bound, self._service = j, service
             self._demand = pool_demand(replace(self._obs, service_times=service), self.forecasts_at(j))
+            if j > 0:   # the live loop forecasts nothing before a first bin has closed
+                self.bursts.expect(self.pool.name, j, self._demand)
+        self._observe_bursts(now)
         # Sampled as the live loop samples the proxy: the ready members now, and the requests in
         # flight at them over the last step (Little's law: arrival rate × service time); with no
         # member ready nothing is in flight (the proxy refuses the requests).
@@ -352,7 +359,8 @@ class Predictive:
         live = self.load.live(now, spec.scaling, bool(self._anomalies[j]))
         measured = members.manager.measured_lead
         obs = replace(self._obs, live=live, ready_since=tuple(self.load.ready_since.values()),
-                      service_times=service, cold_lead=measured("cold"), shadow_lead=measured(spec.shadow.state))
+                      service_times=service, cold_lead=measured("cold"), shadow_lead=measured(spec.shadow.state),
+                      burst_rate=self.bursts.rate(self.pool.name, spec.shadow))
         step = plan_pool(now, obs, self._demand, self.state)
         if self.plans is not None:
             self.plans.append(step.plan)
@@ -369,6 +377,15 @@ class Predictive:
                 self.profiles.setdefault(rtype, ResourceProfile()).update(n, n * st)
             self._next_bin += 1
         return {t: p.service_time_s for t, p in self.profiles.items() if p.service_time_s is not None}
+
+    def _observe_bursts(self, now: float) -> None:
+        """Every trace bin that has ended into the burst heights, then close the forecaster bins
+        before `now`'s, as the live loop does with History's minutes at each step."""
+        while (self._next_burst_bin + 1) * self._bin_s <= now and self._next_burst_bin < len(self._pool_bins):
+            b = self._next_burst_bin
+            self.bursts.add(self.pool.name, int(b * self._bin_s // self.path.bin_s), float(self._pool_bins[b]))
+            self._next_burst_bin += 1
+        self.bursts.close_before(int(now // self.path.bin_s), {self.pool.name: self.pool.spec})
 
     def forecasts_at(self, j: int) -> SeriesForecasts:
         n = len(self._rows)

@@ -14,6 +14,9 @@ Forecast → demand, per pool and (request type, horizon):
 - a young series of a source with a declared workload profile forecasts at least the profile;
 - sources opted out of the predictive tier add nothing (baseline and burst serve them);
 - what sessions under way will send next is a floor under the nearest horizon.
+
+Bursts the forecast does not see (`BurstHeights`): per pool, each closed forecaster bin's busiest
+rate against the rate its plan was made for; a high quantile of recent heights sizes the shadow pool.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from config.models import Pool, Scaling
+from config.models import Pool, Scaling, Shadow
 from pools.planner import LiveLoad, Plan, PlanInputs, PlannerState, TypeDemand, plan
 from pools.reconciler import Desired
 from predictor.anomaly import AnomalyDetector
@@ -70,6 +73,7 @@ class PoolObservation:
     service_times: Mapping[str, float] = field(default_factory=dict)   # type -> learned seconds per request
     cold_lead: float | None = None      # measured launch-to-ready of this pool's members
     shadow_lead: float | None = None    # measured activation of its shadow state
+    burst_rate: float = 0.0             # capacity bursts beyond the forecast need (`BurstHeights.rate`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +118,7 @@ def plan_pool(now: float, obs: PoolObservation, demand: tuple[TypeDemand, ...], 
     if obs.cold_lead is not None and obs.cold_lead > spec.scaling.launch_lead:
         spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"launch_lead": obs.cold_lead})})
     lead = obs.shadow_lead or ACTIVATION_LEAD_S.get(spec.shadow.state, spec.scaling.launch_lead)
-    p = plan(spec, PlanInputs(now, demand, obs.live, obs.ready_since, lead), state)
+    p = plan(spec, PlanInputs(now, demand, obs.live, obs.ready_since, lead, obs.burst_rate), state)
     return PoolStep(demand, p, Desired(ready=p.ready, shadow=p.shadow, shadow_state=spec.shadow.state,
                                        max_members=spec.capacity.max, drain_timeout=spec.drain_timeout))
 
@@ -136,14 +140,85 @@ class LoadSamples:
 
     def live(self, now: float, scaling: Scaling, anomaly: bool) -> LiveLoad:
         return LiveLoad(self._mean_since(now - scaling.stable_window), self._mean_since(now - scaling.panic_window),
-                        anomaly)
+                        anomaly, self._mean_since(now - scaling.scale_up_window))
 
     def _mean_since(self, since: float) -> float:
         """Mean of the samples taken at or after `since`; the latest one when the window holds none."""
-        window = [v for t, v in self.samples if t >= since]
-        if window:
-            return sum(window) / len(window)
+        total, n = 0.0, 0
+        for t, v in reversed(self.samples):   # in time order: only the window is read
+            if t < since:
+                break
+            total, n = total + v, n + 1
+        if n:
+            return total / n
         return float(self.samples[-1][1]) if self.samples else 0.0
+
+
+class BurstHeights:
+    """Bursts the forecast does not see, per pool, for `shadow.burst_quantile`.
+
+    For each forecaster bin: its actual rate (`add`: the minutes of History live, the trace bins in
+    simulate) against the rate the first plan made for it planned for (`expect`: the demand at the
+    nearest horizon, at the planning quantile), as the capacity — requests per second at 100 %
+    utilisation — the burst tier then wants beyond what the forecast tier holds:
+    actual / `burst_utilization` − planned / target, or 0. Heights of bins closed within
+    `shadow.burst_history` are kept; `rate` is their quantile (the planner turns it into members).
+    The bin's rate, not its busiest minute: on NASA the busiest minute's heights are mostly Poisson
+    noise the burst tier absorbs, and shadows sized on them cost 1.15x reactive's container-minutes
+    against 1.07x for the bin's, for 266 instead of 369 cold requests.
+    The live loop and simulate feed it the same observations at the same boundaries."""
+
+    def __init__(self, bin_s: float) -> None:
+        self.bin_s = bin_s
+        self._planned: dict[str, dict[int, float]] = {}   # pool -> bin -> planned req/s
+        self._actual: dict[str, dict[int, float]] = {}    # pool -> bin -> req/s seen in it so far
+        self._heights: dict[str, deque[tuple[int, float]]] = {}   # pool -> (bin, height), oldest first
+        self._rate: dict[str, tuple[float, float]] = {}   # pool -> (quantile, rate) as of the last close
+
+    def expect(self, pool: str, b: int, demand: tuple[TypeDemand, ...]) -> None:
+        """The plan for bin `b` (the first one made for it counts, as in `BinScores`)."""
+        near = min((d.horizon_s for d in demand), default=None)
+        if near is not None:
+            self._planned.setdefault(pool, {}).setdefault(b, sum(d.rate_upper for d in demand if d.horizon_s == near))
+
+    def add(self, pool: str, b: int, requests: float) -> None:
+        """`requests` of the pool seen in bin `b`."""
+        actual = self._actual.setdefault(pool, {})
+        actual[b] = actual.get(b, 0.0) + requests / self.bin_s
+
+    def close_before(self, b: int, specs: Mapping[str, Pool]) -> None:
+        """Turn every planned bin before `b` into a height; forget pools not in `specs`."""
+        for name in (set(self._planned) | set(self._actual) | set(self._heights)) - set(specs):
+            for d in (self._planned, self._actual, self._heights, self._rate):
+                d.pop(name, None)
+        for name, planned in self._planned.items():
+            done = sorted(k for k in planned if k < b)
+            if not done:
+                continue
+            spec, actual = specs[name], self._actual.get(name, {})
+            heights = self._heights.setdefault(name, deque())
+            for k in done:
+                height = (actual.get(k, 0.0) / spec.scaling.burst_utilization
+                          - planned.pop(k) / spec.capacity.target_utilization)
+                heights.append((k, max(0.0, height)))
+            oldest = b - spec.shadow.burst_history / self.bin_s
+            while heights and heights[0][0] < oldest:
+                heights.popleft()
+            self._rate.pop(name, None)
+        for actual in self._actual.values():
+            for k in [k for k in actual if k < b]:
+                del actual[k]
+
+    def rate(self, pool: str, shadow: Shadow) -> float:
+        """The `burst_quantile` of the pool's recent heights, requests per second at 100 % utilisation."""
+        heights = self._heights.get(pool)
+        if not heights or shadow.burst_quantile <= 0:
+            return 0.0
+        cached = self._rate.get(pool)
+        if cached is None or cached[0] != shadow.burst_quantile:
+            cached = self._rate[pool] = (shadow.burst_quantile,
+                                         float(np.quantile([h for _, h in heights], shadow.burst_quantile)))
+        return cached[1]
 
 
 @dataclass(slots=True)

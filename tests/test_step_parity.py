@@ -17,8 +17,9 @@ the start (empty history), no statsmodels tier (`statsmodels_top_n: 0`; simulate
 events, no per-request session taps, no operator bounds. What the test pins: with those equal,
 the rest of a step is the same code on the same observations — the forecaster fed per minute
 (live) or per trace bin (simulate) gives the same forecasts at every boundary, refits at the same
-times, the same anomalies (`BinScores`), the same learned service time, the same live-load samples
-and ready members, the same measured lead times, hence the same `Plan` at each of the 7,200 steps.
+times, the same anomalies (`BinScores`), the same burst heights (`BurstHeights`), the same learned
+service time, the same live-load samples and ready members, the same measured lead times, hence the
+same `Plan` at each of the 7,200 steps.
 """
 from __future__ import annotations
 
@@ -119,3 +120,4 @@ def test_live_loop_and_simulate_plan_the_same_step_for_step(trace, tmp_path):
     assert first is None, f"step {first} (t={first * STEP_S:.0f}s): live {live[first]}\nsimulate {sim[first]}"
     # Not a trivial agreement: the plans follow the day, with shadows ahead of its ramps.
     assert len({p.ready for p in sim}) > 5 and max(p.shadow for p in sim) > 0 and max(p.predictive for p in sim) > 0
+    assert max(p.burst_shadow for p in sim) > 0, "the burst heights reached the plans"

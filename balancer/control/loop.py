@@ -55,8 +55,8 @@ from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
 from pools.planner import Plan, PlannerState, TypeDemand
 from pools.reconciler import Desired, DesiredState, baseline_desired
-from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, LoadSamples, PoolObservation, SeriesForecasts, plan_pool,
-                        pool_demand)
+from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, BurstHeights, LoadSamples, PoolObservation,
+                        SeriesForecasts, plan_pool, pool_demand)
 from predictor.anomaly import AnomalyDetector
 from predictor.engine import Forecaster
 from predictor.heavy import HeavyJob, HeavyResult, compute as compute_heavy, start_process
@@ -180,6 +180,7 @@ class ControlLoop:
         self.anomalies = AnomalyDetector()
         self.profiles: dict[str, ResourceProfile] = {}
         self._scores = BinScores(self.forecaster.bin_s, self.anomalies)
+        self._bursts = BurstHeights(self.forecaster.bin_s)   # what the shadow pool holds for unforecast bursts
         # Next request type per session (keyed by source): which pool a session will need next.
         self.sessions = SessionTransitions(max_sessions=100_000, session_gap=SESSION_GAP_S)
         self._sessions_decayed = clock()
@@ -390,10 +391,15 @@ class ControlLoop:
                 acc[1] += row.latency_sum
                 acc[2].append(row.latency_hist)
             self._scores.close_before(minute // bin_s, inputs.specs)
+            self._bursts.close_before(minute // bin_s, inputs.specs)
             b = minute // bin_s
+            per_pool: dict[str, float] = {}
             for rtype, (n, _, _) in per_type.items():
                 for pool in inputs.pools_of_type.get(rtype, ()):
                     self._scores.add(pool, b, n)
+                    per_pool[pool] = per_pool.get(pool, 0.0) + n
+            for pool, n in per_pool.items():
+                self._bursts.add(pool, b, n)
             fc.observe(minute, counts)
             for rtype, (n, lat, hists) in per_type.items():
                 profile = self.profiles.setdefault(rtype, ResourceProfile(latency_bounds=LATENCY_BOUNDS))
@@ -415,6 +421,7 @@ class ControlLoop:
             self._type_rates = rates
         # Advance to the current bin even through silent minutes, so forecasts start from now.
         self._scores.close_before(current // bin_s, inputs.specs)
+        self._bursts.close_before(current // bin_s, inputs.specs)
         fc.observe(current, {})
         self._next_minute = current
 
@@ -576,7 +583,8 @@ class ControlLoop:
         for name, spec in inputs.specs.items():
             routed = frozenset(t for t, pools in inputs.pools_of_type.items() if name in pools)
             sessions = {t: r for t, r in self._session_rates.items() if t in routed}
-            obs = PoolObservation(spec, routed, sessions=sessions, service_times=service_times)
+            obs = PoolObservation(spec, routed, sessions=sessions, service_times=service_times,
+                                  burst_rate=self._bursts.rate(name, spec.shadow))
             demand = pool_demand(obs, series)
             in_pool = np.isin(type_of, list(routed)) if len(ids) else np.zeros(0, dtype=bool)
             point_sum, lower_sum, upper_sum = (a[in_pool].sum(axis=0) for a in (rate, lower, upper))
@@ -596,6 +604,7 @@ class ControlLoop:
             )
             if demand:
                 self._scores.expect(name, open_bin, float(open_lower[in_pool].sum()), float(open_upper[in_pool].sum()))
+                self._bursts.expect(name, open_bin, demand)
         return out
 
     # ------------------------------------------------------------------ demand → plan
@@ -620,7 +629,7 @@ class ControlLoop:
         reason = "; ".join(new.reasons) or _summary(new)
         log.info("pool.planned", pool=name, mode=spec.scaling.mode, ready=new.ready, shadow=new.shadow,
                  baseline=new.baseline, predictive=new.predictive, burst=new.burst,
-                 forecast_ready=new.forecast_ready, reasons=list(new.reasons))
+                 forecast_ready=new.forecast_ready, burst_shadow=new.burst_shadow, reasons=list(new.reasons))
         if new.capped and not (old and old.capped):
             log.warning("pool.capped", pool=name, wanted=new.wanted, max=spec.capacity.max)
         manager = self.managers.get(name)
@@ -683,7 +692,7 @@ class ControlLoop:
         if p is not None:
             out["desired"] = {"ready": p.ready, "shadow": p.shadow, "baseline": p.baseline,
                               "predictive": p.predictive, "burst": p.burst, "forecast_ready": p.forecast_ready,
-                              "capped": p.capped, "panic": p.panic}
+                              "burst_shadow": p.burst_shadow, "capped": p.capped, "panic": p.panic}
         return out
 
     def plan_of(self, pool: str) -> Plan | None:
@@ -714,8 +723,8 @@ def _events_of(cfg: Config) -> list:
 
 
 def _same(a: Plan, b: Plan) -> bool:
-    return (a.ready, a.shadow, a.predictive, a.burst, a.forecast_ready, a.capped, a.panic) == \
-        (b.ready, b.shadow, b.predictive, b.burst, b.forecast_ready, b.capped, b.panic)
+    return (a.ready, a.shadow, a.predictive, a.burst, a.forecast_ready, a.burst_shadow, a.capped, a.panic) == \
+        (b.ready, b.shadow, b.predictive, b.burst, b.forecast_ready, b.burst_shadow, b.capped, b.panic)
 
 
 def _summary(p: Plan) -> str:

@@ -22,7 +22,7 @@ RestartsFn = Callable[[], dict[int, int]]   # worker slot -> replacements starte
 MembersFn = Callable[[], dict[str, list[MemberView]]]
 # pool -> the control loop's view: {"desired": {...}, "forecast": [{"horizon_s", "rate", "lower", "upper"}]}
 ControlFn = Callable[[], dict[str, dict[str, Any]]]
-DESIRED_TIERS = ("ready", "shadow", "baseline", "predictive", "burst", "forecast_ready")
+DESIRED_TIERS = ("ready", "shadow", "baseline", "predictive", "burst", "forecast_ready", "burst_shadow")
 
 
 class ProxyCollector(Collector):
@@ -100,7 +100,8 @@ def _control_metrics(control: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     desired = GaugeMetricFamily(
         "warmfront_pool_desired_members",
         "Members the planner wants per pool and tier (ready and shadow are the totals acted on; "
-        "forecast_ready is what the forecast alone asks for, shown in forecast-only mode too).",
+        "forecast_ready is what the forecast alone asks for, shown in forecast-only mode too; "
+        "burst_shadow the shadows the burst heights seen in history ask for).",
         labels=["pool", "tier"],
     )
     forecast = GaugeMetricFamily(

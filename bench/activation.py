@@ -4,11 +4,13 @@ For each way a member can be brought in — a cold launch, a stopped shadow, a p
 running shadow — a request is already waiting at the proxy (its pool has no ready member); at the
 decision the member is launched / started / unpaused / routed with the same backend, health
 check and routing-table code `warmfront run` uses, and the time until that request's 200 is
-taken. Also the memory a paused and a running member hold.
+taken. Also the memory a paused and a running member hold (docker).
 
-    python bench/activation.py [--runs 20] [--boot-delay 0] [--json]
+    python bench/activation.py [--runs 20] [--boot-delay 0] [--backend docker|swarm] [--json]
 
-Needs a Docker engine and the test image (scripts/build-test-images). Traffic: 127.0.0.1 only.
+Needs a Docker engine and the test image (scripts/build-test-images); `--backend swarm` runs the same
+with one Swarm service per member and needs the engine to be a swarm manager (a single-node swarm:
+`docker swarm init --advertise-addr 127.0.0.1`). Traffic: 127.0.0.1 only.
 """
 from __future__ import annotations
 
@@ -28,19 +30,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from balancer.dataplane.proxy import Proxy  # noqa: E402
 from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target  # noqa: E402
-from config.models import DockerSpec, Limits, Pool, Route, SourceRule, Timeouts  # noqa: E402
+from config.models import DockerSpec, Limits, Pool, Route, SourceRule, SwarmSpec, Timeouts  # noqa: E402
 from pools.backends.docker import DockerBackend  # noqa: E402
+from pools.backends.swarm import SwarmBackend  # noqa: E402
 from pools.health import HealthChecker  # noqa: E402
 from pools.ports import free_port  # noqa: E402
 
 MODES = ("cold", "stopped", "paused", "running")
 
 
-def spec(boot_delay: float) -> Pool:
-    return Pool(backend="docker", docker=DockerSpec(
-        image="warmfront-testapp:latest", command="/usr/bin/python3.11 /app/app.py --port {port}",
-        network="host", env={"BOOT_DELAY": str(boot_delay)}, memory=128 * 1024 * 1024),
-        health={"path": "/healthz", "interval": 1.0, "timeout": 1.0}, warmup={"path": "/", "requests": 3})
+def spec(boot_delay: float, kind: str = "docker") -> Pool:
+    member = dict(image="warmfront-testapp:latest", command="/usr/bin/python3.11 /app/app.py --port {port}",
+                  network="host", env={"BOOT_DELAY": str(boot_delay)}, memory=128 * 1024 * 1024)
+    # A swarm pool with paused shadows places its members on the node whose engine can pause them.
+    section = {"docker": DockerSpec(**member)} if kind == "docker" else {"swarm": SwarmSpec(**member)}
+    return Pool(backend=kind, **section, shadow={"state": "paused" if kind == "swarm" else "none"},
+                health={"path": "/healthz", "interval": 1.0, "timeout": 1.0}, warmup={"path": "/", "requests": 3})
 
 
 def table(targets: tuple[Target, ...]) -> RoutingTable:
@@ -126,13 +131,13 @@ def pct(xs: list[float], q: float) -> float:
 
 async def main_async(args) -> dict:
     owner = "bench-" + secrets.token_hex(4)
-    backend = DockerBackend(owner=owner)
+    backend = DockerBackend(owner=owner) if args.backend == "docker" else SwarmBackend(owner=owner)
     checker = HealthChecker()
-    pool = spec(args.boot_delay)
+    pool = spec(args.boot_delay, args.backend)
     proxy = Proxy(table(()), Timeouts(queue=120), Limits())
     port = free_port()
     await proxy.start("127.0.0.1", port)
-    results: dict = {"boot_delay_s": args.boot_delay, "runs": args.runs, "modes": {}}
+    results: dict = {"backend": args.backend, "boot_delay_s": args.boot_delay, "runs": args.runs, "modes": {}}
     try:
         async with aiohttp.ClientSession() as session:
             for mode in MODES:
@@ -144,7 +149,8 @@ async def main_async(args) -> dict:
                 print(file=sys.stderr)
                 results["modes"][mode] = {"median_ms": round(statistics.median(times) * 1000, 2),
                                           "p95_ms": round(pct(times, 0.95) * 1000, 2)}
-        results["memory"] = await memory(backend, pool, checker)
+        if args.backend == "docker":   # the same containers under swarm: measured once
+            results["memory"] = await memory(backend, pool, checker)
     finally:
         for inst in await backend.list():
             await backend.remove(inst.id)
@@ -161,22 +167,26 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--boot-delay", type=float, default=0.0, help="seconds the test app sleeps before listening")
+    p.add_argument("--backend", choices=("docker", "swarm"), default="docker",
+                   help="members as containers, or as one Swarm service each")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     res = uvloop.run(main_async(args))
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"activation, {args.runs} runs each, test app boot delay {args.boot_delay} s\n")
+    print(f"activation ({args.backend}), {args.runs} runs each, test app boot delay {args.boot_delay} s\n")
     print("| member was | median to first 200 | p95 | × cold |")
     print("|---|---|---|---|")
     for m, r in res["modes"].items():
         print(f"| {m} | {r['median_ms']:.1f} ms | {r['p95_ms']:.1f} ms | {r['vs_cold']:.3f} |")
-    mem = res["memory"]
-    print(f"\nmemory per member: running {mem['running_mib']} MiB, paused {mem['paused_mib']} MiB")
+    if "memory" in res:
+        mem = res["memory"]
+        print(f"\nmemory per member: running {mem['running_mib']} MiB, paused {mem['paused_mib']} MiB")
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / f"activation-boot{args.boot_delay:g}.json").write_text(json.dumps(res, indent=2))
+    kind = "" if args.backend == "docker" else f"{args.backend}-"
+    (out / f"activation-{kind}boot{args.boot_delay:g}.json").write_text(json.dumps(res, indent=2))
     return 0
 
 

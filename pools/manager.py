@@ -158,7 +158,7 @@ class PoolManager:
     async def stop_all(self, keep: bool | None = None) -> None:
         """Stop the loop, then stop and remove every member (static members are left alone).
 
-        `keep` defaults to the docker pool's `on_exit: keep` (members survive for the next run to adopt);
+        `keep` defaults to the docker or swarm pool's `on_exit: keep` (members survive for the next run to adopt);
         a pool rolled out by a reload passes False: its members are of a generation nobody will adopt."""
         run = self._run_task
         if run is not None and not run.done() and run is not asyncio.current_task():
@@ -168,9 +168,9 @@ class PoolManager:
         for t in busy:
             t.cancel()
         await asyncio.gather(*busy, return_exceptions=True)
-        docker = self.spec.docker
+        section = {"docker": self.spec.docker, "swarm": self.spec.swarm}.get(self.spec.backend)
         if keep is None:
-            keep = self.spec.backend == "docker" and docker is not None and docker.on_exit == "keep"
+            keep = section is not None and section.on_exit == "keep"
         if keep:
             self._log.info("pool.kept", members=len(self._members))
         elif not self._static:

@@ -1,5 +1,5 @@
-"""Which backend object runs a pool's members: one per kind (and per Docker daemon), shared by
-the pools using it, made on first use and closed at shutdown.
+"""Which backend object runs a pool's members: one per kind (and per Docker daemon or Swarm manager),
+shared by the pools using it, made on first use and closed at shutdown.
 
 `App` takes a `Backends` (default: this one, making the real backends from the config); a test
 or a simulation passes one whose `make` returns its own `Backend` (pools.backends.base) instead.
@@ -26,6 +26,8 @@ def backend_key(name: str, spec: Pool) -> Key:
         return (spec.backend,)
     if spec.backend == "docker" and spec.docker is not None:
         return ("docker", spec.docker.host or "")
+    if spec.backend == "swarm" and spec.swarm is not None:
+        return ("swarm", spec.swarm.host or "")
     raise BackendUnavailable(f"pools.{name}.backend: {spec.backend!r} is not available yet")
 
 
@@ -50,6 +52,9 @@ class Backends:
         if key[0] == "static":
             from pools.backends.static import StaticBackend
             return StaticBackend({n: p.servers for n, p in cfg.pools.items() if p.backend == "static"})
+        if key[0] == "swarm":
+            from pools.backends.swarm import SwarmBackend
+            return SwarmBackend(owner=self.owner, base_url=key[1] or None)
         from pools.backends.docker import DockerBackend
         return DockerBackend(owner=self.owner, base_url=key[1] or None)
 

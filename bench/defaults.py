@@ -39,13 +39,15 @@ TRACES = Path(os.environ.get("WARMFRONT_TRACES", ROOT.parent / "shared" / "trace
 SHARED = {"nasa": "nasa_http_jul95.csv", "dc1": "huawei_dc1_5min.csv", "dc2": "huawei_dc2_5min.csv",
           "azure": "azure_llm2023.csv"}
 KNOBS: dict[str, tuple[float, ...]] = {
-    "scaling.quantile": (0.75, 0.9, 0.95),
+    "scaling.quantile": (0.7, 0.8, 0.9),
     "scaling.burst_utilization": (0.7, 0.8, 0.9),
     "scaling.scale_down_delay": (120.0, 300.0, 600.0),
     "scaling.stable_window": (30.0, 60.0, 120.0),
     "scaling.panic_threshold": (1.5, 2.0, 3.0),
     "scaling.cooldown": (0.0, 60.0, 180.0),
     "capacity.target_utilization": (0.6, 0.7, 0.8),
+    "scaling.scale_up_window": (10.0, 15.0, 60.0),
+    "shadow.burst_quantile": (0.0, 0.98, 0.99),
 }
 
 
@@ -66,13 +68,21 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(SHARED))
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--knob", action="append", help="only these knobs (repeatable)")
+    ap.add_argument("--values", help="with one --knob: these values instead (comma separated)")
+    ap.add_argument("--base", action="append", default=[], metavar="KNOB=VALUE",
+                    help="set this knob for every predictive run first (e.g. to judge a candidate default)")
     args = ap.parse_args()
     configure_logging("warning")
     knobs = {k: KNOBS[k] for k in (args.knob or KNOBS)}
+    if args.values:
+        (only,) = knobs
+        knobs = {only: tuple(float(v) for v in args.values.split(","))}
+    base = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.base)}
     results: dict[str, dict] = {}
     for name in args.only.split(","):
         t0 = time.perf_counter()
         series, pools, cfg, _ = setup(str(TRACES / SHARED[name]))
+        pools = [variant(p, base) for p in pools] if base else pools
         prepared = prepare(series, pools, cfg)
         reactive = replay(prepared, "reactive", None, args.folds)
         default = replay(prepared, "predictive", None, args.folds)

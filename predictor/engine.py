@@ -241,7 +241,7 @@ class Forecaster:
                 self._heavy_chosen_at.pop(int(i), None)  # re-chosen without statsmodels: the heavy tier redoes it
             self._weights[rows] = 0.0
             self._weights[rows, : len(BLEND)] = np.stack([res.weights[m] for m in BLEND], axis=1)
-            self._factor[rows] = res.series_factor
+            self._factor[rows] = res.interval_factor[None, :]
             self._needs_choice[rows] = False
             log.info("predictor.models_chosen", count=len(rows))
         for i in np.flatnonzero(~self._hw_ready):

@@ -114,7 +114,7 @@ def compute(job: HeavyJob) -> HeavyResult:
                        start_slot=(job.open_bin - length) % job.period)
         for j, k in enumerate(pick):
             weights[k] = np.stack([res.weights[m][j] for m in ALL_MODELS])
-            factor[k] = res.series_factor[j]
+            factor[k] = res.interval_factor
             chosen[k] = True
     paths: dict[str, HeavyPath] = {}
     classes = {"sm_ets": StatsETS, "sm_sarimax": StatsSARIMAX, "sm_stl": StatsSTL}

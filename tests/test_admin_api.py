@@ -112,7 +112,11 @@ def test_drain_takes_a_member_out_and_its_place_is_refilled(wf):
 def test_costs_as_json_and_csv_with_requests_attributed(wf):
     for _ in range(10):
         http(wf.url + "/", {"X-Tenant": "payer"})
-    wait_until(lambda: jcall(wf, "GET", "/admin/costs?since=1h")[1]["pools"]["web"]["total_s"] > 0, 15)
+    def attributed() -> bool:   # the workers report about once a second, the history then merges
+        body = jcall(wf, "GET", "/admin/costs?since=1h")[1]
+        return body["pools"]["web"]["total_s"] > 0 and any(
+            s["source"] == "payer" and s["requests"] == 10 for s in body["sources"])
+    wait_until(attributed, 15)
     code, body = jcall(wf, "GET", "/admin/costs?since=1h")
     assert code == 200 and body["unit"] == "container-seconds"
     web = body["pools"]["web"]

@@ -134,6 +134,7 @@ def main() -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--only", default="nasa,dc1,dc2,azure")
     ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "simulate.json")
     args = ap.parse_args()
     results: dict[str, dict] = {}
     whole = ["| trace | policy | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
@@ -174,8 +175,7 @@ def main() -> int:
         results["speed_30d_20_sources"] = {"seconds": round(took, 1), **out}
         print(f"\nSpeed: 30 days per minute, 20 sources, all four policies: {took:.1f} s end to end "
               f"(limit 180 s); {verdict(out['policies'])}")
-    dest = ROOT / "bench" / "results" / "simulate.json"
-    dest.write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -217,7 +217,11 @@ def test_folds_and_sweep_report_every_window_and_the_frontier(capsys, tmp_path):
     assert folds[1]["policies"]["reactive"]["cold_requests"] > folds[0]["policies"]["reactive"]["cold_requests"]
     sweep = out["sweep"]
     knobs = [(p["policy"], tuple(sorted(p["knobs"].items()))) for p in sweep["points"]]
-    assert len(knobs) == len(set(knobs)) == 5 + 4 * 2 + 1   # targets; quantiles x utilisations; one more shadow size
+    from config.models import Scaling
+    from pools.sweep import PREDICTIVE_QUANTILES, PREDICTIVE_TARGETS, REACTIVE_TARGETS
+    quantiles = set(PREDICTIVE_QUANTILES) | {Scaling().quantile}   # the default is always swept
+    # targets; quantiles x utilisations; one more shadow size at the default
+    assert len(knobs) == len(set(knobs)) == len(REACTIVE_TARGETS) + len(quantiles) * len(PREDICTIVE_TARGETS) + 1
     assert [p["knobs"]["target"] for p in sweep["points"] if p["policy"] == "reactive"] == [0.5, 0.6, 0.7, 0.8, 0.9]
     assert sum(p["default"] for p in sweep["points"]) == 2
     reactive = sorted((p for p in sweep["points"] if p["policy"] == "reactive"), key=lambda p: p["knobs"]["target"])

@@ -74,7 +74,8 @@ def serve(port: int, backend: int) -> None:
         # The worker takes its tally about once a second; so does this, or its dicts would only grow.
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
             except TimeoutError:
                 tally.take()
         await proxy.stop(1.0)

@@ -147,8 +147,11 @@ class PoolManager:
                     self._log.warning("pool.backend_error", error=repr(e), retry_in=backoff)
                     await asyncio.sleep(backoff)
                     continue
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as the
+                # event is set, and this loop would then outlive stop_all (a hung shutdown).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                    async with asyncio.timeout(self.interval):
+                        await self._wake.wait()
         finally:
             events.close()
             for t in helpers:

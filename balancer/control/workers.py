@@ -250,7 +250,8 @@ class WorkerSet:
         try:
             writer.write(frame(self.settings))
             writer.write(frame(("table", self.version, self._wire)))
-            message = await asyncio.wait_for(read_message(reader), START_TIMEOUT_S)
+            async with asyncio.timeout(START_TIMEOUT_S):
+                message = await read_message(reader)
             if message[0] != "hello":
                 raise ChannelClosed(f"expected hello, got {message[0]}")
             self.workers[slot] = info

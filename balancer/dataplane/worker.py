@@ -166,7 +166,8 @@ class Worker:
         self.report()
         self.send(("bye",))
         try:
-            await asyncio.wait_for(self.writer.drain(), 5.0)
+            async with asyncio.timeout(5.0):
+                await self.writer.drain()
         except (ConnectionError, asyncio.TimeoutError):
             pass
         self.writer.close()

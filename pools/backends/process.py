@@ -123,7 +123,8 @@ class ProcessBackend:
             self._signal(child, signal.SIGTERM)
             self._signal(child, signal.SIGCONT)  # a paused process only acts on SIGTERM once continued
             try:
-                await asyncio.wait_for(asyncio.shield(exited), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(exited)
             except TimeoutError:
                 if child.alive:  # it may have exited while the timeout was being handled
                     proc.kill()

@@ -32,3 +32,29 @@ def test_console_mode_is_human_readable():
     text = run(False)
     assert "proxy.started" in text and "port" in text and "hidden.event" not in text
     assert not text.lstrip().startswith("{")
+
+
+GONE = """
+import io, logging, sys, structlog
+from balancer.logs import configure_logging
+configure_logging("info", json=True)
+log = structlog.get_logger("t")
+first, second = io.StringIO(), io.StringIO()
+sys.stderr = first
+log.warning("pool.backend_error", n=1)             # written to the stderr of the moment
+sys.stderr = second
+log.warning("pool.backend_error", n=2)
+logging.getLogger("aiohttp").warning("foreign")
+second.close()                                     # what pytest does to a finished test's capture
+log.warning("pool.backend_error", n=3)             # must not raise: logging never becomes the failure
+logging.getLogger("aiohttp").warning("foreign, after")
+print(first.getvalue().count("pool.backend_error"), "survived", file=sys.stdout)
+"""
+
+
+def test_a_closed_or_replaced_stderr_never_makes_logging_raise():
+    # A log call that raised on a closed stream ended a pool manager's loop from its own error handler
+    # (its `log.warning("pool.backend_error")`), after an in-process CLI test had configured logging.
+    out = subprocess.run([sys.executable, "-c", GONE], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "survived"]

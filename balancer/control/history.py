@@ -1,11 +1,13 @@
-"""Per-source traffic history: per-minute counters per (source, request type), kept in SQLite.
+"""Per-source traffic history: per-minute counters per (source, request type), kept in a store.
 
 The request path calls `History.record`, which only bumps in-memory counters. A background task
-(`History.run`) hands the finished counters to a worker thread that upserts them into SQLite
-(WAL). Queries (`summary`, `series`) merge what is on disk with what is still in memory.
+(`History.run`) hands the finished counters to a worker thread that upserts them into the store
+(`balancer.control.history_store`: SQLite by default, or PostgreSQL shared by replicas, whose
+counts add up there). Queries (`summary`, `series`, `minute_rows`) merge what the store holds with
+what is still in memory.
 
 Threading: `record`, `flush`, `seal`, `summary` and `close` belong to the event-loop thread; the
-SQLite write runs in a worker thread, and so may `minute_rows`/`series` with `live=False` (the
+store write runs in a worker thread, and so may `minute_rows`/`series` with `live=False` (the
 control loop's worker reads closed minutes that way after `seal`). Taking the pending counters
 happens on the loop thread, so a `record` can never increment a row that a writer has already read.
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-import sqlite3
 import threading
 import time
 from bisect import bisect_left
@@ -37,10 +38,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from math import sqrt
 from pathlib import Path
-from typing import TypeVar
 
 import structlog
 
+from balancer.control.history_store import HistoryStore, Key, Rows, SqliteStore, StoreError, Totals, merge_batches
 from balancer.dataplane.counters import (ABORTS, BYTES_IN, BYTES_OUT, ERRORS, HIST, LATENCY_BOUNDS, LATENCY_SUM,
                                OTHER, REQUESTS, WIDTH)
 
@@ -55,13 +56,6 @@ DAY_WINDOW = 86400.0     # the window /admin/status summarises; its database tot
 LATE_DAY_S = 180         # `summary` subtracts up to this many minutes' rows from totals built earlier
 REQUEST_TAP = 100_000   # requests kept for the session model between two control-loop steps
 
-_HIST_COLUMNS = [f"h{i}" for i in range(len(LATENCY_BOUNDS) + 1)]
-_COLUMNS = ["requests", "errors", "aborts", "bytes_in", "bytes_out", "latency_sum", *_HIST_COLUMNS]
-
-T = TypeVar("T")
-Key = tuple[int, str, str]  # (minute start in epoch seconds, source, request type)
-Rows = dict[Key, list]
-
 
 @dataclass(frozen=True, slots=True)
 class _DayTotals:
@@ -69,7 +63,7 @@ class _DayTotals:
     over the last DAY_WINDOW reads instead of a GROUP BY on the loop thread. Built in the writer
     thread once a minute, folded forward by every write; replaced whole, never mutated."""
     since: int
-    totals: dict[tuple[str, str], tuple]
+    totals: Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +93,7 @@ class MinuteRow:
 class History:
     def __init__(
         self,
-        path: Path | None,
+        store: HistoryStore | Path | None,
         max_sources: int = 1000,
         retention: float = 30 * 86400.0,
         clock: Callable[[], float] = time.time,
@@ -121,21 +115,29 @@ class History:
         self._max_candidates = max(1, max_sources // 10)
         self._last_rebalance = clock()
         self._last_prune = -math.inf
-        self._lock = threading.Lock()      # guards the connection, _unwritten and _day
+        self._write_lock = threading.Lock()   # one write (and prune) at a time: the run task's, flush's, close's
+        self._lock = threading.Lock()      # guards _day, _written and dropping written batches from _unwritten
         self._day: _DayTotals | None = None
         self._written = 0                  # batches committed so far
+        self._closed = False
         # (source, type) of every request in order, for the session model of the control loop;
         # bounded, so a loop that stops reading costs nothing but the oldest entries
         self._requests: deque[tuple[str, str]] = deque(maxlen=REQUEST_TAP)
-        self._db: sqlite3.Connection | None = _open(path)
-        # The control loop's worker reads (`live=False`) on a connection of its own, so a replay
-        # of two days does not hold `_lock` (which the loop thread's readers and the writer take).
-        self._reader = _open_reader(path) if path is not None else None
-        self._read_lock = threading.Lock()
+        self._store: HistoryStore = SqliteStore(store) if store is None or isinstance(store, Path) else store
         # Before serving (nothing else runs yet): the day's totals /admin/status reads, and from
-        # them the busiest sources of the day, tracked again after a restart.
-        self._rebuild_day(int((self.clock() - DAY_WINDOW) // 60) * 60)
+        # them the busiest sources of the day, tracked again after a restart. A store that cannot
+        # answer fails start-up here (StoreError).
+        try:
+            self._rebuild_day(int((self.clock() - DAY_WINDOW) // 60) * 60)
+        except BaseException:
+            self._store.close()
+            raise
         self._tracked.update(self._busiest_sources(max_sources))
+
+    @property
+    def shared(self) -> bool:
+        """Whether other replicas write into the same store (their newest rows arrive late)."""
+        return not self._store.embedded
 
     # ------------------------------------------------------------------ hot path
     def record(
@@ -233,7 +235,10 @@ class History:
             await asyncio.to_thread(self._write_all)
             since = int((self.clock() - DAY_WINDOW) // 60) * 60
             if self._day is None or self._day.since != since:
-                await asyncio.to_thread(self._rebuild_day, since)
+                try:
+                    await asyncio.to_thread(self._rebuild_day, since)
+                except StoreError as exc:   # the old totals serve until a rebuild succeeds
+                    log.error("history.rebuild_failed", error=str(exc))
 
     def flush(self) -> None:
         self._take()
@@ -246,16 +251,13 @@ class History:
         self._take()
 
     def close(self) -> None:
-        """Flush what is pending and close the database; safe to call twice."""
-        if self._db is None:
+        """Flush what is pending and close the store; safe to call twice."""
+        if self._closed:
             return
         self.flush()
-        with self._read_lock, self._lock:
-            self._db.close()
-            self._db = None
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+        with self._write_lock:
+            self._closed = True
+            self._store.close()
 
     def _take(self) -> None:
         if not self._pending:
@@ -301,41 +303,49 @@ class History:
                      overflow=self._overflow, sources=admitted[:20])
 
     def _write_all(self) -> None:
-        with self._lock:
+        with self._write_lock:
             # close() may have written and closed while this call waited for the lock
-            if self._db is None or not self._unwritten:
+            if self._closed or not self._unwritten:
                 return
             # the loop thread may append a batch meanwhile (it takes without the lock): write and
             # drop only the batches there were when this started
             batches = list(self._unwritten)
+
+            def committed() -> None:   # the store calls this before a read can see the commit
+                with self._lock:
+                    del self._unwritten[:len(batches)]
+                    self._written += 1
+                    if self._day is not None:
+                        self._day = _fold(self._day, batches)
             try:
-                with self._db:
-                    for rows in batches:
-                        self._db.executemany(_UPSERT, [(*key, *row) for key, row in rows.items()])
-                del self._unwritten[:len(batches)]
-                self._written += 1
-                if self._day is not None:
-                    self._day = _fold(self._day, batches)
-            except sqlite3.Error as exc:
-                # kept in _unwritten and retried on the next flush
-                log.error("history.flush_failed", error=str(exc))
+                self._store.upsert(batches, committed)
+            except StoreError as exc:
+                # kept in _unwritten and retried on the next flush (with what is taken meanwhile),
+                # merged into one batch so an outage costs memory per row, not per flush
+                merged = merge_batches(batches)
+                with self._lock:
+                    self._unwritten[:len(batches)] = [merged]
+                log.error("history.flush_failed", error=str(exc), rows=len(merged))
                 return
             now = self.clock()
             if now - self._last_prune >= PRUNE_INTERVAL:
-                with self._db:
-                    self._db.execute("DELETE FROM minutes WHERE minute < ?", (now - self.retention,))
+                try:
+                    self._store.prune(now - self.retention)
+                except StoreError as exc:
+                    log.error("history.prune_failed", error=str(exc))
+                    return
                 self._last_prune = now
 
     def _rebuild_day(self, since: int) -> None:
         """Writer thread: the database totals from minute `since` on, for `summary`."""
-        sums = ", ".join(f"SUM({c})" for c in _COLUMNS)
-        with self._lock:
-            written = self._written
-        totals, _ = self._query(f"SELECT source, type, {sums} FROM minutes WHERE minute >= ? GROUP BY source, type",
-                                (since,), False, lambda cur: {(src, t): tuple(row) for src, t, *row in cur})
+        totals, written = self._store.totals(since, None, False, lambda: self._written)
         with self._lock:
             if self._written == written:   # else a write slipped in between: the next flush rebuilds
                 self._day = _DayTotals(since, totals)
+
+    def _memory(self, live: bool) -> list[Rows]:
+        """What the store does not hold yet; `live=False` leaves out `_pending` (the loop thread's)."""
+        return [*self._unwritten, self._pending] if live else [*self._unwritten]
 
     # ------------------------------------------------------------------ queries
     def summary(self, since: float, limit: int | None = None) -> list[SourceSummary]:
@@ -343,28 +353,7 @@ class History:
         /admin/status asks) the database part comes from `_day`: O(sources) of cheap Python on the
         loop thread instead of a GROUP BY over a day of minutes (0.2–0.6 s for 300–1,000 sources)."""
         start = int(since // 60) * 60
-        base: dict[tuple[str, str], tuple] = {}
-        totals: dict[tuple[str, str], list] = {}
-        with self._lock:
-            day = self._day
-            if day is not None and day.since <= start <= day.since + LATE_DAY_S:
-                base = day.totals
-                # minutes the window has moved past since `_day` was built: a short primary-key range
-                cur = self._open_db().execute(
-                    f"SELECT source, type, {', '.join(_COLUMNS)} FROM minutes WHERE minute >= ? AND minute < ?",
-                    (day.since, start),
-                )
-                for source, rtype, *row in cur:
-                    _add(totals.setdefault((source, rtype), [0] * WIDTH), [-v for v in row])
-            else:
-                sums = ", ".join(f"SUM({c})" for c in _COLUMNS)
-                cur = self._open_db().execute(
-                    f"SELECT source, type, {sums} FROM minutes WHERE minute >= ? GROUP BY source, type",
-                    (start,),
-                )
-                for source, rtype, *row in cur:
-                    totals[(source, rtype)] = row
-            memory = [*self._unwritten, self._pending]
+        base, totals, memory = self._summary_parts(start)
         for rows in memory:
             for (minute, source, rtype), row in rows.items():
                 if minute >= start:
@@ -383,12 +372,37 @@ class History:
             out.append(_summarise(*key, row))
         return out
 
+    def _summary_parts(self, start: int) -> tuple[Totals, dict[tuple[str, str], list], list[Rows]]:
+        """What `summary` from minute `start` adds up: totals built earlier, corrections to them
+        (or, without usable totals, the store's sums), and the memory consistent with both."""
+        store = self._store
+        if not store.embedded:
+            # A shared store is a network round trip away, which the loop thread never waits for:
+            # from `_day` on, the window is `_day` as the writer thread last rebuilt it (once a
+            # minute while the database answers) plus this replica's writes folded in since. Other
+            # replicas' rows since that rebuild, and the few minutes the window has moved past it,
+            # are the staleness accepted for that. Other windows (not asked for in steady state)
+            # query the store.
+            with self._lock:
+                day, memory = self._day, self._memory(True)
+            if day is not None and day.since <= start:
+                return day.totals, {}, memory
+            sums, memory = store.totals(start, None, True, lambda: self._memory(True))
+            return {}, {key: list(row) for key, row in sums.items()}, memory
+        while True:
+            day = self._day
+            if day is None or not day.since <= start <= day.since + LATE_DAY_S:
+                sums, memory = store.totals(start, None, True, lambda: self._memory(True))
+                return {}, {key: list(row) for key, row in sums.items()}, memory
+            # minutes the window has moved past since `_day` was built: a short primary-key range
+            late, (now, memory) = store.totals(day.since, start, True, lambda: (self._day, self._memory(True)))
+            if now is not None and now.since == day.since:   # else rebuilt meanwhile: ask again
+                return now.totals, {key: [-v for v in row] for key, row in late.items()}, memory
+
     def series(self, source: str, rtype: str, since: float, until: float, live: bool = True) -> list[tuple[int, int]]:
         """(minute start, requests) for minutes in [since, until) that saw requests, in order.
         `live=False`: only what was sealed (flushed or `seal`ed), safe off the loop thread."""
-        counts, memory = self._query("SELECT minute, requests FROM minutes"
-                                     " WHERE source = ? AND type = ? AND minute >= ? AND minute < ?",
-                                     (source, rtype, since, until), live, lambda cur: {m: n for m, n in cur})
+        counts, memory = self._store.series(source, rtype, since, until, live, lambda: self._memory(live))
         for rows in memory:
             for (minute, s, t), row in rows.items():
                 if s == source and t == rtype and since <= minute < until:
@@ -399,12 +413,9 @@ class History:
         """Every (minute, source, type) row with minute in [since, until), flushed or not, in
         minute order: what the control loop feeds the predictor and the service-time profiles.
         `live=False`: only what was sealed (flushed or `seal`ed), safe off the loop thread."""
-        # in key order from SQLite (sorted there, without the GIL), so only the few keys that are
+        # in key order from the store (sorted there, without the GIL), so only the few keys that are
         # in memory alone need sorting: one C-level sort of 100,000s of rows held the GIL 0.3 s
-        totals, memory = self._query(f"SELECT minute, source, type, {', '.join(_COLUMNS)} FROM minutes"
-                                     " WHERE minute >= ? AND minute < ? ORDER BY minute, source, type",
-                                     (since, until), live,
-                                     lambda cur: {(m, src, t): row for m, src, t, *row in cur})
+        totals, memory = self._store.rows(since, until, live, lambda: self._memory(live))
         extra: dict[Key, list] = {}
         for rows in memory:
             for key, row in rows.items():
@@ -413,26 +424,6 @@ class History:
         merged = heapq.merge(totals.items(), sorted(extra.items())) if extra else totals.items()
         return [MinuteRow(minute, source, rtype, row[REQUESTS], row[LATENCY_SUM], tuple(row[HIST:]), row[ABORTS])
                 for (minute, source, rtype), row in merged]
-
-    def _query(self, sql: str, params: tuple, live: bool, consume: Callable[[Iterable[tuple]], T]) -> tuple[T, list[Rows]]:
-        """`consume` of the rows of `sql`, and the counters not in the database yet, consistent with
-        each other (a row is in one or the other, never both). `live=False` leaves out `_pending`
-        (owned by the loop thread) and, on a file database, reads a snapshot on the reader
-        connection: only the snapshot's start waits for `_lock`, not the query. `consume` iterates
-        in Python, so a worker thread reading a long replay lets the loop thread have the GIL."""
-        if live or self._reader is None:
-            with self._lock:
-                return consume(self._open_db().execute(sql, params)), [*self._unwritten, *([self._pending] if live else [])]
-        with self._read_lock:
-            reader = self._reader
-            with self._lock:
-                reader.execute("BEGIN")
-                reader.execute("SELECT 1 FROM minutes LIMIT 1").fetchall()   # WAL: the snapshot starts at the first read
-                memory = [*self._unwritten]
-            try:
-                return consume(reader.execute(sql, params)), memory
-            finally:
-                reader.execute("COMMIT")
 
     def add_minute(self, minute: float, source: str, rtype: str, requests: int, latency_sum: float = 0.0,
                    aborts: int = 0) -> None:
@@ -450,11 +441,6 @@ class History:
         row[LATENCY_SUM] += latency_sum
         row[HIST + bisect_left(LATENCY_BOUNDS, latency_sum / requests)] += requests
 
-    def _open_db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("history is closed")
-        return self._db
-
     def _busiest_sources(self, limit: int) -> list[str]:
         per_source: dict[str, int] = {}
         for (source, _), row in (self._day.totals if self._day is not None else {}).items():
@@ -463,44 +449,12 @@ class History:
         return sorted(per_source, key=lambda src: (-per_source[src], src))[:limit]
 
 
-_UPSERT = (
-    f"INSERT INTO minutes (minute, source, type, {', '.join(_COLUMNS)})"
-    f" VALUES (?, ?, ?, {', '.join('?' * len(_COLUMNS))})"
-    " ON CONFLICT (minute, source, type) DO UPDATE SET "
-    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _COLUMNS)
-)
-
-
 _MASK = SKETCH_WIDTH - 1          # 12 bits
 _PER_COUNTER = 1.0 / SKETCH_WIDTH  # expected share of a counter in each untracked request
 
 
 def _new_sketch() -> tuple[list[int], ...]:
     return tuple([0] * SKETCH_WIDTH for _ in range(4))
-
-
-def _open(path: Path | None) -> sqlite3.Connection:
-    if path is None:
-        db = sqlite3.connect(":memory:", check_same_thread=False)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, check_same_thread=False)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
-    counters = ", ".join(
-        f"{c} {'REAL' if c == 'latency_sum' else 'INTEGER'} NOT NULL DEFAULT 0" for c in _COLUMNS
-    )
-    with db:
-        db.execute(
-            f"CREATE TABLE IF NOT EXISTS minutes (minute INTEGER NOT NULL, source TEXT NOT NULL,"
-            f" type TEXT NOT NULL, {counters}, PRIMARY KEY (minute, source, type)) WITHOUT ROWID"
-        )
-    return db
-
-
-def _open_reader(path: Path) -> sqlite3.Connection:
-    # autocommit: `_query` opens and ends its read transactions itself
-    return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
 
 
 _ZERO = (0,) * WIDTH

@@ -354,7 +354,10 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ history → predictor
     def _observe_closed_minutes(self, inputs: StepInputs) -> None:
-        current = int(inputs.now // MINUTE) * MINUTE
+        # A minute is read once. In a shared history other replicas' last rows of a minute arrive up to
+        # a flush interval (plus a worker report) after it closed, so the leader waits that out twice.
+        settle = 2 * self.cfg.routing.history.flush_interval + 1.0 if self.history.shared else 0.0
+        current = int((inputs.now - settle) // MINUTE) * MINUTE
         if self._next_minute is None:
             # First step: learn from what history already holds (as much as the predictor keeps).
             since = current - int(BUFFER_DAYS * 86400)

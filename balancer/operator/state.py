@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from balancer.control.history import MinuteRow
 from balancer.operator.controls import Controls, constrain, override_json
 from balancer.operator.eventfeed import EventFeed
 from balancer.operator.host import Host
@@ -110,19 +111,25 @@ class Operator:
                 pools.append(route.pool)
         return out
 
-    def requests_by_pool_source(self, since: float, until: float) -> dict[str, dict[str, int]]:
+    async def _minute_rows(self, since: float, until: float) -> list[MinuteRow]:
+        """History's rows in [since, until), read in a worker thread: a day of minutes (and, on a
+        shared PostgreSQL history, a network round trip) must not hold the proxy's control loop."""
+        self.app.history.seal()   # what is counted so far becomes readable off the loop thread
+        return await asyncio.to_thread(self.app.history.minute_rows, since, until, False)
+
+    async def requests_by_pool_source(self, since: float, until: float) -> dict[str, dict[str, int]]:
         pools_of = self.pools_of_type()
         out: dict[str, dict[str, int]] = {}
-        for row in self.app.history.minute_rows(since, until):
+        for row in await self._minute_rows(since, until):
             for pool in pools_of.get(row.type, ()):
                 by_source = out.setdefault(pool, {})
                 by_source[row.source] = by_source.get(row.source, 0) + row.requests
         return out
 
-    def requests_by_pool_minute(self, since: float, until: float) -> dict[str, dict[int, int]]:
+    async def requests_by_pool_minute(self, since: float, until: float) -> dict[str, dict[int, int]]:
         pools_of = self.pools_of_type()
         out: dict[str, dict[int, int]] = {}
-        for row in self.app.history.minute_rows(since, until):
+        for row in await self._minute_rows(since, until):
             for pool in pools_of.get(row.type, ()):
                 by_minute = out.setdefault(pool, {})
                 by_minute[row.minute] = by_minute.get(row.minute, 0) + row.requests

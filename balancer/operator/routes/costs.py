@@ -22,7 +22,7 @@ class CostRoutes:
         # that ends up empty (until <= since) is an answer too: no container-seconds.
         since = max(query_time(request.query.get("since"), now, default=now - 86400, name="since"), FIRST_T)
         until = max(min(query_time(request.query.get("until"), now, default=now, name="until"), now), since)
-        requests = self.op.requests_by_pool_source(since, until)
+        requests = await self.op.requests_by_pool_source(since, until)
         opted_out = {s for s, c in self.op.controls.sources.items() if not c.predictive}
         timeline = {name: self.op.timeline.series(name, since) for name in self.op.timeline.pools()}
         report = compute_costs(timeline, requests, opted_out, since, until)

@@ -23,7 +23,7 @@ class PageRoutes:
     async def dashboard(self, request: web.Request) -> web.Response:
         now = self.op.clock()
         status = self.op.status()
-        actual = self.op.requests_by_pool_minute(now - dashboard.PAST_S, now + 60)
+        actual = await self.op.requests_by_pool_minute(now - dashboard.PAST_S, now + 60)
         timeline = {name: self.op.timeline.series(name, now - dashboard.PAST_S) for name in self.op.app.cfg.pools}
         html = dashboard.render(status, timeline, actual, self.op.events.book.list(), now)
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})

@@ -158,13 +158,48 @@ class Limits(Strict):
                              "health checks. Default `0`.")
 
 
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
 class HistoryConfig(Strict):
-    """Per-minute request counters kept in SQLite for forecasting."""
+    """Per-minute request counters kept in SQLite (or a PostgreSQL database replicas share) for forecasting."""
+    url: str | None = Field(
+        None, description="Database for the counters: `postgresql://user@host:5432/db` (or `postgres://`) is one "
+                          "PostgreSQL database every replica writes into, counts adding up (keep the password in "
+                          "`PGPASSWORD` or `~/.pgpass`, not here). Default: the SQLite file `history.sqlite3` in "
+                          "`state_dir`.")
     flush_interval: Duration = Field(
-        5.0, gt=0, description="How often in-memory counters are written to SQLite. Default `5s`.")
+        5.0, gt=0, description="How often in-memory counters are written to the database. Default `5s`.")
     retention: Duration = Field(30 * 86400.0, gt=0, description="How long counters are kept. Default `30d`.")
     max_sources: int = Field(
         1000, ge=1, description="Top-K sources kept by name; the rest count as `other`. Default `1000`.")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme.lower() not in ("postgresql", "postgres"):
+            # only the scheme is echoed: the rest may hold a password
+            shown = f"scheme {scheme!r}" if sep and _URL_SCHEME.fullmatch(scheme) else "no scheme"
+            raise ValueError(f"must be a postgresql:// or postgres:// URL, or left out for SQLite (got {shown})")
+        return value
+
+
+class ReplicasConfig(Strict):
+    """Several warmfront replicas in front of one service (behind DNS or an L4 balancer): every replica
+    proxies and records history into the shared PostgreSQL database (`history.url`); the one holding
+    the replica set's lock on that database plans and drives the pools, the others follow it."""
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")] = Field(
+        ..., description="The replica set's name: every replica of one service uses the same. Members are "
+                         "owned by the set (`warmfront.instance=wf-<name>`), so a new leader adopts them.")
+    advertise: NonEmptyStr | None = Field(
+        None, description="How others reach this replica's proxy (HOST:PORT), shown in status. Default: "
+                          "the listen address.")
+    heartbeat: Duration = Field(
+        0.5, gt=0, le=10, description="How often a replica renews its row, reads the leader's routing and, "
+                                      "when not leading, tries for the lock. Default `0.5s`.")
 
 
 class PredictorConfig(Strict):
@@ -236,6 +271,9 @@ class RoutingConfig(Strict):
     limits: Limits = Field(default_factory=Limits, description="Request size limits.")
     history: HistoryConfig = Field(default_factory=HistoryConfig, description="Request history for forecasting.")
     predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="The live forecaster.")
+    replicas: ReplicasConfig | None = Field(
+        None, description="Run as one of several replicas sharing `history.url` (PostgreSQL); one leads. "
+                          "Default: a single warmfront.")
     routes: list[Route] = Field(
         min_length=1, description="Routes, tried in order; the first match wins. At least one is required.")
 
@@ -246,6 +284,13 @@ class RoutingConfig(Strict):
             if route.name in seen:
                 raise config_error(("routes", index, "name"), f"duplicate route name {route.name!r}")
             seen.add(route.name)
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_share_a_database(self) -> RoutingConfig:
+        if self.replicas is not None and self.history.url is None:
+            raise config_error(("replicas",), "replicas share history and elect their leader in PostgreSQL: "
+                                              "set history.url to a postgresql:// URL")
         return self
 
 

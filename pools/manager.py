@@ -98,6 +98,10 @@ class PoolManager:
         self._log = log.bind(pool=name)
         self.wall_clock = wall_clock   # stamps recent_actions: the control loop's clock, simulated in the demo
         self.recent_actions: deque[ActionRecord] = deque(maxlen=RECENT_ACTIONS)
+        # Members known to have been routed before this manager started (a replica taking over from a
+        # leader reads them from the leader's published routing): adopted healthy, they are ready at
+        # once even where running shadows make roles otherwise indistinguishable on the backend.
+        self.adopt_ready: frozenset[str] = frozenset()
 
     def members(self) -> list[MemberView]:
         return [MemberView(m.id, self.name, m.host, m.port, m.state, m.prewarmed,
@@ -270,7 +274,8 @@ class PoolManager:
         self._members[m.id] = m
         if not self._static:
             self._log.info("member.adopted", member=m.id, status=inst.status.value)
-            if inst.status is InstanceStatus.RUNNING and healthy and self.spec.shadow.state != "running":
+            if inst.status is InstanceStatus.RUNNING and healthy and (
+                    self.spec.shadow.state != "running" or inst.id in self.adopt_ready):
                 # Without running shadows, a running member can only have been a ready one: it
                 # served traffic before the restart, so it is warm.
                 m.state, m.prewarmed = MemberState.READY, True

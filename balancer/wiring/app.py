@@ -21,7 +21,9 @@ import structlog
 from aiohttp import web
 
 from balancer.control.history import History
+from balancer.control.history_store import StoreError, open_store
 from balancer.control.loop import ControlLoop
+from balancer.control.replicas import ReplicaError, ReplicaSet, owner_of
 from balancer.control.workers import WorkerSet, default_workers
 from balancer.dataplane.proxy import make_ssl_context
 from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
@@ -75,7 +77,10 @@ class App:
         # every 30 clock seconds or more often, so a batch blurs a minute's edge by half a minute at most.
         self.time_scale = time_scale
         self.report_interval = min(1.0, 30.0 / time_scale)
-        self.instance_id = ""   # read or created in the state dir at start
+        self.instance_id = ""   # the owner of our members: read or created in the state dir at start
+        self.replica_id = ""    # this process's identity: the instance id, or its own id in a replica set
+        self.replicas: ReplicaSet | None = None   # one of several replicas (routing.yaml `replicas:`)
+        self._control_tasks: list[asyncio.Task] = []   # the planner and the pool managers: the leader's part
         self.started = time.time()
         self.token = os.environ.get(r.admin.token_env) or None
         if admin_needs_token(self.admin_addr[0]) and not self.token:
@@ -101,6 +106,33 @@ class App:
 
     def on_members(self, pool: str, members: list[MemberView]) -> None:
         self.members[pool] = list(members)
+        self.publish_table()
+        if self.replicas is not None and self.replicas.leading:
+            self.replicas.publish({name: views for name, views in self.members.items() if self.led(name)})
+
+    def led(self, pool: str) -> bool:
+        """Whether the pool is driven by the replica set's leader (else by every replica: static pools)."""
+        spec = self.cfg.pools.get(pool)
+        return spec is not None and spec.backend != "static"
+
+    def drives(self, pool: str) -> bool:
+        """Whether this process runs the pool's manager: always when alone; static pools on every replica,
+        the others on the leader only."""
+        return self.replicas is None or not self.led(pool) or self.replicas.leading
+
+    def in_flight(self, member_id: str) -> int:
+        """Requests in flight to a member through this replica's workers, and (leading) through the others."""
+        local = self.workers.in_flight(member_id)
+        return local + self.replicas.in_flight(member_id) if self.replicas is not None else local
+
+    def _local_in_flight(self) -> dict[str, int]:
+        return {m.id: self.workers.in_flight(m.id) for views in self.members.values() for m in views}
+
+    def _follow(self, members: dict[str, list[MemberView]]) -> None:
+        """A follower routes what the leader published for the pools the leader drives."""
+        for pool, views in members.items():
+            if self.led(pool):
+                self.members[pool] = views
         self.publish_table()
 
     def publish_table(self) -> None:
@@ -140,6 +172,7 @@ class App:
                 for a in list(manager.recent_actions)[-20:]] if manager is not None else []
         return {
             "instance": self.instance_id,
+            "replica": self.replicas.status() if self.replicas is not None else None,
             "uptime_s": round(time.time() - self.started, 1),
             "listen": f"{self.listen[0]}:{self.listen[1]}",
             "workers": self.workers.status(),
@@ -164,10 +197,15 @@ class App:
         return value
 
     def open_history(self) -> History:
-        """The request history the workers feed and the control loop reads."""
+        """The request history the workers feed and the control loop reads: SQLite in the state
+        dir, or the PostgreSQL database `history.url` names (a database that does not answer
+        stops start-up here)."""
         h = self.cfg.routing.history
-        return History(self.state_dir / "history.sqlite3", h.max_sources, h.retention, clock=self.clock,
-                       time_scale=self.time_scale)
+        try:
+            return History(open_store(h.url, self.state_dir / "history.sqlite3"), h.max_sources, h.retention,
+                           clock=self.clock, time_scale=self.time_scale)
+        except StoreError as e:
+            raise StartupError(str(e)) from None
 
     def _backend_for(self, name: str, spec: Pool) -> Backend:
         """The pool's backend, from the injected `Backends` (shared per kind and Docker daemon)."""
@@ -180,7 +218,9 @@ class App:
     async def start(self) -> None:
         r = self.cfg.routing
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.instance_id = self._load_instance_id()
+        self.replica_id = self._load_instance_id()
+        # Replicas of one set own members together, so whichever leads adopts the others' members.
+        self.instance_id = owner_of(r.replicas.name) if r.replicas is not None else self.replica_id
         self.history = self.open_history()
         if r.tls:
             make_ssl_context(r.tls.cert, r.tls.key)   # a bad certificate stops start-up here, not in every worker
@@ -192,7 +232,7 @@ class App:
         self.publish_table()
         self.managers = {}
         self.operator = Operator(self, self.clock)
-        self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.workers.in_flight,
+        self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.in_flight,
                                    self.managers, clock=self.clock, plan_interval=self.plan_interval,
                                    events=self.operator.events.book, controls=self.operator.controls,
                                    bound=self.operator.bound)
@@ -209,37 +249,85 @@ class App:
                  admin=f"{self.admin_addr[0]}:{self.admin_addr[1]}", tls=bool(r.tls),
                  state_dir=str(self.state_dir), workers=self.worker_count)
 
+        if r.replicas is not None:
+            self.replicas = ReplicaSet(
+                r.history.url or "", r.replicas.name, self.replica_id,
+                r.replicas.advertise or f"{self.listen[0]}:{self.listen[1]}", heartbeat=r.replicas.heartbeat,
+                local_in_flight=self._local_in_flight)
+            try:
+                await self.replicas.open()
+            except ReplicaError as e:
+                raise StartupError(str(e)) from None
         for name, spec in self.cfg.pools.items():
-            self.managers[name] = self.make_manager(name, spec)
+            if self.drives(name):
+                self.managers[name] = self.make_manager(name, spec)
         self.tasks.append(asyncio.create_task(self.history.run(r.history.flush_interval)))
         self.tasks.append(asyncio.create_task(self.operator.sample_loop()))
-        # Static pools route at once. The first plan comes before the other managers' first pass,
-        # so they start from the forecast; the step runs off the event loop (the proxy serves
-        # meanwhile), and a long replay of history does not hold the managers back past
-        # FIRST_PLAN_WAIT_S: they start from the baseline and follow the plan when it comes.
+        # Static pools route at once, on every replica.
         for name, m in self.managers.items():
-            if self.cfg.pools[name].backend == "static":
+            if not self.led(name):
                 self.tasks.append(asyncio.create_task(m.run()))
-        first = asyncio.create_task(self.control.step())
-        self.tasks.append(first)
-        await asyncio.wait({first}, timeout=FIRST_PLAN_WAIT_S)
+        if self.replicas is None:
+            await self._start_control()
+        else:   # the planner and the other managers start when (and while) this replica leads
+            self.tasks.append(asyncio.create_task(self.replicas.run(self._lead, self._step_down, self._follow)))
         # What start-up built lives as long as the process: keep it out of the collector's full
         # passes, which run on whichever thread allocates (the proxy's too) and hold the GIL for
         # as long as they take (≈ 100 ms over a large heap).
         gc.freeze()
-        self.tasks.append(asyncio.create_task(self.control.run()))   # its first step waits for `first`
+
+    async def _start_control(self) -> None:
+        """The planner and the managers of the pools it drives. The first plan comes before the
+        managers' first pass, so they start from the forecast; the step runs off the event loop (the
+        proxy serves meanwhile), and a long replay of history does not hold the managers back past
+        FIRST_PLAN_WAIT_S: they start from the baseline and follow the plan when it comes."""
+        assert self.control is not None
+        first = asyncio.create_task(self.control.step())
+        self._control_tasks.append(first)
+        await asyncio.wait({first}, timeout=FIRST_PLAN_WAIT_S)
+        self._control_tasks.append(asyncio.create_task(self.control.run()))   # its first step waits for `first`
         for name, m in self.managers.items():
-            if self.cfg.pools[name].backend != "static":
-                self.tasks.append(asyncio.create_task(m.run()))
+            if self.led(name):
+                self._control_tasks.append(asyncio.create_task(m.run()))
+
+    async def _lead(self) -> None:
+        """This replica took the set's lock: adopt the members (same owner), plan and drive the pools."""
+        for name, spec in self.cfg.pools.items():
+            if self.led(name) and name not in self.managers:
+                manager = self.make_manager(name, spec)
+                manager.adopt_ready = frozenset(m.id for m in self.members.get(name, ())
+                                                if m.state is MemberState.READY)
+                self.managers[name] = manager
+        if self.replicas is not None:
+            self.replicas.publish({name: views for name, views in self.members.items() if self.led(name)})
+        self._control_tasks.append(asyncio.create_task(self._start_control()))
+
+    async def _step_down(self) -> None:
+        """The lock is lost: stop planning and acting at once, leave every member as it is (the next
+        leader adopts them) and keep routing the last table until the next leader publishes."""
+        tasks, self._control_tasks = self._control_tasks, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        led = [name for name in self.managers if self.led(name)]
+        for name in led:
+            manager = self.managers.pop(name)
+            manager.on_change = lambda pool, members: None   # stopping must not empty the routing table
+            await manager.stop_all(keep=True)
 
     async def stop(self) -> None:
         """SIGTERM: stop accepting, finish in-flight requests, flush history, stop members."""
         log.info("proxy.stopping", pending=self.workers.pending())
         await self.workers.stop(grace=max([p.drain_timeout for p in self.cfg.pools.values()] + [5.0]))
-        for t in self.tasks:
+        for t in self.tasks + self._control_tasks:
             t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await asyncio.gather(*(m.stop_all() for m in self.managers.values()), return_exceptions=True)
+        await asyncio.gather(*self.tasks, *self._control_tasks, return_exceptions=True)
+        # A replica with live peers leaves its members to the next leader, whatever the pool's on_exit says.
+        keep = True if self.replicas is not None and self.replicas.live_peers() else None
+        await asyncio.gather(*(m.stop_all(keep=keep if self.led(n) else None) for n, m in self.managers.items()),
+                             return_exceptions=True)
+        if self.replicas is not None:
+            await self.replicas.close()
         await self._close_backends()
         self.history.close()
         self.operator.timeline.close()
@@ -251,7 +339,7 @@ class App:
         """A pool's manager, reaching the desired state the control loop publishes (its plan within
         the operator's overrides); it starts from the one published last."""
         return PoolManager(name, spec, self._backend_for(name, spec),
-                           in_flight=self.workers.in_flight, on_change=self.on_members,
+                           in_flight=self.in_flight, on_change=self.on_members,
                            desired=self.control.published if self.control is not None else None, wall_clock=self.clock,
                            retire_other_generations=retire_other_generations)
 
@@ -291,7 +379,7 @@ async def _reload_on_signal(app: App) -> None:
 
 
 async def _teardown_partial(app: App) -> None:
-    for t in app.tasks:
+    for t in app.tasks + app._control_tasks:
         t.cancel()
     workers = getattr(app, "workers", None)
     if workers is not None:
@@ -299,6 +387,8 @@ async def _teardown_partial(app: App) -> None:
     for m in app.managers.values():
         await m.stop_all()
     await app._close_backends()
+    if app.replicas is not None:
+        await app.replicas.close()
     if app.admin_runner is not None:
         await app.admin_runner.cleanup()
 

@@ -58,6 +58,8 @@ class App(Protocol):
 
     def make_manager(self, name: str, spec: Pool, retire_other_generations: bool = True) -> PoolManager: ...
 
+    def drives(self, pool: str) -> bool: ...
+
 
 @dataclass(slots=True)
 class ReloadResult:
@@ -103,14 +105,20 @@ async def reload_config(app: App) -> ReloadResult:
     # rebuilt from the new config (the old object is kept for closing at shutdown).
     if any(new.pools[n].backend == "static" for n in result.rolled + result.added):
         app.backends.renew_static()
+    # A follower of a replica set runs no manager for the pools the leader drives: for those it only
+    # takes the new config (the leader rolls them; the follower routes what the leader publishes).
     for name in result.retuned:
-        app.managers[name].spec = new.pools[name]
-        app.managers[name].wake()
+        if name in app.managers:
+            app.managers[name].spec = new.pools[name]
+            app.managers[name].wake()
     outgoing: dict[str, PoolManager] = {}
     for name in result.rolled + result.removed:
-        outgoing[name] = app.managers.pop(name)
+        if name in app.managers:
+            outgoing[name] = app.managers.pop(name)
     for name in result.added + result.rolled:
         app.members.setdefault(name, [])
+        if not app.drives(name):
+            continue
         # While a pool rolls, the outgoing manager drains the old generation's members.
         app.managers[name] = app.make_manager(name, new.pools[name], retire_other_generations=name not in outgoing)
     for name, manager in outgoing.items():
@@ -118,7 +126,8 @@ async def reload_config(app: App) -> ReloadResult:
         incoming = app.managers.get(name)
         app.tasks.append(asyncio.create_task(_roll(app, name, manager, incoming)))
     for name in result.added + result.rolled:
-        app.tasks.append(asyncio.create_task(app.managers[name].run()))
+        if name in app.managers:
+            app.tasks.append(asyncio.create_task(app.managers[name].run()))
     if app.control is not None:
         app.control.reconfigure(new)
     app.publish_table()

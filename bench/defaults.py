@@ -48,6 +48,7 @@ KNOBS: dict[str, tuple[float, ...]] = {
     "capacity.target_utilization": (0.6, 0.7, 0.8),
     "scaling.scale_up_window": (10.0, 15.0, 60.0),
     "shadow.burst_quantile": (0.0, 0.98, 0.99),
+    "shadow.burst_history": (86400.0, 7 * 86400.0, 14 * 86400.0),
 }
 
 

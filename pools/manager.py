@@ -102,6 +102,7 @@ class PoolManager:
         # leader reads them from the leader's published routing): adopted healthy, they are ready at
         # once even where running shadows make roles otherwise indistinguishable on the backend.
         self.adopt_ready: frozenset[str] = frozenset()
+        self.check_failures: dict[str, int] = {}   # member state -> failed active health checks (for /metrics)
 
     def members(self) -> list[MemberView]:
         return [MemberView(m.id, self.name, m.host, m.port, m.state, m.prewarmed,
@@ -315,6 +316,9 @@ class PoolManager:
         return m.state is MemberState.READY or (m.state is MemberState.SHADOW and m.shadow_state == "running")
 
     def _record_health(self, m: _Member, ok: bool) -> None:
+        if not ok:
+            state = m.state.value if m.state is not MemberState.SHADOW else f"shadow:{m.shadow_state}"
+            self.check_failures[state] = self.check_failures.get(state, 0) + 1
         verdict = m.health.observe(ok)
         if verdict is True and self._static and m.state is not MemberState.READY:
             self._set(m, MemberState.READY)

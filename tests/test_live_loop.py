@@ -133,7 +133,7 @@ async def test_live_loop_prewarms_shadows_before_the_ramp_and_activates_them_at_
         async with session.get(f"http://127.0.0.1:{app.listen[1]}/api/x") as resp:
             assert resp.status == 200
     assert 'warmfront_pool_desired_members{pool="web",tier="predictive"} 2.0' in metrics
-    assert 'warmfront_pool_forecast_requests_per_second{bound="upper",horizon="300",pool="web"}' in metrics
+    assert 'warmfront_pool_forecast_requests_per_second{bound="upper",horizon="5m",pool="web"}' in metrics
 
 
 async def test_an_override_is_published_at_once_not_at_the_next_planning_step(start_app):

@@ -6,10 +6,14 @@ low-cardinality on purpose: per-source numbers live in `History` and /admin/stat
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import platform
+import statistics
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -22,18 +26,45 @@ RestartsFn = Callable[[], dict[int, int]]   # worker slot -> replacements starte
 MembersFn = Callable[[], dict[str, list[MemberView]]]
 # pool -> the control loop's view: {"desired": {...}, "forecast": [{"horizon_s", "rate", "lower", "upper"}]}
 ControlFn = Callable[[], dict[str, dict[str, Any]]]
+# The rest of what the control process knows: worker pids, reload outcomes, health-check failures per
+# pool and member state, live forecast errors per (source, type) row. Each read at scrape time.
+ProcessFn = Callable[[], dict[str, Any]]
 DESIRED_TIERS = ("ready", "shadow", "baseline", "predictive", "burst", "forecast_ready", "burst_shadow")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def version() -> str:
+    """The installed warmfront's version (as `warmfront --version` prints it)."""
+    try:
+        return metadata.version("warmfront")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def horizon_label(seconds: float) -> str:
+    """A horizon with its unit, as people write it: 30s, 5m, 1h, 24h."""
+    s = int(round(seconds))
+    if s and s % 3600 == 0:
+        return f"{s // 3600}h"
+    if s and s % 60 == 0:
+        return f"{s // 60}m"
+    return f"{seconds:g}s"
 
 
 class ProxyCollector(Collector):
     def __init__(self, stats_fn: StatsFn, members_fn: MembersFn, control_fn: ControlFn | None = None,
-                 restarts_fn: RestartsFn | None = None) -> None:
+                 restarts_fn: RestartsFn | None = None, process_fn: ProcessFn | None = None) -> None:
         self._stats_fn = stats_fn
         self._members_fn = members_fn
         self._control_fn = control_fn
         self._restarts_fn = restarts_fn
+        self._process_fn = process_fn
 
     def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("warmfront_build_info", "The running warmfront: always 1, labelled with its version.",
+                                 labels=["version", "python"])
+        info.add_metric([version(), platform.python_version()], 1)
+        yield info
         stats = self._stats_fn()
         requests = CounterMetricFamily(
             "warmfront_requests", "Requests answered, by pool, request type and status code.",
@@ -94,6 +125,40 @@ class ProxyCollector(Collector):
         yield members
         if self._control_fn is not None:
             yield from _control_metrics(self._control_fn())
+        if self._process_fn is not None:
+            yield from _process_metrics(self._process_fn())
+
+
+def _process_metrics(view: Mapping[str, Any]) -> Iterator[Metric]:
+    rss = GaugeMetricFamily("warmfront_worker_resident_memory_bytes",
+                            "Resident memory of each data-plane worker process (process_* is the control process).",
+                            labels=["worker"])
+    for slot, pid in sorted(view.get("workers", {}).items()):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                rss.add_metric([str(slot)], int(f.read().split()[1]) * _PAGE)
+        except (OSError, ValueError, IndexError):
+            continue   # it just exited: its replacement is reported next time
+    yield rss
+    reloads = CounterMetricFamily("warmfront_reloads", "Config reloads (SIGHUP, POST /admin/reload) by outcome.",
+                                  labels=["outcome"])
+    for outcome in ("applied", "rejected"):
+        reloads.add_metric([outcome], view.get("reloads", {}).get(outcome, 0))
+    yield reloads
+    checks = CounterMetricFamily("warmfront_health_check_failures",
+                                 "Failed active health checks by pool and the state the member was in.",
+                                 labels=["pool", "state"])
+    for pool, by_state in sorted(view.get("check_failures", {}).items()):
+        for state, n in sorted(by_state.items()):
+            checks.add_metric([pool, state], n)
+    yield checks
+    errors = GaugeMetricFamily(
+        "warmfront_pool_forecast_error_mase",
+        "Live forecast error per pool and horizon: the median MASE (error over a naive forecast's; below 1 beats "
+        "it) over the pool's (source, type) series /admin/status lists.", labels=["pool", "horizon"])
+    for (pool, horizon), values in sorted(view.get("forecast_errors", {}).items()):
+        errors.add_metric([pool, horizon], statistics.median(values))
+    yield errors
 
 
 def _control_metrics(control: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -106,7 +171,7 @@ def _control_metrics(control: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     )
     forecast = GaugeMetricFamily(
         "warmfront_pool_forecast_requests_per_second",
-        "Forecast arrivals per pool at each horizon (seconds ahead), point and interval bounds.",
+        "Forecast arrivals per pool at each horizon ahead (30s, 5m, 1h, ...), point and interval bounds.",
         labels=["pool", "horizon", "bound"],
     )
     for pool, view in sorted(control.items()):
@@ -114,7 +179,7 @@ def _control_metrics(control: dict[str, dict[str, Any]]) -> Iterator[Metric]:
             if "desired" in view:
                 desired.add_metric([pool, tier], view["desired"][tier])
         for f in view.get("forecast", ()):
-            horizon = f"{f['horizon_s']:g}"
+            horizon = horizon_label(f["horizon_s"])
             for bound, key in (("point", "rate"), ("lower", "lower"), ("upper", "upper")):
                 forecast.add_metric([pool, horizon, bound], f[key])
     yield desired
@@ -122,7 +187,8 @@ def _control_metrics(control: dict[str, dict[str, Any]]) -> Iterator[Metric]:
 
 
 def make_registry(stats_fn: StatsFn, members_fn: MembersFn, control_fn: ControlFn | None = None,
-                  restarts_fn: RestartsFn | None = None) -> CollectorRegistry:
+                  restarts_fn: RestartsFn | None = None, process_fn: ProcessFn | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(stats_fn, members_fn, control_fn, restarts_fn))
+    registry.register(ProxyCollector(stats_fn, members_fn, control_fn, restarts_fn, process_fn))
+    ProcessCollector(registry=registry)   # process_*: the control process's CPU, memory, open files
     return registry

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import os
 import secrets
 import signal
@@ -81,6 +82,7 @@ class App:
         self.replica_id = ""    # this process's identity: the instance id, or its own id in a replica set
         self.replicas: ReplicaSet | None = None   # one of several replicas (routing.yaml `replicas:`)
         self._control_tasks: list[asyncio.Task] = []   # the planner and the pool managers: the leader's part
+        self.reloads = {"applied": 0, "rejected": 0}   # for /metrics
         self.started = time.time()
         self.token = os.environ.get(r.admin.token_env) or None
         if admin_needs_token(self.admin_addr[0]) and not self.token:
@@ -237,7 +239,7 @@ class App:
                                    events=self.operator.events.book, controls=self.operator.controls,
                                    bound=self.operator.bound)
         registry = make_registry(lambda: self.workers.stats, lambda: self.members, self._control_status,
-                                 lambda: self.workers.restarts)
+                                 lambda: self.workers.restarts, self._process_view)
         self.admin_runner = web.AppRunner(make_admin_app(self.operator.status, registry, self.token,
                                                          lambda web_app: routes.install(web_app, self.operator)),
                                           access_log=None, handle_signals=False)
@@ -345,7 +347,30 @@ class App:
 
     async def reload(self) -> ReloadResult:
         """SIGHUP and POST /admin/reload: see balancer.wiring.reload."""
-        return await reload_config(self)
+        try:
+            result = await reload_config(self)
+        except Exception:
+            self.reloads["rejected"] += 1
+            raise
+        self.reloads["applied"] += 1
+        return result
+
+    def _process_view(self) -> dict[str, Any]:
+        """What /metrics reads of the control process besides the data plane's counters."""
+        pools_of: dict[str, list[str]] = {}
+        for route in self.cfg.routing.routes:
+            pools_of.setdefault(route.type, []).append(route.pool)
+        errors: dict[tuple[str, str], list[float]] = {}
+        for row in self.control.model_status() if self.control is not None else []:
+            for pool in pools_of.get(row["type"], ()):
+                for horizon, e in row["errors"].items():
+                    mase = e.get("mase") if isinstance(e, dict) else None
+                    if mase is not None and math.isfinite(mase) and e.get("scored", 1) > 0:
+                        errors.setdefault((pool, horizon), []).append(float(mase))
+        return {"workers": {w["slot"]: w["pid"] for w in self.workers.status()},
+                "reloads": self.reloads,
+                "check_failures": {name: dict(m.check_failures) for name, m in self.managers.items()},
+                "forecast_errors": errors}
 
     def _control_status(self) -> dict[str, dict[str, Any]]:
         if self.control is None:

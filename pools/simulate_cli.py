@@ -22,7 +22,7 @@ from pools.simulate import POLICIES, SimConfig, SimPool, SimResult, prepare, run
 from pools.sweep import Point, fold_summaries, frontier, spread, sweep, sweep_json
 from predictor.forecast_cli import parse_duration
 from predictor.series import Series, TraceError, load_trace
-from predictor.svgplot import Line, Scatter, chart, scatter
+from predictor.svgplot import EPOCH_FROM, Line, Scatter, chart, scatter, time_ticks
 
 DEFAULT_PEAK_MEMBERS = 30       # without a member rate, members are sized so the peak needs this many
 STEP_S = 15.0
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
                 return 2
     if args.plot:
         try:
-            Path(args.plot).write_text(_plot(result))
+            Path(args.plot).write_text(_plot(result, series.start_s))
         except OSError as e:
             print(f"warmfront simulate: cannot write plot: {e}", file=sys.stderr)
             return 2
@@ -247,16 +247,18 @@ def format_cell(column: str, value) -> str:
     return f"{value:,.0f}"
 
 
-def _plot(result: SimResult, points: int = 1500) -> str:
+def _plot(result: SimResult, start_s: float, points: int = 1500) -> str:
     k = max(1, len(result.demand) // points)
     block = lambda a: np.asarray(a[: len(a) // k * k], float).reshape(-1, k).mean(axis=1)  # noqa: E731
-    x = np.arange(len(result.demand) // k) * k * result.step_s / 3600.0
-    lines = [Line("demand (req/s)", block(result.demand), "#1f77b4")]
+    t = start_s + (result.scored_from + np.arange(len(result.demand) // k) * k) * result.step_s
+    lines = [Line("demand", block(result.demand), "#1f77b4")]
     for name in POLICIES:
         capacity = sum(r.capacity for r in result.runs[name]) / result.step_s
         lines.append(Line(f"{name} ready capacity", block(capacity), COLORS[name]))
-    return chart(x, lines, title="warmfront simulate: demand and ready capacity (scored part)",
-                 x_label="hours since scoring began")
+    epoch = start_s >= EPOCH_FROM
+    return chart(t, lines, title="warmfront simulate: demand and ready capacity (scored part)",
+                 x_ticks=time_ticks(float(t.min()), float(t.max()), epoch=epoch) if len(t) else (),
+                 x_label="time (UTC)" if epoch else "time since trace start", y_label="requests/s")
 
 
 def _fold_table(over: dict, k: int) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from predictor.backtest import BacktestConfig, BacktestResult, run
 from predictor.series import TraceError, aggregate, load_trace
-from predictor.svgplot import Band, Line, chart
+from predictor.svgplot import ACTUAL_COLOR, BAND_COLOR, EPOCH_FROM, FORECAST_COLOR, Band, Line, chart, time_ticks
 
 MODEL_BIN_S = 300.0  # 5-minute bins with a 288-slot day, as measured
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     if args.plot:
         try:
             with open(args.plot, "w") as f:
-                f.write(_plot(result, series.values))
+                f.write(_plot(result, series.values, series.start_s))
         except OSError as e:
             print(f"warmfront forecast: cannot write plot: {e}", file=sys.stderr)
             return 2
@@ -110,17 +110,21 @@ def _table(summary: dict) -> str:
     return "\n".join(out)
 
 
-def _plot(result: BacktestResult, values: np.ndarray) -> str:
+def _plot(result: BacktestResult, values: np.ndarray, start_s: float) -> str:
     i = int(np.argmax(values.sum(axis=1)))
     p, lo, hi = (a[i, result.n_choice :, 0] for a in result.chosen_forecast())
     targets = result.origins[result.n_choice :] + result.config.horizons[0] - 1
-    x_h = targets * result.bin_s / 3600.0
+    t = start_s + targets * result.bin_s
+    epoch = start_s >= EPOCH_FROM
     return chart(
-        x_h,
-        [Line("actual", values[i, targets], "#333333"), Line(f"forecast ({result.chosen[i]})", p, "#1f77b4")],
-        [Band("90% interval", lo, hi, "#1f77b4")],
+        t,
+        [Line("actual", values[i, targets], ACTUAL_COLOR),
+         Line(f"forecast ({result.chosen[i]})", p, FORECAST_COLOR, dash="5 3")],
+        [Band("90% interval", lo, hi, BAND_COLOR)],
         title=f"{result.ids[i]}: {result.config.horizons[0] * result.bin_s / 60:g}-minute-ahead forecast vs actual",
-        x_label="hours since trace start",
+        x_ticks=time_ticks(float(t.min()), float(t.max()), epoch=epoch) if len(t) else (),
+        x_label="time (UTC)" if epoch else "time since trace start",
+        y_label=f"requests per {result.bin_s / 60:g} min",
     )
 
 

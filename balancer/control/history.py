@@ -76,7 +76,7 @@ class SourceSummary:
     bytes_in: int
     bytes_out: int
     mean_latency_ms: float
-    p95_latency_ms: float  # upper bound of the histogram bucket holding the 95th percentile
+    p95_latency_ms: float  # interpolated inside the histogram bucket holding the 95th percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,14 +503,8 @@ def _scale_latency(row: list, scale: float) -> None:
 
 
 def _quantile_ms(hist: list, q: float) -> float:
-    total = sum(hist)
-    if not total:
-        return 0.0
-    # the +Inf bucket reports the largest finite bound: a floor, not an estimate
-    bounds = (*LATENCY_BOUNDS, LATENCY_BOUNDS[-1])
-    seen = 0
-    i = 0
-    while seen + hist[i] < q * total:
-        seen += hist[i]
-        i += 1
-    return bounds[i] * 1000
+    """Quantile `q` in ms, linear within its histogram bucket; in the +Inf bucket it is the largest
+    finite bound: a floor, not an estimate."""
+    from predictor.profiles import histogram_quantile   # the one interpolation, shared with the profiles
+
+    return round(float(histogram_quantile(hist, LATENCY_BOUNDS, q)) * 1000, 3)

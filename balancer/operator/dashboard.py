@@ -14,16 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from balancer.dataplane.counters import LATENCY_BOUNDS
 from balancer.operator.timeline import Sample
 from predictor.events import Event
-from predictor.svgplot import Band, Line, chart
+from predictor.svgplot import ACTUAL_COLOR, BAND_COLOR, FORECAST_COLOR, Band, Line, Marker, chart, time_ticks
 
 PAST_S = 3 * 3600
+FUTURE_S = 3600     # the forecast chart shows the next hour
+TICK_S = 1800       # time ticks every 30 min
 REFRESH_S = 10
+DAY_S = 86400.0     # the window /admin/status counts sources over, unless its rows say otherwise
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
-.pool{background:#fff;border:1px solid #ddd;border-radius:6px;padding:1em;margin-bottom:1.5em}
-.charts{display:flex;flex-wrap:wrap;gap:1em}table{border-collapse:collapse;font-size:.9em}
+.pool h2{margin-top:0}.pool{background:#fff;border:1px solid #ddd;border-radius:6px;padding:1em;margin-bottom:1.5em}
+.charts{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}table{border-collapse:collapse;font-size:.9em}
 td,th{padding:.2em .7em;text-align:left;border-bottom:1px solid #eee}.num{text-align:right}
 .muted{color:#888}.tier{display:inline-block;padding:.1em .5em;margin-right:.4em;border-radius:3px;color:#fff}"""
 _TIER_COLORS = {"baseline": "#1f77b4", "predictive": "#2ca02c", "burst": "#d62728", "shadow": "#9467bd"}
@@ -41,7 +45,7 @@ def render(status: Mapping[str, Any], timeline: Mapping[str, Sequence[Sample]],
     for name, pool in pools.items():
         parts.append(_pool_section(name, pool, timeline.get(name, ()), actual.get(name, {}), now))
     parts.append(_events_section(events, now))
-    parts.append(_sources_section(status.get("sources", [])))
+    parts.append(_sources_section(status.get("sources", []), status.get("uptime_s"), actual, now))
     parts.append(_next_types_section(status.get("next_types") or {}))
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -86,33 +90,43 @@ def _demand_shapers(pool: Mapping[str, Any]) -> str:
 
 
 def _forecast_chart(name: str, pool: Mapping[str, Any], actual: Mapping[int, int], now: float) -> str:
-    start = int((now - PAST_S) // 60) * 60
-    minutes = np.arange(start, int(now // 60) * 60 + 1, 60, dtype=float)
+    # closed minutes only: the one under way would read as a drop
+    start, current = int((now - PAST_S) // 60) * 60, int(now // 60) * 60
+    minutes = np.arange(start, current, 60, dtype=float)
     past = np.array([actual.get(int(m), 0) / 60.0 for m in minutes])
-    forecast = sorted(pool.get("forecast") or [], key=lambda f: f.get("horizon_s", 0))
+    forecast = sorted((f for f in pool.get("forecast") or [] if f.get("horizon_s", 0) <= FUTURE_S),
+                      key=lambda f: f.get("horizon_s", 0))
     x_future = np.array([now + f.get("horizon_s", 0) for f in forecast], dtype=float)
     x = np.concatenate([minutes, x_future])
     nan_past, nan_future = np.full(len(minutes), np.nan), np.full(len(forecast), np.nan)
-    lines = [Line("actual req/s", np.concatenate([past, nan_future]), "#1f77b4")]
+    lines = [Line("actual", np.concatenate([past, nan_future]), ACTUAL_COLOR)]
     bands = []
     if forecast:
         # The forecast line starts from the last actual point so the eye follows it on.
         last = np.concatenate([nan_past[:-1], past[-1:]])
-        lines.append(Line("forecast req/s", np.concatenate([last, [f.get("rate", np.nan) for f in forecast]]), "#ff7f0e"))
-        bands.append(Band("interval", np.concatenate([last, [f.get("lower", np.nan) for f in forecast]]),
-                          np.concatenate([last, [f.get("upper", np.nan) for f in forecast]]), "#ff7f0e"))
-    return chart((x - now) / 60.0, lines, bands, title=f"{name}: forecast vs actual", width=560, height=260,
-                 x_label="minutes from now")
+        lines.append(Line("forecast", np.concatenate([last, [f.get("rate", np.nan) for f in forecast]]),
+                          FORECAST_COLOR, dash="5 3", width=2))
+        bands.append(Band("forecast interval", np.concatenate([last, [f.get("lower", np.nan) for f in forecast]]),
+                          np.concatenate([last, [f.get("upper", np.nan) for f in forecast]]), BAND_COLOR))
+    return chart(x, lines, bands, title=f"{name}: forecast vs actual", y_label="requests/s", **_time_axis(now))
 
 
 def _members_chart(name: str, samples: Sequence[Sample], now: float) -> str:
     recent = [s for s in samples if s.t >= now - PAST_S] or [Sample(now)]
     if len(recent) == 1:
         recent = [recent[0], Sample(now, **{k: getattr(recent[0], k) for k in Sample.__slots__ if k != "t"})]
-    x = (np.array([s.t for s in recent]) - now) / 60.0
-    series = [("ready", "#1f77b4"), ("shadow", "#9467bd"), ("launching", "#ff7f0e"), ("draining", "#7f7f7f")]
-    lines = [Line(label, np.array([getattr(s, label) for s in recent], dtype=float), color) for label, color in series]
-    return chart(x, lines, title=f"{name}: members", width=560, height=260, x_label="minutes from now")
+    x = np.array([s.t for s in recent])
+    series = [("ready", "#1f77b4", 2.2), ("shadow", "#9467bd", 1.6), ("launching", "#ff7f0e", 1.6), ("draining", "#7f7f7f", 1.6)]
+    lines = [Line(label, np.array([getattr(s, label) for s in recent], dtype=float), color, width=w, dot_last=True)
+             for label, color, w in series]
+    return chart(x, lines, title=f"{name}: members", y_label="members", integer=True, **_time_axis(now))
+
+
+def _time_axis(now: float) -> dict[str, Any]:
+    """The wall-clock axis both pool charts share: the past PAST_S and the next FUTURE_S, "now" marked."""
+    lo, hi = now - PAST_S, now + FUTURE_S
+    return {"x_range": (lo, hi), "x_ticks": time_ticks(lo, hi, step_s=TICK_S), "marker": Marker(now, "now"),
+            "x_label": "time (UTC)", "width": 560, "height": 280}
 
 
 def _tiers(samples: Sequence[Sample], pool: Mapping[str, Any]) -> str:
@@ -158,17 +172,47 @@ def _events_section(events: Sequence[Event], now: float) -> str:
             f"<th>multiplier</th><th></th></tr>{rows}</table>")
 
 
-def _sources_section(sources: Sequence[Mapping[str, Any]]) -> str:
+def _sources_section(sources: Sequence[Mapping[str, Any]], uptime_s: float | None,
+                     actual: Mapping[str, Mapping[int, int]], now: float) -> str:
     if not sources:
         return "<h2>top sources</h2><p class=muted>no traffic yet</p>"
+    window_s = float(sources[0].get("window_s", DAY_S))
+    covered_s = _covered_s(window_s, uptime_s, actual, now)
+    rate_head = f"req/s ({_span(window_s)})" if covered_s >= window_s else f"req/s (last {_span(covered_s)})"
     rows = "".join(
         f"<tr><td>{escape(str(s.get('source', '')))}</td><td>{escape(str(s.get('type', '')))}</td>"
-        f"<td class=num>{s.get('requests', 0)}</td><td class=num>{s.get('rate_rps', s.get('requests', 0) / 86400):.3f}</td>"
-        f"<td class=num>{_error_text(s.get('forecast_error'))}</td><td class=num>{s.get('p95_latency_ms', '')}</td>"
+        f"<td class=num>{s.get('requests', 0)}</td><td class=num>{_rate_text(s.get('requests', 0) / covered_s)}</td>"
+        f"<td class=num>{_error_text(s.get('forecast_error'))}</td><td class=num>{_p95_text(s.get('p95_latency_ms'))}</td>"
         f"<td>{'' if s.get('predictive', True) else 'opted out'}</td></tr>"
         for s in list(sources)[:20])
-    return ("<h2>top sources</h2><table><tr><th>source</th><th>type</th><th>requests (24h)</th><th>req/s</th>"
-            f"<th>forecast error</th><th>p95 ms</th><th>predictive</th></tr>{rows}</table>")
+    return (f"<h2>top sources</h2><table><tr><th>source</th><th>type</th><th>requests ({_span(window_s)})</th>"
+            f"<th>{rate_head}</th><th>forecast error</th><th>p95 ms</th><th>predictive</th></tr>{rows}</table>")
+
+
+def _covered_s(window_s: float, uptime_s: float | None, actual: Mapping[str, Mapping[int, int]], now: float) -> float:
+    """How much of the sources' window history covers, to divide their request counts by: since
+    start-up, unless minutes recorded before it (a restart keeps the store) show it reaches further.
+    Only the plotted PAST_S are at hand, so history reaching their start counts as the whole window."""
+    if uptime_s is None:
+        return window_s
+    start = now - float(uptime_s)
+    oldest = min((m for per in actual.values() for m, n in per.items() if n), default=None)
+    if oldest is not None and oldest < start:
+        start = oldest if oldest >= now - PAST_S + 120 else now - window_s
+    return max(60.0, min(window_s, now - start))
+
+
+def _rate_text(rate: float) -> str:
+    if rate >= 10:
+        return f"{rate:,.1f}"
+    return f"{rate:.3f}" if rate >= 0.001 or rate == 0 else "< 0.001"
+
+
+def _p95_text(value: Any) -> str:
+    """A p95 beyond the largest finite histogram bound is only known to be at least that."""
+    if not isinstance(value, (int, float)):
+        return ""
+    return f"≥ {value:,.0f}" if value >= LATENCY_BOUNDS[-1] * 1000 else f"{value:,.1f}"
 
 
 def _next_types_section(next_types: Mapping[str, Mapping[str, float]]) -> str:
@@ -191,6 +235,16 @@ def _kv(counts: Mapping[str, Any]) -> str:
 
 def _time(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _span(seconds: float) -> str:
+    """A window's length as a column heading says it: 11m, 2h05m, 24h, 3d."""
+    minutes = int(round(seconds / 60))
+    if minutes < 60:
+        return f"{minutes}m"
+    if minutes <= 24 * 60:
+        return f"{minutes // 60}h" + (f"{minutes % 60:02d}m" if minutes % 60 else "")
+    return f"{minutes / 1440:g}d"
 
 
 def _duration(seconds: float) -> str:

@@ -65,8 +65,9 @@ def admin_needs_token(host: str) -> bool:
 
 
 def status_sources(history: History, since_s: float = 86400, limit: int | None = 100) -> list[dict[str, Any]]:
-    """The busiest sources over the last `since_s` seconds, as /admin/status lists them."""
-    return [asdict(s) for s in history.summary(history.clock() - since_s, limit=limit)]
+    """The busiest sources over the last `since_s` seconds, as /admin/status lists them; each row
+    says the window its counts are over (`window_s`), which may start before history does."""
+    return [{**asdict(s), "window_s": since_s} for s in history.summary(history.clock() - since_s, limit=limit)]
 
 
 class ApiError(Exception):

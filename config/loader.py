@@ -1,16 +1,18 @@
 """Reading routing.yaml and pools.yaml into a `Config`, with errors that point at file:line: key.
 
 Every failure — unreadable file, YAML syntax, duplicate key, wrong type, broken rule — surfaces
-as one `ConfigError` naming the first problem (lowest line) so the CLI can print it and exit 2.
-Lines come from the YAML node tree: each key path maps to the line of its key (or of the list
-item), and a pydantic location is matched to the nearest path present in the file.
+as one `ConfigError` listing every problem found, so the CLI can print them all and exit 2. Each
+file is checked as far as it goes on its own (a YAML syntax error ends that file's checking, not
+the other's); rules across both files run once both are valid. Lines come from the YAML node
+tree: each key path maps to the line of its key (or of the list item), and a pydantic location is
+matched to the nearest path present in the file.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,17 +27,35 @@ POOLS_FILE = "pools.yaml"
 
 KeyPath = tuple[Any, ...]
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 class ConfigError(Exception):
-    """A configuration problem at `file:line`, under the dotted `key` (`-` when no key applies)."""
+    """Configuration problems, each at `file:line`, under the dotted `key` (`-` when no key applies).
+
+    `problems` holds every problem found, one ConfigError each, and `str()` shows them one per line;
+    `file`, `line`, `key` and `message` are the first's, for callers that show one (the admin API's
+    400). A problem with a whole file or directory has line 0 and reads `path: message`.
+    """
 
     def __init__(self, file: str, line: int, key: str, message: str) -> None:
-        super().__init__(f"{file}:{line}: {key}: {message}")
+        super().__init__(f"{file}: {message}" if line == 0 else f"{file}:{line}: {key}: {message}")
         self.file = file
         self.line = line
         self.key = key
         self.message = message
+        self.problems: tuple[ConfigError, ...] = (self,)
+
+    @classmethod
+    def joined(cls, errors: Sequence[ConfigError]) -> ConfigError:
+        """One error holding the problems of all `errors`, in order."""
+        problems = tuple(problem for error in errors for problem in error.problems)
+        first = problems[0]
+        joined = cls(first.file, first.line, first.key, first.message)
+        joined.problems = problems
+        joined.args = ("\n".join(str(problem) for problem in problems),)
+        return joined
 
 
 def default_config_dir() -> Path:
@@ -44,30 +64,54 @@ def default_config_dir() -> Path:
 
 
 def load_config(directory: str | Path) -> Config:
-    """Read and validate `directory`/routing.yaml and `directory`/pools.yaml."""
+    """Read and validate `directory`/routing.yaml and `directory`/pools.yaml (both required)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        problem = "not a directory" if directory.exists() else "directory not found"
+        raise ConfigError(str(directory), 0, "-", problem)
     routing_path, pools_path = directory / ROUTING_FILE, directory / POOLS_FILE
-    config = load_config_text(_read(routing_path), _read(pools_path), str(routing_path), str(pools_path))
+    config = _load(lambda: _read(routing_path), lambda: _read(pools_path), str(routing_path), str(pools_path))
     return config.model_copy(update={"directory": str(directory)})
 
 
 def load_config_text(routing_text: str, pools_text: str,
                      routing_name: str = ROUTING_FILE, pools_name: str = POOLS_FILE) -> Config:
     """Validate the two files' contents; the names only label error messages."""
-    routing = _Document.parse(routing_text, routing_name)
-    pools = _Document.parse(pools_text, pools_name)
-    routing_config = routing.validate(RoutingConfig)
-    pools_config = pools.validate(PoolsConfig)
+    return _load(lambda: routing_text, lambda: pools_text, routing_name, pools_name)
+
+
+def _load(read_routing: Callable[[], str], read_pools: Callable[[], str],
+          routing_name: str, pools_name: str) -> Config:
+    found: list[ConfigError] = []
+    routing = _attempt(found, lambda: _checked(read_routing, routing_name, RoutingConfig))
+    pools = _attempt(found, lambda: _checked(read_pools, pools_name, PoolsConfig))
+    if routing is None or pools is None:
+        raise ConfigError.joined(found)
+    (routing_document, routing_config), (pools_document, pools_config) = routing, pools
     try:
         return Config(routing=routing_config, pools=pools_config.pools)
     except ValidationError as err:
         # Cross-file rules locate themselves under `routing` or `pools`: route each to its file.
-        documents = {"routing": (routing, ()), "pools": (pools, ("pools",))}
+        documents = {"routing": (routing_document, ()), "pools": (pools_document, ("pools",))}
 
         def locate(loc: KeyPath) -> tuple[_Document, KeyPath]:
             document, prefix = documents[loc[0]]
             return document, prefix + loc[1:]
-        raise _first_error(err, locate) from None
+        raise ConfigError.joined(_problems(err, locate)) from None
+
+
+def _checked(read: Callable[[], str], name: str, model: type[M]) -> tuple[_Document, M]:
+    document = _Document.parse(read(), name)
+    return document, document.validate(model)
+
+
+def _attempt(found: list[ConfigError], step: Callable[[], T]) -> T | None:
+    """`step()`, or None with its ConfigError added to `found`: one file's problems do not hide the next's."""
+    try:
+        return step()
+    except ConfigError as err:
+        found.append(err)
+        return None
 
 
 def load_yaml_model(path: str | Path, model: type[M]) -> M:
@@ -85,11 +129,12 @@ def json_schema() -> dict[str, Any]:
     Two schemas because editors (yaml-language-server's `$schema` comment, VS Code's
     `yaml.schemas`) attach one schema per file; each value is a complete schema on its own.
     """
-    schemas = {}
-    for file_name, model in ((ROUTING_FILE, RoutingConfig), (POOLS_FILE, PoolsConfig)):
-        schema = model.model_json_schema()
-        schemas[file_name] = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-    return schemas
+    return {ROUTING_FILE: file_json_schema(RoutingConfig), POOLS_FILE: file_json_schema(PoolsConfig)}
+
+
+def file_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON Schema as a document of its own (draft 2020-12), what an editor attaches to one file."""
+    return {"$schema": SCHEMA_DIALECT, **model.model_json_schema()}
 
 
 def _read(path: Path) -> str:
@@ -170,10 +215,11 @@ class _Document:
         return cls(name, data, lines)
 
     def validate(self, model: type[M]) -> M:
+        """The data as `model`; the ConfigError raised holds every problem pydantic found."""
         try:
             return model.model_validate(self.data)
         except ValidationError as err:
-            raise _first_error(err, lambda loc: (self, loc)) from None
+            raise ConfigError.joined(_problems(err, lambda loc: (self, loc))) from None
 
     def line_of(self, path: KeyPath) -> int:
         """The line of `path`, or of its nearest ancestor present in the file."""
@@ -218,19 +264,24 @@ def _key_lines(root: yaml.Node, loader: _Loader) -> dict[KeyPath, int]:
     return lines
 
 
-def _first_error(err: ValidationError,
-                 locate: Callable[[KeyPath], tuple[_Document, KeyPath]]) -> ConfigError:
-    """The ConfigError for the earliest-line error in `err`; `locate` maps a location to file and key path.
+def _problems(err: ValidationError,
+              locate: Callable[[KeyPath], tuple[_Document, KeyPath]]) -> list[ConfigError]:
+    """A ConfigError for each error in `err`, by line; `locate` maps a location to file and key path.
 
-    On a tie, a key the user wrote beats one placed at its parent's line (a missing key): an
-    unknown key beside a missing one is usually the same typo, and the unknown one names it.
+    A missing key that an unknown key beside it looks like a typo of is left out (`pol:` for
+    `pool:`): the unknown key's did-you-mean already names it. On a line shared with a missing
+    key (placed at its parent's line), a key the user wrote comes first.
     """
-    found = []
-    for detail in err.errors():
-        document, path = locate(_location(detail))
+    located = [(detail, *locate(_location(detail))) for detail in err.errors()]
+    typos = {(document.name, path[:-1] + (_suggestion(path[-1]),))
+             for detail, document, path in located if detail["type"] == "extra_forbidden"}
+    found: dict[str, tuple[int, bool, ConfigError]] = {}
+    for detail, document, path in located:
+        if detail["type"] == "missing" and (document.name, path) in typos:
+            continue
         error = ConfigError(document.name, document.line_of(path), _format_key(path), _message(detail))
-        found.append((error.line, path not in document.lines, error))
-    return min(found, key=lambda item: item[:2])[2]
+        found.setdefault(str(error), (error.line, path not in document.lines, error))
+    return [error for *_, error in sorted(found.values(), key=lambda item: item[:2])]
 
 
 def _location(detail: ErrorDetails) -> KeyPath:
@@ -281,9 +332,8 @@ def _message(detail: ErrorDetails) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
-        key = str(detail["loc"][-1])
-        close = difflib.get_close_matches(key, [name for name in _FIELD_NAMES if name != key], n=1)
-        return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+        close = _suggestion(detail["loc"][-1])
+        return f"unknown key (did you mean {close!r}?)" if close else "unknown key"
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}, got {detail['input']!r}"
     if kind == "too_short":
@@ -295,6 +345,12 @@ def _message(detail: ErrorDetails) -> str:
     if kind == CONFIG_ERROR:
         return detail["msg"]
     return detail["msg"][:1].lower() + detail["msg"][1:]
+
+
+def _suggestion(key: Any) -> str | None:
+    """The known key `key` is most likely a typo of, if any."""
+    close = difflib.get_close_matches(str(key), [name for name in _FIELD_NAMES if name != str(key)], n=1)
+    return close[0] if close else None
 
 
 def _number(value: Any) -> str:

@@ -1,4 +1,6 @@
-"""`warmfront` end to end: the shipped config, check/schema, --to, history across restarts, shutdown."""
+"""`warmfront` end to end: the shipped config, the command line, check/schema, --to, history across
+restarts, shutdown."""
+import fcntl
 import hashlib
 import json
 import os
@@ -6,16 +8,115 @@ import signal
 import subprocess
 import threading
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 
 import pytest
 
+from balancer.wiring import app as wiring_app
+from balancer.wiring.cli import PASSTHROUGH, version
+from balancer.wiring.cli import main as warmfront_main
 from tests.proxykit import ROOT, DemoBackend, alive, proc_rss_peak_kib
 from tests.runkit import WARMFRONT, Warmfront, copy_config, http, wait_until
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*WARMFRONT, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+# ---------------------------------------------------------------- the command line itself
+def test_version_prints_the_installed_version():
+    r = cli("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"warmfront {metadata.version('warmfront')}\n", "")
+
+
+def test_version_falls_back_to_pyproject_when_not_installed(monkeypatch):
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "version", not_installed)
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        assert version() == tomllib.load(f)["project"]["version"]
+
+
+def test_no_command_prints_usage_and_exits_2():
+    r = cli()
+    assert r.returncode == 2
+    assert r.stderr.startswith("usage: warmfront ") and "Traceback" not in r.stderr
+
+
+def test_subcommands_keep_their_own_help():
+    r = cli("forecast", "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: warmfront forecast ") and "--trace" in r.stdout
+
+
+@pytest.mark.parametrize("command", sorted(PASSTHROUGH))
+def test_subcommands_get_every_argument_after_their_name_untouched(command, monkeypatch):
+    module = __import__(PASSTHROUGH[command][0], fromlist=["main"])
+    seen = []
+    monkeypatch.setattr(module, "main", lambda argv: seen.append(argv) or 3)
+    args = ["--trace", "t.csv", "-h", "--", "--json", "pos"]
+    assert warmfront_main([command, *args]) == 3
+    assert seen == [args]
+
+
+def test_log_level_outside_the_choices_is_a_usage_error():
+    r = cli("run", "--log-level", "bogus")
+    assert r.returncode == 2
+    assert "invalid choice: 'bogus' (choose from 'debug', 'info', 'warning', 'error')" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def fake_run_forever(calls):
+    def run_forever(cfg, listen=None, admin=None, state_dir=None, log_level="info", workers=None, access_log=None,
+                    log_format=None):
+        calls.append({"log_level": log_level, "log_format": log_format, "access_log": access_log})
+        return 0
+    return run_forever
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], {"log_level": "info", "log_format": None, "access_log": None}),   # None: json unless stderr is a terminal
+    (["--log-level", "WARNING", "--log-format", "text"], {"log_level": "warning", "log_format": "text",
+                                                          "access_log": None}),
+    (["--log-format", "json", "--access-log", "-"], {"log_level": "info", "log_format": "json", "access_log": "-"}),
+])
+def test_log_options_reach_run_forever(args, expected, monkeypatch):
+    calls = []
+    monkeypatch.setattr(wiring_app, "run_forever", fake_run_forever(calls))
+    assert warmfront_main(["run", "--to", "127.0.0.1:1", *args]) == 0
+    assert calls == [expected]
+
+
+def test_log_format_is_a_choice_of_json_or_text():
+    r = cli("run", "--log-format", "yaml")
+    assert r.returncode == 2 and "invalid choice: 'yaml' (choose from 'json', 'text')" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["schema"], ["schema", "--file", "pools"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(args):
+    # `warmfront schema | head -1`, made certain: a one-page pipe the schema overflows, read a
+    # little of, then closed while warmfront still has lines to write.
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen([*WARMFRONT, *args], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    assert os.read(read_end, 100).startswith(b"{")
+    os.close(read_end)
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (0, b"")
+
+
+@pytest.mark.parametrize("file, title, key", [("routing", "RoutingConfig", "routes"),
+                                              ("pools", "PoolsConfig", "pools"),
+                                              ("events", "EventsConfig", "events")])
+def test_schema_of_one_file_is_a_json_schema_document_of_its_own(file, title, key, capsys):
+    assert warmfront_main(["schema", "--file", file]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert (schema["title"], schema["type"]) == (title, "object")
+    assert key in schema["properties"]
 
 
 def test_check_accepts_the_shipped_config():
@@ -35,6 +136,47 @@ def test_check_names_file_line_and_key_of_a_bad_value(tmp_path):
     assert r.returncode == 2
     assert f"pools.yaml:{idx + 1}: pools.web.capacity.max:" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def edit(path, old: str, new: str) -> int:
+    """Replace the first line of `path` containing `old`; its 1-based line number."""
+    lines = path.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if old in line)
+    lines[index] = lines[index].replace(old, new)
+    path.write_text("\n".join(lines) + "\n")
+    return index + 1
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_check_and_run_report_every_mistake_in_both_files(command, tmp_path):
+    cfg = copy_config(tmp_path)
+    connect = edit(cfg / "routing.yaml", "connect: 2s", "connect: 2x")
+    concurrency = edit(cfg / "pools.yaml", "concurrency: 32", "concurency: 4")
+    edit(cfg / "pools.yaml", "min: 2 ", "min: 3 ")
+    maximum = edit(cfg / "pools.yaml", "max: 4 ", "max: 2 ")
+    r = cli(command, "--config", str(cfg), *(["--state-dir", str(tmp_path / "state")] if command == "run" else []))
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"{cfg}/routing.yaml:{connect}: timeouts.connect: must be a duration like 30s, 250ms, 5m, 1h or 2d "
+        "(got '2x')",
+        f"{cfg}/pools.yaml:{concurrency}: pools.web.concurency: unknown key (did you mean 'concurrency'?)",
+        f"{cfg}/pools.yaml:{maximum}: pools.web.capacity.max: must be >= min (2 < 3)",
+    ]
+
+
+def test_check_names_a_missing_directory(tmp_path, capsys):
+    assert warmfront_main(["check", "--config", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"{tmp_path / 'nope'}: directory not found\n"
+
+
+def test_check_names_each_missing_file(tmp_path, capsys):
+    assert warmfront_main(["check", "--config", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"{tmp_path / 'routing.yaml'}: file not found",
+                                                    f"{tmp_path / 'pools.yaml'}: file not found"]
+    copy_config(tmp_path)
+    (tmp_path / "config" / "pools.yaml").unlink()
+    assert warmfront_main(["check", "--config", str(tmp_path / "config")]) == 2
+    assert capsys.readouterr().err == f"{tmp_path / 'config' / 'pools.yaml'}: file not found\n"
 
 
 def test_check_reports_unparseable_yaml_without_traceback(tmp_path):

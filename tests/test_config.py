@@ -122,8 +122,23 @@ def test_load_config_names_files_by_their_path(tmp_path):
 
 def test_missing_file_is_named(tmp_path):
     (tmp_path / "routing.yaml").write_text(ROUTING)
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'pools.yaml'}:0: -: file not found")):
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'pools.yaml'}: file not found")) as info:
         load_config(tmp_path)
+    assert (info.value.line, info.value.key) == (0, "-")
+
+
+def test_both_missing_files_are_named(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value) == f"{tmp_path / 'routing.yaml'}: file not found\n{tmp_path / 'pools.yaml'}: file not found"
+
+
+def test_missing_directory_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'nope'))}: directory not found$"):
+        load_config(tmp_path / "nope")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'file'))}: not a directory$"):
+        load_config(tmp_path / "file")
 
 
 def test_non_utf8_file_reports_the_line(tmp_path):
@@ -236,9 +251,40 @@ def test_merge_keys_share_settings_and_errors_find_the_overriding_line():
     assert (config.pools["api"].concurrency, config.pools["api"].command) == (8, "a {port}")
 
 
-def test_earliest_line_is_reported_when_several_keys_are_wrong():
-    pools = POOL_HEAD + "    command: a {port}\n    concurrency: 0\n    capacity: {min: -1}\n"
-    assert error_of(pools=pools) == "pools.yaml:4: pools.web.concurrency: must be >= 1"
+def test_every_wrong_key_is_reported_in_line_order():
+    pools = POOL_HEAD + "    command: a {port}\n    capacity: {min: -1}\n    concurrency: 0\n"
+    assert error_of(pools=pools) == ("pools.yaml:4: pools.web.capacity.min: must be >= 0\n"
+                                     "pools.yaml:5: pools.web.concurrency: must be >= 1")
+
+
+def test_mistakes_in_both_files_and_in_independent_pools_are_all_reported(tmp_path):
+    (tmp_path / "routing.yaml").write_text("timeouts:\n  connect: 2x\nroutes: [{name: a, pool: web}]\n")
+    (tmp_path / "pools.yaml").write_text(POOL_HEAD + "    command: a {port}\n    concurency: 4\n"
+                                         "  api:\n    command: b {port}\n    capacity: {min: 3, max: 2}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    err = info.value
+    assert [str(problem).removeprefix(f"{tmp_path}/") for problem in err.problems] == [
+        "routing.yaml:2: timeouts.connect: must be a duration like 30s, 250ms, 5m, 1h or 2d (got '2x')",
+        "pools.yaml:4: pools.web.concurency: unknown key (did you mean 'concurrency'?)",
+        "pools.yaml:7: pools.api.capacity.max: must be >= min (2 < 3)",
+    ]
+    assert str(err) == "\n".join(str(problem) for problem in err.problems)
+    assert (err.file, err.line, err.key) == (str(tmp_path / "routing.yaml"), 2, "timeouts.connect")
+
+
+def test_a_yaml_error_in_one_file_does_not_stop_the_other_being_checked():
+    problems = error_of(routing="routes: [\n", pools=POOL_HEAD + "    command: a {port}\n    concurrency: 0\n")
+    assert re.fullmatch(r"routing\.yaml:2: -: invalid YAML: .*\npools\.yaml:4: pools\.web\.concurrency: must be >= 1",
+                        problems)
+
+
+def test_a_missing_key_is_not_reported_beside_the_typo_that_names_it():
+    assert error_of(routing="routes:\n  - name: a\n    pol: web\n") == \
+        "routing.yaml:3: routes[0].pol: unknown key (did you mean 'pool'?)"
+    assert error_of(routing="routes:\n  - name: a\n    typ: api\n") == (
+        "routing.yaml:2: routes[0].pool: required key is missing\n"
+        "routing.yaml:3: routes[0].typ: unknown key (did you mean 'type'?)")
 
 
 # ---------------------------------------------------------------- YAML-level problems
@@ -276,7 +322,8 @@ def _only_config_errors(routing: str, pools: str) -> None:
     try:
         load_config_text(routing, pools)
     except ConfigError as err:
-        assert re.match(r"^(routing|pools)\.yaml:\d+: \S.*: .+", str(err), re.S), str(err)
+        for line in str(err).split("\n"):
+            assert re.match(r"^(routing|pools)\.yaml:\d+: \S.*: .+", line), str(err)
 
 
 @settings(max_examples=300, deadline=None)

@@ -10,7 +10,6 @@ import os
 import platform
 import statistics
 from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -19,6 +18,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from balancer.dataplane.stats import LATENCY_BUCKETS, ProxyStats
+from balancer.version import version
 from pools.members import MemberState, MemberView
 
 StatsFn = Callable[[], ProxyStats]          # the data plane's counters, summed over workers
@@ -31,14 +31,6 @@ ControlFn = Callable[[], dict[str, dict[str, Any]]]
 ProcessFn = Callable[[], dict[str, Any]]
 DESIRED_TIERS = ("ready", "shadow", "baseline", "predictive", "burst", "forecast_ready", "burst_shadow")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def version() -> str:
-    """The installed warmfront's version (as `warmfront --version` prints it)."""
-    try:
-        return metadata.version("warmfront")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def horizon_label(seconds: float) -> str:

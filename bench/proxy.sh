@@ -14,7 +14,9 @@
 # other cores are. See bench/README.md.
 #
 # Env: DURATION (seconds per measured run, default 10), WARMFRONT (path to the warmfront command),
-#      MIN_RATIO (exit 3 when a warmfront / nginx per core-s ratio is below it; unset = report only).
+#      MIN_RATIO (exit 3 when a warmfront / nginx per core-s ratio is below it; unset = report only),
+#      ACCESS_LOG=1 (also measure warmfront with its access log on, written to a file in the temp
+#      dir, right after each warmfront run without it; reported in a second table).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -252,9 +254,17 @@ cat > "$TMP/wfconf/pools.yaml" <<EOF
 pools:
   web: {backend: static, servers: ["127.0.0.1:$BACKEND"]}
 EOF
+# The same config with an access log, one file per run (`log_config name` points it at $TMP/name.access.log).
+log_config() {
+    mkdir -p "$TMP/wfconf-log"
+    cp "$TMP/wfconf/pools.yaml" "$TMP/wfconf-log/pools.yaml"
+    { cat "$TMP/wfconf/routing.yaml"; echo "access_log: $TMP/$1.access.log"; } > "$TMP/wfconf-log/routing.yaml"
+    WFCONF=$TMP/wfconf-log
+}
+WFCONF=$TMP/wfconf
 start_warmfront() {   # cores [--workers N]
     local cores=$1; shift
-    taskset -c "$cores" "$WARMFRONT" run --config "$TMP/wfconf" --log-level warning "$@" \
+    taskset -c "$cores" "$WARMFRONT" run --config "$WFCONF" --log-level warning "$@" \
         >> "$TMP/warmfront.log" 2>&1 &
     STARTED+=($!); LAST_PID=$!
     wait_http "http://127.0.0.1:$WF_PORT/" "$LAST_PID" || { cat "$TMP/warmfront.log" >&2; die "warmfront did not start"; }
@@ -275,16 +285,29 @@ stop_pid() {   # pid: SIGTERM, then wait for it and its children
 
 # ---------------------------------------------------------------------------- measure
 ROWS=()
+LOG_ROWS=()      # ACCESS_LOG=1: the same warmfront runs with the access log on
+LOG_LINES=()     # lines each of those runs wrote
+measure_logged() {   # name cores [--workers N]: like the run before it, with the access log on
+    local name=$1 cores=$2; shift 2
+    log_config "$name"
+    start_warmfront "$cores" "$@"; P=$LAST_PID
+    measure "$name" "$P" "http://127.0.0.1:$WF_PORT/" "$cores"; stop_pid "$P"
+    WFCONF=$TMP/wfconf
+    LOG_ROWS+=("${ROWS[-1]}"); unset 'ROWS[-1]'
+    LOG_LINES+=("$(wc -l < "$TMP/$name.access.log")")
+}
 echo "bench: 1 worker each, proxies on core $PROXY_CORE ..." >&2
 start_nginx_proxy proxy1 1 "$PROXY_CORE"; P=$LAST_PID
 measure nginx-1 "$P" "http://127.0.0.1:$NGINX_PORT/" "$CLIENT_CORE"; stop_pid "$P"
 start_warmfront "$PROXY_CORE" --workers 1; P=$LAST_PID
 measure warmfront-1 "$P" "http://127.0.0.1:$WF_PORT/" "$CLIENT_CORE"; stop_pid "$P"
+[ "${ACCESS_LOG:-0}" = 1 ] && measure_logged warmfront-1-log "$PROXY_CORE" --workers 1
 echo "bench: $NCPU workers each, nothing pinned ..." >&2
 start_nginx_proxy proxyn "$NCPU" "$ALL_CORES"; P=$LAST_PID
 measure "nginx-$NCPU" "$P" "http://127.0.0.1:$NGINX_PORT/" "$ALL_CORES"; stop_pid "$P"
 start_warmfront "$ALL_CORES"; P=$LAST_PID
 measure "warmfront-$NCPU" "$P" "http://127.0.0.1:$WF_PORT/" "$ALL_CORES"; stop_pid "$P"
+[ "${ACCESS_LOG:-0}" = 1 ] && measure_logged "warmfront-$NCPU-log" "$ALL_CORES"
 run_wrk 1 "$LOWLOAD" "http://127.0.0.1:$BACKEND/" "$TMP/direct-c1.txt"
 DIRECT_P50=$(wrk_field "$TMP/direct-c1.txt" p50)
 grep -q . "$TMP/warmfront.log" && { echo "bench: warmfront logged:" >&2; head -20 "$TMP/warmfront.log" >&2; }
@@ -332,6 +355,24 @@ END {
 }' | tee "$TMP/table.md"
 
 echo "bench: wrote $RESULTS/proxy.json" >&2
+
+# With the access log: each logged run against the warmfront run just before it (rows 2 and 4).
+if [ ${#LOG_ROWS[@]} -gt 0 ]; then
+    { printf '%s\n' "${ROWS[1]}" "${LOG_ROWS[0]}" "${ROWS[3]}" "${LOG_ROWS[1]}"; } | awk -v hz="$HZ" \
+        -v lines="${LOG_LINES[*]}" -v load="$(cut -d' ' -f1-3 /proc/loadavg)" '
+    { name[NR] = $1; req[NR] = $2; rps[NR] = $3; pcs[NR] = $2 / (($4 + $5) / hz); p50[NR] = $6; p99[NR] = $7
+      us[NR] = ($4 + $5) / hz / $2 * 1e6 }
+    END {
+        split(lines, n, " ")
+        printf "\n| warmfront | access log | req/s | per core-s | × without | CPU µs per req | p50 | p99 | lines written |\n|---|---|---|---|---|---|---|---|---|\n"
+        for (i = 1; i <= NR; i++) {
+            base = (i % 2) ? i : i - 1
+            printf "| %s | %s | %.0f | %.0f | %.3f | %.1f | %.2f ms | %.2f ms | %s |\n", name[i], (i % 2) ? "off" : "on",
+                rps[i], pcs[i], pcs[i] / pcs[base], us[i], p50[i], p99[i], (i % 2) ? "" : n[i / 2]
+        }
+        printf "access log to a file in the temp dir; lines written include the warm-up and 1-connection runs; load average at the end %s\n", load
+    }'
+fi
 if [ -n "${MIN_RATIO:-}" ]; then
     for RATIO in $(awk '/per core-s ratio/ {print $NF}' "$TMP/table.md"); do
         if awk -v r="$RATIO" -v m="$MIN_RATIO" 'BEGIN {exit !(r < m)}'; then

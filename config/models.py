@@ -260,6 +260,10 @@ class RoutingConfig(Strict):
         None, ge=1, le=256, description="Data-plane worker processes sharing the listener (`--workers` "
                                         "overrides it); a change needs a restart. Default: one per CPU "
                                         "warmfront may run on.")
+    access_log: NonEmptyStr | None = Field(
+        None, description="File each worker appends one JSON line per request to (relative to the working "
+                          "directory; reopened after logrotate moves it), or `-` for standard output; "
+                          "`--access-log` overrides it; a change needs a restart. Default: none (off).")
     tls: TLSConfig | None = Field(None, description="TLS for the client listener. Default: plain HTTP.")
     sources: list[SourceRule] = Field(
         default_factory=lambda: [SourceRule(client_ip=True)], min_length=1,
@@ -300,15 +304,39 @@ MemberCount = Annotated[int, Field(ge=0, le=MAX_POOL_MEMBERS), BeforeValidator(_
 
 
 class HealthCheck(Strict):
-    """Active HTTP health check of each member."""
+    """Active health check of each member: an HTTP GET, or only a TCP connection."""
+    enabled: bool = Field(
+        True, description="`false` turns active checks off: members are routed from the start and only passive "
+                          "ejection (`ejection:`) takes failing ones out. Static pools only. Default `true`.")
+    type: Literal["http", "tcp"] = Field(
+        "http", description="`http` GETs `path` and judges the status; `tcp` only opens a connection. Default `http`, "
+                            "except in a static pool whose `health:` sets no `path`: `tcp` (an ordinary server has "
+                            "no health endpoint).")
     path: str = Field(
-        "/healthz", pattern=r"^/", description="Path probed with GET; 2xx is healthy. Default `/healthz`.")
+        "/healthz", pattern=r"^/", description="http: path probed with GET. Default `/healthz`.")
+    expect_status: str = Field(
+        "200-399", pattern=r"^[1-5][0-9][0-9](-[1-5][0-9][0-9])?$",
+        description="http: statuses that count as healthy, `LOW-HIGH` or one code; `200-499` takes any answer "
+                    "but a server error as healthy. Default `200-399`.")
     interval: Duration = Field(2.0, gt=0, description="Time between checks. Default `2s`.")
     timeout: Duration = Field(1.0, gt=0, description="Time allowed for one check. Default `1s`.")
     healthy_threshold: int = Field(
         1, ge=1, description="Consecutive passes before a member counts as healthy. Default `1`.")
     unhealthy_threshold: int = Field(
         3, ge=1, description="Consecutive failures before a member counts as unhealthy. Default `3`.")
+
+    @property
+    def healthy_statuses(self) -> tuple[int, int]:
+        """`expect_status` as the lowest and highest healthy status."""
+        low, _, high = self.expect_status.partition("-")
+        return int(low), int(high or low)
+
+    @model_validator(mode="after")
+    def _status_range_ascends(self) -> HealthCheck:
+        low, high = self.healthy_statuses
+        if low > high:
+            raise config_error(("expect_status",), f"must be LOW-HIGH with LOW <= HIGH (got {self.expect_status!r})")
+        return self
 
 
 class Capacity(Strict):
@@ -519,6 +547,17 @@ class Pool(Strict):
                 self.swarm.check_shadow(self.shadow)
             except PydanticCustomError as e:
                 raise config_error(("swarm", *(e.context or {}).get("at", ())), e.message()) from None
+        return self
+
+    @model_validator(mode="after")
+    def _static_checks_connect_by_default(self) -> Pool:
+        if self.backend == "static" and not self.health.model_fields_set & {"type", "path"}:
+            # Servers warmfront does not run have no health endpoint it can count on; accepting
+            # connections is what every one of them does.
+            self.health = self.health.model_copy(update={"type": "tcp"})
+        elif self.backend != "static" and not self.health.enabled:
+            raise config_error(("health", "enabled"), f"only static pools can turn active checks off: a "
+                                                      f"{self.backend} member is routed once its check passes")
         return self
 
     def _check_process_command(self) -> None:

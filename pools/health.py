@@ -1,4 +1,4 @@
-"""Active health checks and warm-up requests against members, over one shared aiohttp session."""
+"""Active health checks (HTTP over one shared aiohttp session, or a TCP connect) and warm-up requests."""
 from __future__ import annotations
 
 import asyncio
@@ -43,11 +43,34 @@ class HealthTracker:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One check's outcome and what it saw: the HTTP status, or why there was none."""
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+
+    def describe(self, check: HealthCheck) -> str:
+        """What was asked and what came back, for logs and 503 bodies: `GET /healthz -> 404`."""
+        asked = f"GET {check.path}" if check.type == "http" else "TCP connect"
+        return f"{asked} -> {self.status if self.status is not None else self.error}"
+
+
+def _error(e: BaseException, timeout: float) -> str:
+    cause = getattr(e, "os_error", None) or e   # aiohttp wraps the socket's error
+    if isinstance(cause, (TimeoutError, asyncio.TimeoutError)):
+        return f"no answer within {timeout:g}s"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    return f"{type(cause).__name__}: {cause}"
+
+
 class Checker(Protocol):
     """What a PoolManager asks of its health checker: `HealthChecker` over HTTP, or
     `pools.backends.simulated.SimulatedHealth` on a virtual clock."""
 
-    async def probe(self, host: str, port: int, check: HealthCheck) -> bool: ...
+    async def probe(self, host: str, port: int, check: HealthCheck) -> Probe: ...
 
     async def wait_healthy(self, host: str, port: int, check: HealthCheck, deadline: float,
                            clock: Callable[[], float]) -> bool: ...
@@ -72,22 +95,32 @@ class HealthChecker:
         if self._session is not None:
             await self._session.close()
 
-    async def probe(self, host: str, port: int, check: HealthCheck) -> bool:
-        """One GET of the health path; 2xx and 3xx count as healthy."""
+    async def probe(self, host: str, port: int, check: HealthCheck) -> Probe:
+        """One check: a GET of the health path, healthy when its status is in `expect_status`; or,
+        for `tcp`, a connection opened and closed."""
+        started = time.monotonic()
+        status = None
         try:
-            async with self._client().get(f"http://{host}:{port}{check.path}", allow_redirects=False,
-                                          timeout=aiohttp.ClientTimeout(total=check.timeout)) as r:
-                await r.read()
-                return 200 <= r.status < 400
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
+            if check.type == "tcp":
+                async with asyncio.timeout(check.timeout):
+                    _, writer = await asyncio.open_connection(host, port)
+                writer.close()
+            else:
+                async with self._client().get(f"http://{host}:{port}{check.path}", allow_redirects=False,
+                                              timeout=aiohttp.ClientTimeout(total=check.timeout)) as r:
+                    await r.read()
+                    status = r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            return Probe(False, error=_error(e, check.timeout), latency_ms=_since(started))
+        low, high = check.healthy_statuses
+        return Probe(status is None or low <= status <= high, status, latency_ms=_since(started))
 
     async def wait_healthy(self, host: str, port: int, check: HealthCheck, deadline: float,
                            clock: Callable[[], float] = time.monotonic) -> bool:
         """Probe until `healthy_threshold` consecutive successes, or False once `deadline` (clock time) passes."""
         tracker = HealthTracker.for_check(check)
         while clock() < deadline:
-            if tracker.observe(await self.probe(host, port, check)):
+            if tracker.observe((await self.probe(host, port, check)).ok):
                 return True
             await asyncio.sleep(BOOT_PROBE_INTERVAL)
         return False
@@ -102,3 +135,7 @@ class HealthChecker:
                 await r.read()
                 answered += r.status < 500
         return answered
+
+
+def _since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)

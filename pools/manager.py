@@ -23,7 +23,7 @@ import structlog
 from config.models import Pool
 from pools.backends.base import (LABEL_GENERATION, Backend, BackendError, Instance, InstanceStatus, Subscription,
                                  member_generation)
-from pools.health import Checker, HealthChecker, HealthTracker
+from pools.health import Checker, HealthChecker, HealthTracker, Probe
 from pools.members import MemberState, MemberView
 from pools.reconciler import (Action, Activate, Desired, DesiredState, Drain, Launch, ObservedMember, Park, Replace,
                               Retire, Warm, baseline_desired, decide)
@@ -61,6 +61,7 @@ class _Member:
     shadow_state: str | None = None
     prewarmed: bool = False
     task: asyncio.Task | None = None
+    reason: str = ""   # why it failed, while FAILED
 
     @property
     def busy(self) -> bool:
@@ -106,7 +107,7 @@ class PoolManager:
 
     def members(self) -> list[MemberView]:
         return [MemberView(m.id, self.name, m.host, m.port, m.state, m.prewarmed,
-                           m.shadow_state if m.state is MemberState.SHADOW else None, m.since)
+                           m.shadow_state if m.state is MemberState.SHADOW else None, m.since, m.reason)
                 for m in self._members.values()]
 
     def note(self, action: str, member: str | None, reason: str) -> None:
@@ -256,7 +257,7 @@ class PoolManager:
             # members that were serving are routed again at once instead of waking shadows.
             running = [i for i in new if i.status is InstanceStatus.RUNNING and not self._static]
             ok = await asyncio.gather(*(self._checker.probe(i.host, i.port, self.spec.health) for i in running))
-            healthy = {i.id for i, good in zip(running, ok) if good}
+            healthy = {i.id for i, probe in zip(running, ok) if probe.ok}
             for inst in new:
                 self._adopt(inst, inst.id in healthy)
         for m in list(self._members.values()):
@@ -273,7 +274,14 @@ class PoolManager:
         m = _Member(inst.id, inst.host, inst.port, MemberState.LAUNCHING, self.clock(),
                     HealthTracker.for_check(self.spec.health))
         self._members[m.id] = m
-        if not self._static:
+        if self._static:
+            # Routed at once, as a plain reverse proxy would: the first request does not wait for
+            # the first check, and failing checks (or passive ejection, with checks off) take it out.
+            m.state = MemberState.READY
+            m.health = HealthTracker.for_check(self.spec.health, healthy=True)
+            self._log.info("member.ready", member=m.id, address=f"{m.host}:{m.port}", prewarmed=False,
+                           checked=False)
+        else:
             self._log.info("member.adopted", member=m.id, status=inst.status.value)
             if inst.status is InstanceStatus.RUNNING and healthy and (
                     self.spec.shadow.state != "running" or inst.id in self.adopt_ready):
@@ -298,14 +306,14 @@ class PoolManager:
 
     async def _health_loop(self) -> None:
         check = self.spec.health
-        while True:
+        while check.enabled:
             targets = [(m, m.state) for m in self._members.values() if not m.busy and self._checked(m)]
             results = await asyncio.gather(*(self._checker.probe(m.host, m.port, check) for m, _ in targets))
             try:
-                for (m, state), ok in zip(targets, results):
+                for (m, state), probe in zip(targets, results):
                     # The member may have moved on while the probe was out; its result is then stale.
                     if self._members.get(m.id) is m and m.state is state and not m.busy:
-                        self._record_health(m, ok)
+                        self._record_health(m, probe)
             except Exception as e:  # e.g. a failing on_change: keep checking
                 self._log.error("pool.health_error", error=repr(e))
             await asyncio.sleep(check.interval)
@@ -315,16 +323,28 @@ class PoolManager:
             return True
         return m.state is MemberState.READY or (m.state is MemberState.SHADOW and m.shadow_state == "running")
 
-    def _record_health(self, m: _Member, ok: bool) -> None:
-        if not ok:
+    def _record_health(self, m: _Member, probe: Probe) -> None:
+        check = self.spec.health
+        reason = "" if probe.ok else f"failed health checks: {probe.describe(check)}"
+        if not probe.ok:
             state = m.state.value if m.state is not MemberState.SHADOW else f"shadow:{m.shadow_state}"
             self.check_failures[state] = self.check_failures.get(state, 0) + 1
-        verdict = m.health.observe(ok)
+            # Every failure on the way to a verdict is logged; a failed (static) member's repeats only
+            # when what they see changes, which its reason, and so the pool's 503 body, follows.
+            if m.state is not MemberState.FAILED or reason != m.reason:
+                self._log.warning("member.check_failed", member=m.id, address=f"{m.host}:{m.port}",
+                                  **({"path": check.path} if check.type == "http" else {"check": "tcp"}),
+                                  status=probe.status, error=probe.error, latency_ms=probe.latency_ms,
+                                  failures=m.health.failures + 1)
+            if m.state is MemberState.FAILED and reason != m.reason:
+                m.reason = reason
+                self._publish()
+        verdict = m.health.observe(probe.ok)
         if verdict is True and self._static and m.state is not MemberState.READY:
             self._set(m, MemberState.READY)
             self._log.info("member.ready", member=m.id, address=f"{m.host}:{m.port}", prewarmed=False)
         elif verdict is False:
-            self._fail(m, "failed health checks")
+            self._fail(m, reason)
 
     # ------------------------------------------------------------------ acting
     async def _act(self, action: Action) -> None:
@@ -440,12 +460,15 @@ class PoolManager:
         if m.state in (MemberState.LAUNCHING, MemberState.WARMING):
             self._boot_failures += 1
             self._launch_after = self.clock() + min(LAUNCH_BACKOFF * 2 ** (self._boot_failures - 1), MAX_BACKOFF)
+        m.reason = reason
         self._set(m, MemberState.FAILED)
         self._log.warning("member.failed", member=m.id, reason=reason)
         self._wake.set()
 
     def _set(self, m: _Member, state: MemberState, shadow_state: str | None = None) -> None:
         m.state, m.shadow_state, m.since = state, shadow_state, self.clock()
+        if state is not MemberState.FAILED:
+            m.reason = ""
         self._publish()
 
     def _spawn(self, m: _Member, op: Coroutine) -> None:

@@ -26,7 +26,23 @@ class MemberView:
     prewarmed: bool = False          # warmed before routing: takes full weight at once (no slow start)
     shadow_state: str | None = None  # running | paused | stopped, when state is SHADOW
     since: float = 0.0               # clock time of the last state change
+    reason: str = ""                 # why it failed, when state is FAILED: "failed health checks: GET /healthz -> 404"
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def why_none_ready(members: list[MemberView]) -> str:
+    """What a pool's members are doing instead of serving, for the 503 it answers meanwhile:
+    `1 member: failed health checks: GET /healthz -> 404`, `3 members: 2 failed (exited with code 1), 1 launching`."""
+    if not members:
+        return "no members"
+    if len(members) == 1:
+        m = members[0]
+        return f"1 member: {m.reason or m.state.value}"
+    groups: dict[tuple[MemberState, str], int] = {}
+    for m in members:
+        groups[m.state, m.reason] = groups.get((m.state, m.reason), 0) + 1
+    parts = [f"{n} {state.value}" + (f" ({reason})" if reason else "") for (state, reason), n in groups.items()]
+    return f"{len(members)} members: " + ", ".join(parts)

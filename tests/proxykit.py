@@ -49,6 +49,22 @@ class DemoBackend:
                 self.proc.wait()
 
 
+class PlainHTTPServer:
+    """`python3 -m http.server` as a real child process: an ordinary server with no health endpoint
+    (every path but what `directory` holds is a 404). `port` lets a test bring one up where another was."""
+
+    def __init__(self, directory: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
+                                      "--directory", str(directory)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 class RecordingHistory:
     """Stands in for History where a test wants to see exactly what the request path recorded."""
 

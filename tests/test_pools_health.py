@@ -12,6 +12,7 @@ from config.models import HealthCheck, Warmup
 from pools.health import HealthChecker, HealthTracker
 from pools.ports import free_port, parse_hostport
 from tests.pools_support import TINY, answers, fetch, wait_until
+from tests.proxykit import PlainHTTPServer
 
 
 @pytest.mark.parametrize("start,probes,verdicts", [
@@ -55,8 +56,8 @@ async def member():
 async def test_probe_and_warm_against_a_live_member(member):
     checker = HealthChecker()
     try:
-        assert await checker.probe("127.0.0.1", member, HealthCheck())
-        assert not await checker.probe("127.0.0.1", free_port(), HealthCheck())
+        assert (await checker.probe("127.0.0.1", member, HealthCheck())).ok
+        assert not (await checker.probe("127.0.0.1", free_port(), HealthCheck())).ok
         assert await checker.warm("127.0.0.1", member, Warmup(path="/", requests=3), timeout=2) == 3
         assert (await asyncio.to_thread(fetch, "127.0.0.1", member))["hits"] == 4
     finally:
@@ -69,5 +70,32 @@ async def test_wait_healthy_gives_up_at_the_deadline():
         t0 = time.monotonic()
         assert not await checker.wait_healthy("127.0.0.1", free_port(), HealthCheck(timeout=0.1), t0 + 0.3)
         assert 0.3 <= time.monotonic() - t0 < 1.5
+    finally:
+        await checker.close()
+
+
+@pytest.fixture
+def plain_server(tmp_path):
+    server = PlainHTTPServer(tmp_path)
+    yield server.port
+    server.stop()
+
+
+async def test_tcp_and_http_probes_say_what_they_saw(plain_server):
+    checker = HealthChecker()
+    try:
+        tcp = HealthCheck(type="tcp")
+        assert (await checker.probe("127.0.0.1", plain_server, tcp)).ok
+        strict = await checker.probe("127.0.0.1", plain_server, HealthCheck())
+        assert (strict.ok, strict.status, strict.error) == (False, 404, None)
+        assert strict.describe(HealthCheck()) == "GET /healthz -> 404"
+        assert strict.latency_ms > 0
+        assert (await checker.probe("127.0.0.1", plain_server, HealthCheck(expect_status="200-499"))).ok
+        assert (await checker.probe("127.0.0.1", plain_server, HealthCheck(path="/", expect_status="200"))).ok
+        refused = await checker.probe("127.0.0.1", free_port(), tcp)
+        assert (refused.ok, refused.status, refused.error) == (False, None, "connection refused")
+        assert refused.describe(tcp) == "TCP connect -> connection refused"
+        http_refused = await checker.probe("127.0.0.1", free_port(), HealthCheck())
+        assert http_refused.describe(HealthCheck()) == "GET /healthz -> connection refused"
     finally:
         await checker.close()

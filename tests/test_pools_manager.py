@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from structlog.testing import capture_logs
 
 from pools.backends.process import ProcessBackend
 from pools.backends.static import StaticBackend
@@ -15,6 +17,7 @@ from pools.members import MemberState as S
 from pools.ports import free_port
 from pools.reconciler import Desired, DesiredState
 from tests.pools_support import TINY, alive, answers, fetch, pool_spec, proc_state, wait_until
+from tests.proxykit import PlainHTTPServer
 
 
 class Routing:
@@ -214,6 +217,59 @@ async def test_static_members_follow_their_health():
     finally:
         server.kill()
         server.wait()
+
+
+async def test_static_member_is_routed_before_any_check_and_failed_by_checks_that_say_why():
+    port = free_port()   # nobody listens
+    spec = pool_spec(backend="static", command=None, servers=[f"127.0.0.1:{port}"])
+    member_id = f"s-127.0.0.1:{port}"
+    with capture_logs() as logs:
+        async with running(spec, backend=StaticBackend({"web": spec.servers})) as (manager, backend, routing):
+            await wait_until(lambda: routing.routed() == {member_id}, 1)
+            assert (member_id, S.LAUNCHING) not in routing.seen, "routed from the start, not after a check"
+            await wait_until(lambda: not routing.routed(), 3)
+            await asyncio.sleep(0.5)   # more failing checks while failed: counted, not logged again
+            assert [(m.state, m.reason) for m in routing.members] == [
+                (S.FAILED, "failed health checks: TCP connect -> connection refused")]
+    failed = [e for e in logs if e["event"] == "member.check_failed"]
+    assert len(failed) == spec.health.unhealthy_threshold, failed
+    assert {(e["check"], e["status"], e["error"]) for e in failed} == {("tcp", None, "connection refused")}
+    assert all(e["latency_ms"] >= 0 and e["member"] == member_id for e in failed)
+    assert sum(manager.check_failures.values()) > len(failed)
+
+
+async def test_static_pool_whose_health_path_is_a_404_stays_routed_unless_its_check_wants_2xx(tmp_path):
+    server = PlainHTTPServer(tmp_path)
+    member_id = f"s-127.0.0.1:{server.port}"
+    checks = {"tcp": {}, "strict": {"path": "/healthz"}, "lenient": {"path": "/healthz", "expect_status": "200-499"}}
+    try:
+        with capture_logs() as logs:
+            async with AsyncExitStack() as stack:
+                routings = {}
+                for name, health in checks.items():
+                    spec = pool_spec(backend="static", command=None, servers=[f"127.0.0.1:{server.port}"],
+                                     health=health)
+                    _, _, routings[name] = await stack.enter_async_context(
+                        running(spec, backend=StaticBackend({"web": spec.servers})))
+                await wait_until(lambda: not routings["strict"].routed(), 3)
+                await asyncio.sleep(0.6)   # three more checks of the other two
+                assert [m.reason for m in routings["strict"].members] == ["failed health checks: GET /healthz -> 404"]
+                for name in ("tcp", "lenient"):
+                    assert routings[name].routed() == {member_id}, name
+                    assert S.FAILED not in {state for _, state in routings[name].seen}, name
+        failed = [e for e in logs if e["event"] == "member.check_failed"]
+        assert failed and {(e["path"], e["status"], e["error"]) for e in failed} == {("/healthz", 404, None)}
+    finally:
+        server.stop()
+
+
+async def test_static_member_without_active_checks_is_left_to_passive_ejection():
+    port = free_port()   # nobody listens, and nothing probes it
+    spec = pool_spec(backend="static", command=None, servers=[f"127.0.0.1:{port}"], health={"enabled": False})
+    async with running(spec, backend=StaticBackend({"web": spec.servers})) as (manager, backend, routing):
+        await wait_until(lambda: routing.routed() == {f"s-127.0.0.1:{port}"}, 1)
+        await asyncio.sleep(0.6)
+        assert routing.routed() == {f"s-127.0.0.1:{port}"} and manager.check_failures == {}
 
 
 async def test_stop_all_ends_the_loop_even_when_a_wake_up_races_the_cancel():

@@ -73,13 +73,13 @@ class WorkerSet:
 
     def __init__(self, count: int, listen: tuple[str, int], timeouts: Timeouts, limits: Limits,
                  history: History, tls: tuple[str, str] | None = None, log_level: str = "info",
-                 report_interval: float = 1.0) -> None:
+                 report_interval: float = 1.0, access_log: str | None = None, log_format: str | None = None) -> None:
         self.count = count
         self.listen = listen
         self.settings = ("settings", timeouts.model_dump(), limits.model_dump(),
-                         b"https" if tls else b"http", tls, report_interval)
+                         b"https" if tls else b"http", tls, report_interval, access_log)
         self.history = history
-        self.log_level = log_level
+        self.log_level, self.log_format = log_level, log_format
         self.sockets: list[socket.socket] = []
         self.workers: dict[int, WorkerInfo] = {}             # slot -> the live worker in it
         self._procs: dict[int, subprocess.Popen] = {}
@@ -230,7 +230,7 @@ class WorkerSet:
         child_end.set_inheritable(True)
         cmd = [sys.executable, "-m", "balancer.dataplane.worker", "--listen-fd", str(listen_fd),
                "--channel-fd", str(child_end.fileno()), "--parent", str(os.getpid()),
-               "--log-level", self.log_level]
+               "--log-level", self.log_level, *(["--log-format", self.log_format] if self.log_format else [])]
         try:
             proc = subprocess.Popen(cmd, pass_fds=(listen_fd, child_end.fileno()), stdin=subprocess.DEVNULL,
                                     cwd=PACKAGE_ROOT)

@@ -6,9 +6,9 @@ pickle, so a message can only ever be data, and encoding one routing table for N
 once.
 
 Down (control → worker):
-- ``("settings", timeouts, limits, scheme, tls, report_interval)`` — once at start: the request
-  path's settings as plain dicts, the listener's scheme, the TLS certificate and key paths (or
-  None) and the seconds between reports.
+- ``("settings", timeouts, limits, scheme, tls, report_interval, access_log)`` — once at start: the
+  request path's settings as plain dicts, the listener's scheme, the TLS certificate and key paths
+  (or None), the seconds between reports and the access log's absolute path, `-` or None (off).
 - ``("table", version, wire_table)`` — whenever the routing table changes (see `encode_table`).
 - ``("flush",)`` — report now (the reply is the next report).
 - ``("stop", grace)`` — drain: stop accepting, finish what is in flight within `grace` seconds.

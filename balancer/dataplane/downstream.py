@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from time import perf_counter
 from typing import Protocol, cast
 
 import httptools
@@ -47,6 +48,7 @@ class ProxyState(UpstreamHost, Protocol):
     routed_names: frozenset[bytes]
     valid_hosts: set[bytes]
     pools: dict[str, UpstreamPool[UpstreamSide]]
+    access_log: list | None
 
     def valid_host(self, value: bytes) -> bool: ...
     def make_room(self) -> bool: ...
@@ -119,9 +121,9 @@ class ClientConnection(asyncio.Protocol):
             if not ex.done:
                 if ex.uconn is not None:
                     ex.uconn.abandon()
-                self._release(ex)
                 ex.status = 0
-                self.proxy.finish(ex)
+                self.proxy.finish(ex)   # before the release: the access log names the member
+                self._release(ex)
         self.queue.clear()
 
     def pause_writing(self) -> None:
@@ -236,6 +238,10 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = False
         ex.error = status
         ex.t_start = self.proxy.loop.time()
+        if not ex.t_begin:
+            ex.t_begin = perf_counter()
+        if not hasattr(ex, "method"):
+            ex.method = b""          # refused before the request line was whole: no method known
         self.in_head = False
         self.head_t0 = 0.0
         self.pause_reading()
@@ -321,6 +327,8 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = p.should_keep_alive() and not proxy.closing
         ex.is_head = method == b"HEAD"
         now = ex.t_start = proxy.now
+        if proxy.access_log is not None:
+            ex.t_begin = perf_counter()   # `now` is the sweeper's 100 ms clock: too coarse to log
         ex.body_t0 = 0.0 if ex.expect else now
         self.requests += 1
         self.in_head = False
@@ -483,7 +491,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             if not ex.wait_until:
                 ex.wait_until = proxy.now + proxy.timeouts.queue
-            if pool is not None:
+            if pool is not None and (pool.conf is None or pool.conf.waits):
                 pool.waiters.append(ex)
             else:
                 self.reply_error(ex, 503)
@@ -522,6 +530,8 @@ class ClientConnection(asyncio.Protocol):
             ex.error = status    # answered when it reaches the head of the queue
             return
         body = b"%d %s\n" % (status, REASONS.get(status, b"Error"))
+        if status == 503 and pool is not None and not pool.members and pool.conf is not None and pool.conf.unready:
+            body = b"503 %s\n" % pool.conf.unready.encode()   # why none is ready, as the control process put it
         keep = ex.keep_alive and ex.body_done and not ex.error
         extra = b""
         if status == 503 and retry_after:
@@ -580,8 +590,7 @@ class ClientConnection(asyncio.Protocol):
         """The upstream response is complete: return its connection, finish the exchange."""
         uc = ex.uconn
         up = ex.upstream
-        ex.uconn = None
-        ex.upstream = None
+        ex.uconn = None   # ex.upstream stays: the exchange is done, and the access log names the member
         if uc is not None:
             uc.ex = None
             if reusable and ex.body_done and not ex.body and up is not None:

@@ -60,7 +60,7 @@ class Exchange:
     __slots__ = ("client", "method", "url", "version", "headers", "hdrs", "conn_tokens", "chunked",
                  "content_length", "keep_alive", "upgrade", "route", "pool", "source", "rtype",
                  "upstream", "uconn", "tried", "body", "body_buffered", "body_done", "sent",
-                 "head_sent", "status", "bytes_in", "bytes_out", "t_start", "t_sent", "latency",
+                 "head_sent", "status", "bytes_in", "bytes_out", "t_start", "t_begin", "t_sent", "latency",
                  "wait_until", "last_io", "deadline", "done", "error", "resp_body", "is_head",
                  "response_complete", "fresh", "stale_retries", "body_t0", "expect")
 
@@ -94,6 +94,7 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.t_start = 0.0
+        self.t_begin = 0.0                 # perf_counter at the head, only with an access log
         self.t_sent = 0.0
         self.latency = 0.0
         self.wait_until = 0.0

@@ -18,6 +18,7 @@ import asyncio
 import resource
 import socket
 import ssl
+from time import perf_counter
 from typing import Any
 
 import structlog
@@ -65,7 +66,7 @@ class Proxy:
     """The data plane: listens, routes, forwards. Reads a routing table; writes counters."""
 
     def __init__(self, table: RoutingTable, timeouts: Timeouts, limits: Limits, history: Any = None,
-                 stats: ProxyStats | None = None, scheme: bytes = b"http"):
+                 stats: ProxyStats | None = None, scheme: bytes = b"http", access_log: list | None = None):
         self.loop = asyncio.get_event_loop()
         self.table = table
         self.timeouts = timeouts
@@ -74,6 +75,8 @@ class Proxy:
         self.record = history.record if history is not None else None   # bound once: called per request
         self.stats = stats or ProxyStats()
         self.scheme = scheme
+        # `balancer.dataplane.access_log.AccessLog.entries`, or None: off costs one test per request.
+        self.access_log = access_log
         self.pools: dict[str, UpstreamPool[UpstreamSide]] = {}
         self.upstreams: dict[str, Member] = {}
         self.clients: dict[ClientConnection, None] = {}   # insertion order: oldest first
@@ -273,6 +276,16 @@ class Proxy:
         self.stats.answered(ex.pool, ex.rtype, status, ex.latency)
         if self.record is not None and ex.route is not None:
             self.record(ex.source, ex.rtype, status, ex.bytes_in, ex.bytes_out, ex.latency, status == CLIENT_ABORTED)
+        if self.access_log is not None:
+            # The member that answered: the one the exchange is on, or, when a failure released it
+            # after its response head (a body cut short), the last one tried. A response the proxy
+            # made itself (502/503/504 and the 4xx) names none.
+            up = ex.upstream
+            if up is None and ex.latency and ex.tried:
+                up = ex.tried[-1]
+            self.access_log.append((perf_counter(), ex.t_begin, ex.method, ex.url, status, ex.latency, ex.source,
+                                    ex.pool, ex.rtype, up.id if up is not None else None, ex.bytes_in,
+                                    ex.bytes_out, ex.client.client_ip))
 
 
 def make_ssl_context(cert: str, key: str) -> ssl.SSLContext:

@@ -28,11 +28,18 @@ class PoolTargets:
     eject_after: int = 5              # consecutive failures
     eject_base: float = 10.0          # seconds, doubled per repeated ejection
     eject_max: float = 300.0
+    # With no targets: what the 503s it answers meanwhile say, built by the control process from its
+    # members' states (`no ready member in pool "web" (1 member: failed health checks: ...)`).
+    unready: str = ""
+    # False when no member is on its way (a static pool whose every server fails its checks): a
+    # request is answered at once rather than after waiting the queue timeout for nothing.
+    waits: bool = True
 
     @classmethod
-    def from_spec(cls, name: str, spec: Pool, targets: tuple[Target, ...]) -> "PoolTargets":
+    def from_spec(cls, name: str, spec: Pool, targets: tuple[Target, ...], unready: str = "",
+                  waits: bool = True) -> "PoolTargets":
         return cls(name, targets, spec.slow_start, spec.ejection.consecutive_failures,
-                   spec.ejection.base_time, spec.ejection.max_time)
+                   spec.ejection.base_time, spec.ejection.max_time, unready, waits)
 
 
 class CompiledRoute:

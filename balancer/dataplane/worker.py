@@ -7,7 +7,8 @@ replacement accepts what queued while this one was gone) and its end of the chan
 
 What it does: apply every routing table the control process sends; count each request in a
 `Tally` (per (source, type) rows and per-source type runs, no I/O); ship the tally with a snapshot
-of its cumulative counters about once a second; drain on SIGTERM, on ``("stop", grace)`` or when
+of its cumulative counters about once a second; with an access log, write its lines every quarter
+second (`balancer.dataplane.access_log`); drain on SIGTERM, on ``("stop", grace)`` or when
 the control process is gone (channel EOF, or the parent-death signal).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bisect import bisect_left
 
 import structlog
 
+from balancer.dataplane.access_log import AccessLog
 from balancer.dataplane.channel import ChannelClosed, decode_table, frame, read_message
 from balancer.dataplane.counters import ABORTS, BYTES_IN, BYTES_OUT, ERRORS, HIST, LATENCY_BOUNDS, LATENCY_SUM, OTHER, REQUESTS, WIDTH
 from balancer.logs import configure_logging
@@ -100,6 +102,7 @@ class Worker:
         self.reader, self.writer = reader, writer
         self.tally = Tally()
         self.proxy: Proxy   # set by `start`, before anything reads it
+        self.access_log: AccessLog | None = None
         self.version = 0
         self.grace = 30.0
         self.interval = 1.0   # seconds between reports (the control process says)
@@ -114,15 +117,21 @@ class Worker:
         self.send(("report", self.version, rows, sessions, snapshot(self.proxy)))
 
     async def start(self, listen_fd: int) -> None:
-        kind, timeouts, limits, scheme, tls, self.interval = await read_message(self.reader)
+        kind, timeouts, limits, scheme, tls, self.interval, access_log = await read_message(self.reader)
         if kind != "settings":
             raise ChannelClosed(f"expected settings, got {kind}")
+        if access_log is not None:
+            try:
+                self.access_log = AccessLog(access_log)
+            except OSError as e:
+                raise ChannelClosed(f"cannot open the access log {access_log}: {e}") from None
         kind, self.version, wire = await read_message(self.reader)
         if kind != "table":
             raise ChannelClosed(f"expected a table, got {kind}")
         ssl_ctx = make_ssl_context(*tls) if tls else None
         self.proxy = Proxy(decode_table(wire), Timeouts.model_validate(timeouts), Limits.model_validate(limits),
-                           self.tally, scheme=scheme)
+                           self.tally, scheme=scheme,
+                           access_log=self.access_log.entries if self.access_log is not None else None)
         sock = socket.socket(fileno=listen_fd)
         await self.proxy.start("", 0, ssl_ctx, sock=sock)   # the socket says where
         self.send(("hello", os.getpid()))
@@ -159,10 +168,14 @@ class Worker:
             loop.add_signal_handler(sig, self.stopping.set)
         gc.freeze()   # the settled heap of start-up stays out of the collector's passes
         tasks = [asyncio.create_task(self.commands()), asyncio.create_task(self.reports())]
+        if self.access_log is not None:
+            tasks.append(asyncio.create_task(self.access_log.run()))
         await self.stopping.wait()
         await self.proxy.stop(grace=self.grace)
         for t in tasks:
             t.cancel()
+        if self.access_log is not None:
+            await self.access_log.close()   # the lines of the drain too
         self.report()
         self.send(("bye",))
         try:
@@ -195,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channel-fd", type=int, required=True)
     p.add_argument("--parent", type=int, required=True)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=("json", "text"))
     args = p.parse_args(argv)
     _die_with_parent(args.parent)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # reloads reach workers as tables from the control process
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     import uvloop
     try:
         uvloop.run(_main(args))

@@ -26,6 +26,7 @@ from balancer.control.history_store import StoreError, open_store
 from balancer.control.loop import ControlLoop
 from balancer.control.replicas import ReplicaError, ReplicaSet, owner_of
 from balancer.control.workers import WorkerSet, default_workers
+from balancer.dataplane.access_log import resolve as access_log_path
 from balancer.dataplane.proxy import make_ssl_context
 from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
 from balancer.logs import configure_logging
@@ -35,10 +36,11 @@ from balancer.operator.server import admin_needs_token, make_admin_app, status_s
 from balancer.operator.state import Operator
 from balancer.wiring.backends import Backends, BackendUnavailable
 from balancer.wiring.reload import ReloadResult, reload_config
-from config.models import Config, Pool, Route, RoutingConfig
+from config.loader import ConfigError
+from config.models import Config, HealthCheck, Pool, Route, RoutingConfig
 from pools.backends.base import Backend
 from pools.manager import PoolManager
-from pools.members import MemberState, MemberView
+from pools.members import MemberState, MemberView, why_none_ready
 from pools.ports import parse_hostport
 
 log = structlog.get_logger("warmfront")
@@ -50,9 +52,17 @@ class StartupError(Exception):
     """warmfront cannot start as configured (the message says why)."""
 
 
-def static_config(servers: list[tuple[str, int]]) -> Config:
-    """`warmfront run --to HOST:PORT ...`: one static pool, one catch-all route, no files."""
-    pool = Pool(backend="static", servers=[f"{h}:{p}" for h, p in servers])
+def static_config(servers: list[tuple[str, int]], health_path: str | None = None, active: bool = True) -> Config:
+    """`warmfront run --to HOST:PORT ...`: one static pool, one catch-all route, no files.
+
+    Like `caddy reverse-proxy --to`, it just forwards: a server is routed from the start and checked
+    only for accepting connections, or, given `health_path` (`--health-path`), for answering it with
+    anything but a server error; `active=False` (`--no-health-check`) leaves it to passive ejection."""
+    if health_path is not None and not health_path.startswith("/"):
+        raise ConfigError("--health-path", 0, "-", f"must start with / (got {health_path!r})")
+    health = (HealthCheck(type="tcp", enabled=active) if health_path is None else
+              HealthCheck(type="http", path=health_path, expect_status="200-499", enabled=active))
+    pool = Pool(backend="static", servers=[f"{h}:{p}" for h, p in servers], health=health)
     routing = RoutingConfig(routes=[Route(name="default", pool="default", type="default")])
     return Config(routing=routing, pools={"default": pool})
 
@@ -62,7 +72,7 @@ class App:
                  admin: tuple[str, int] | None = None, state_dir: str | None = None,
                  clock: Callable[[], float] = time.time, plan_interval: float = 5.0,
                  workers: int | None = None, log_level: str = "info", time_scale: float = 1.0,
-                 backends: Backends | None = None):
+                 backends: Backends | None = None, access_log: str | None = None, log_format: str | None = None):
         self.cfg = cfg
         # History, predictor and planner run on `clock` (the demo compresses time, tests stop it);
         # the proxy and the pool managers keep real time.
@@ -73,7 +83,11 @@ class App:
         self.admin_addr = admin or parse_hostport(r.admin.listen)
         self.state_dir = Path(state_dir or r.state_dir)
         self.worker_count = workers or r.workers or default_workers()
-        self.log_level = log_level
+        self.log_level, self.log_format = log_level, log_format   # the workers log as the control process does
+        try:   # `--access-log` over routing.yaml's; checked here so a bad path stops start-up once
+            self.access_log = access_log_path(access_log or r.access_log)
+        except OSError as e:
+            raise StartupError(f"cannot open the access log: {e}") from None
         # `clock` seconds per real second: 1 live; the demo runs a day in minutes. Workers report
         # every 30 clock seconds or more often, so a batch blurs a minute's edge by half a minute at most.
         self.time_scale = time_scale
@@ -100,9 +114,12 @@ class App:
         r = self.cfg.routing
         pools = {}
         for name, spec in self.cfg.pools.items():
-            targets = tuple(Target(m.id, m.host, m.port, m.prewarmed)
-                            for m in self.members.get(name, ()) if m.state == MemberState.READY)
-            pools[name] = PoolTargets.from_spec(name, spec, targets)
+            views = self.members.get(name, [])
+            targets = tuple(Target(m.id, m.host, m.port, m.prewarmed) for m in views if m.state == MemberState.READY)
+            unready = "" if targets else f'no ready member in pool "{name}" ({why_none_ready(views)})'
+            # A failed static server comes back only through a check; a managed pool replaces its failed members.
+            waits = not (spec.backend == "static" and views and all(m.state is MemberState.FAILED for m in views))
+            pools[name] = PoolTargets.from_spec(name, spec, targets, unready, waits)
         return RoutingTable([CompiledRoute(rt) for rt in r.routes], SourceExtractor(r.sources), pools,
                             r.preserve_host)
 
@@ -152,7 +169,7 @@ class App:
                     "id": m.id, "state": m.state.value, "address": m.address,
                     "in_flight": st.in_flight if st else 0, "requests": st.requests if st else 0,
                     "ejected": bool(st and st.ejected_until > self.workers.now),
-                    "prewarmed": m.prewarmed, "shadow_state": m.shadow_state,
+                    "prewarmed": m.prewarmed, "shadow_state": m.shadow_state, "reason": m.reason or None,
                 })
             counts: dict[str, int] = {}
             for row in members:
@@ -228,7 +245,8 @@ class App:
             make_ssl_context(r.tls.cert, r.tls.key)   # a bad certificate stops start-up here, not in every worker
         self.workers = WorkerSet(self.worker_count, self.listen, r.timeouts, r.limits, self.history,
                                  tls=(r.tls.cert, r.tls.key) if r.tls else None, log_level=self.log_level,
-                                 report_interval=self.report_interval)
+                                 report_interval=self.report_interval, access_log=self.access_log,
+                                 log_format=self.log_format)
         self.workers.bind()
         self.listen = self.workers.listen
         self.publish_table()
@@ -419,12 +437,13 @@ async def _teardown_partial(app: App) -> None:
 
 
 def run_forever(cfg: Config, listen=None, admin=None, state_dir=None, log_level: str = "info",
-                workers: int | None = None) -> int:
+                workers: int | None = None, access_log: str | None = None, log_format: str | None = None) -> int:
     import uvloop
 
-    configure_logging(log_level)
+    configure_logging(log_level, json=None if log_format is None else log_format == "json")
     try:
-        app = App(cfg, listen, admin, state_dir, workers=workers, log_level=log_level)
+        app = App(cfg, listen, admin, state_dir, workers=workers, log_level=log_level, access_log=access_log,
+                  log_format=log_format)
         uvloop.run(_serve(app))
     except StartupError as e:
         print(f"warmfront: {e}", file=sys.stderr)

@@ -11,8 +11,8 @@ the event loop — the new routing table is swapped in atomically — and then p
 - a pool whose other settings changed (capacity, scaling, shadow, timeouts) is retuned in place;
 - a removed pool drains and stops; an added pool starts.
 
-Listen addresses, the state dir, the number of workers, TLS and history settings need a restart;
-they are reported.
+Listen addresses, the state dir, the number of workers, the access log, TLS and history settings
+need a restart; they are reported.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from pools.members import MemberState, MemberView
 
 log = structlog.get_logger(__name__)
 
-RESTART_FIELDS = ("listen", "admin", "state_dir", "workers", "tls", "history")
+RESTART_FIELDS = ("listen", "admin", "state_dir", "workers", "access_log", "tls", "history")
 ROLL_POLL = 0.1
 
 

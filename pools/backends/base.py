@@ -25,10 +25,18 @@ LABEL_GENERATION = "warmfront.generation"
 MEMBER_FIELDS = ("backend", "command", "env", "servers", "docker", "swarm", "health", "warmup")
 
 
+# Health fields added after members were first labelled, left out of the hash at these defaults so
+# that upgrading warmfront does not make every running member another generation (and replace it).
+LATER_HEALTH_DEFAULTS = {"enabled": True, "type": "http", "expect_status": "200-399"}
+
+
 def member_generation(spec: Pool) -> str:
     """A short hash of what a member is built from: members of another generation are not adopted."""
-    shape = json.dumps({f: spec.model_dump(mode="json")[f] for f in MEMBER_FIELDS}, sort_keys=True)
-    return hashlib.sha256(shape.encode()).hexdigest()[:12]
+    dumped = spec.model_dump(mode="json")
+    shape = {f: dumped[f] for f in MEMBER_FIELDS}
+    shape["health"] = {k: v for k, v in shape["health"].items()
+                       if k not in LATER_HEALTH_DEFAULTS or v != LATER_HEALTH_DEFAULTS[k]}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def member_labels(pool: str, owner: str, spec: Pool) -> dict[str, str]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from config.models import HealthCheck, Pool, Warmup
 from pools.backends.base import BackendError, EventHub, Instance, InstanceStatus, Subscription, member_labels
+from pools.health import Probe
 
 # Medians from bench/activation.py (README "Activation"): a stopped shadow boots again, i.e. is cold.
 DEFAULT_ACTIVATION = {"running": 0.001, "paused": 0.015}
@@ -104,10 +105,10 @@ class SimulatedHealth:
     def __init__(self, backend: SimulatedBackend) -> None:
         self.backend = backend
 
-    async def probe(self, host: str, port: int, check: HealthCheck) -> bool:
+    async def probe(self, host: str, port: int, check: HealthCheck) -> Probe:
         inst = next((i for i in self.backend.instances.values() if i.port == port), None)
-        return (inst is not None and inst.status is InstanceStatus.RUNNING
-                and self.backend.answers_at(port) <= self.backend.clock())
+        return Probe(inst is not None and inst.status is InstanceStatus.RUNNING
+                     and self.backend.answers_at(port) <= self.backend.clock())
 
     async def wait_healthy(self, host: str, port: int, check: HealthCheck, deadline: float,
                            clock: Callable[[], float]) -> bool:

@@ -116,6 +116,15 @@ def service_time(demand: tuple[TypeDemand, ...], spec: Pool) -> float:
     return sum(d.rate_upper * (d.service_time or spec.scaling.service_time) for d in demand if d.horizon_s == near) / rate
 
 
+def highest_recent(recommendations: deque, now: float, window: float) -> int:
+    """Scale-down stabilisation: drop (time, ready) entries older than `window`; the highest left
+    wins (0 when none is left). The planner's own decreases and the release of an operator's bound
+    (balancer.operator.controls.Release) both go through it."""
+    while recommendations and recommendations[0][0] < now - window:
+        recommendations.popleft()
+    return max((ready for _, ready in recommendations), default=0)
+
+
 def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
     sc = spec.scaling
     now = inputs.now
@@ -158,11 +167,8 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
         reasons.append(f"forecast-only: forecast wants {forecast_ready} ready, acting on {want}")
 
     # Stabilise scale-down: the highest recommendation of the window wins; panic never scales down.
-    q = state.recommendations
-    q.append((now, want))
-    while q and q[0][0] < now - sc.scale_down_delay:
-        q.popleft()
-    stable = max(r for _, r in q)
+    state.recommendations.append((now, want))
+    stable = highest_recent(state.recommendations, now, sc.scale_down_delay)
     if panic:
         stable = max(stable, state.last.ready if state.last else 0)
     # Members that became ready within the cool-down are not retired.

@@ -35,7 +35,9 @@ def test_events_can_be_added_listed_replaced_and_deleted(wf):
              "scope": {"source": "acme"}, "multiplier": 3}
     code, body = jcall(wf, "POST", "/admin/events", event)
     assert code == 201 and body["end"] == "2031-05-01T11:00:00Z" and body["origin"] == "api"
-    assert jcall(wf, "POST", "/admin/events", {**event, "multiplier": 2})[0] == 200   # replaced
+    assert jcall(wf, "POST", "/admin/events", {**event, "multiplier": 2})[0] == 409   # exists: PUT replaces
+    replacement = {k: v for k, v in event.items() if k != "name"}
+    assert jcall(wf, "PUT", "/admin/events/spring-sale", {**replacement, "multiplier": 2})[0] == 200
     code, body = jcall(wf, "GET", "/admin/events")
     assert [(e["name"], e["multiplier"]) for e in body["events"]] == [("spring-sale", 2.0)]
     assert [e["name"] for e in wf.status()["events"]] == ["spring-sale"]
@@ -87,7 +89,8 @@ def test_scale_pin_holds_members_and_shows_in_status_then_clears(wf):
     pool = wf.status()["pools"]["web"]
     assert pool["override"]["reason"] == "load test"
     assert any(a["action"] == "override" and "load test" in a["reason"] for a in pool["recent_actions"])
-    assert jcall(wf, "DELETE", "/admin/pools/web/scale") == (200, {"pool": "web", "override": None})
+    code, body = jcall(wf, "DELETE", "/admin/pools/web/scale")
+    assert (code, body["override"]) == (200, None)
     assert wf.status()["pools"]["web"]["override"] is None
     assert jcall(wf, "DELETE", "/admin/pools/web/scale")[0] == 404
     code, body = jcall(wf, "POST", "/admin/pools/nope/scale", {"pin": 1, "reason": "x"})

@@ -120,10 +120,10 @@ def test_pin_1e30_leaves_the_process_responsive_and_stoppable(tmp_path, backend)
 
 def test_constrain_never_asks_for_more_than_capacity_max():
     desired = Desired(ready=1, shadow=1, shadow_state="running", max_members=4, drain_timeout=30)
-    pinned = constrain(desired, ScaleOverride("web", 10, 10, 1e12, "old override", 0), [])
+    pinned = constrain(desired, ScaleOverride("web", 10, 10, 1e12, "old override", 0), []).desired
     assert (pinned.ready, pinned.max_members) == (4, 4)
     maintenance = Event("m", "maintenance", 0, 1e12, "pool", "web", pin=50)
-    assert constrain(desired, None, [maintenance]).ready == 4
+    assert constrain(desired, None, [maintenance]).desired.ready == 4
 
 
 # ---------------------------------------------------------------- durations and times
@@ -163,7 +163,7 @@ def test_a_long_but_bounded_event_is_accepted_and_listed(wf):
     ({"abandon_after": "100000000d"}, "abandon_after"),
     ({"abandon_after": "2h"}, "abandon_after"),
     ({"profile": {"peak_rps": 1e300}}, "profile.peak_rps"),
-    ({"profile": {"peak_rps": 5, "schedule": [{"start": "10:00", "end": "09:00", "rps": 1}]}}, "profile.schedule.0.end"),
+    ({"profile": {"peak_rps": 5, "schedule": [{"start": "10:00", "end": "09:00", "rps": 1}]}}, "profile.schedule[0].end"),
 ])
 def test_source_settings_out_of_bounds_are_a_400(wf, body, key):
     assert refused(wf, "PUT", "/admin/sources/acme", body).startswith(key)

@@ -1,6 +1,7 @@
 """Cost accounting against a scenario computed by hand."""
 import csv
 import io
+import json
 
 import pytest
 
@@ -58,9 +59,25 @@ def test_premium_with_nobody_opted_in_is_unattributed_not_spread():
 
 def test_csv_has_a_row_per_pool_and_source():
     report = compute_costs({"web": TIMELINE}, {"web": {"acme": 3, "beta": 1}}, set(), 0, 100)
-    rows = list(csv.DictReader(io.StringIO(report.to_csv())))
+    rows = [r for r in csv.DictReader(io.StringIO(report.to_csv())) if r["row_kind"] == "source"]
     assert [(r["pool"], r["source"]) for r in rows] == [("web", "acme"), ("web", "beta")]
     assert float(rows[0]["total_s"]) == pytest.approx(390 * 0.75)
+
+
+def test_csv_keeps_its_first_columns_and_adds_per_pool_per_tier_rows_equal_to_the_json():
+    report = compute_costs({"web": TIMELINE, "api": TIMELINE[:1]}, {"web": {"acme": 3}}, {"acme"}, 0, 100)
+    text = report.to_csv()
+    assert text.splitlines()[0] == "pool,source,predictive,requests,share,shared_s,premium_s,total_s,row_kind,tier,seconds"
+    rows = list(csv.DictReader(io.StringIO(text)))
+    doc = report.to_json()
+    tiers = {(r["pool"], r["tier"]): float(r["seconds"]) for r in rows if r["row_kind"] == "tier"}
+    assert tiers == {(pool, tier): s for pool, p in doc["pools"].items() for tier, s in p["tiers"].items()}
+    unattributed = {r["pool"]: float(r["total_s"]) for r in rows if r["row_kind"] == "unattributed"}
+    assert unattributed == {pool: p["unattributed_s"] for pool, p in doc["pools"].items() if p["unattributed_s"]}
+    # summing total_s still counts every container-second once: tier rows leave it empty
+    assert sum(float(r["total_s"] or 0) for r in rows) == pytest.approx(
+        sum(p["total_s"] for p in doc["pools"].values()))
+    assert {r["row_kind"] for r in rows} == {"source", "unattributed", "tier"}
 
 
 def test_sample_splits_ready_members_into_tiers():
@@ -88,3 +105,122 @@ def test_the_member_timeline_survives_a_restart_and_reaches_back_past_memory(tmp
             container_seconds(TIMELINE, TIMELINE[0].t, TIMELINE[-1].t + 60)
     finally:
         again.close()
+
+
+# ---------------------------------------------------------------- controls in force at the time
+# Pool "web" holds 1 baseline, 1 predictive and 1 shadow member throughout: each second costs 1 shared
+# and 2 premium container-seconds. acme sends 10 requests a minute, beta 30.
+T0 = 1_699_999_980.0                # on a minute
+
+
+class CostsStub:
+    """What CostRoutes reads of the Operator: a clock, controls, the member timeline, and requests
+    counted per minute as History counts them (a minute belongs to a window its start is in)."""
+
+    def __init__(self, tmp_path, minutes=10):
+        from balancer.operator.controls import Controls
+        from balancer.operator.timeline import MemberTimeline
+        self.now = T0
+        self.path = tmp_path / "sources.json"
+        self.controls = Controls(self.path, self.clock)
+        self.timeline = MemberTimeline()
+        self.timeline.add("web", Sample(T0, ready=2, baseline=1, predictive=1, shadow=1))
+        self.minutes = {T0 + 60 * i: {"acme": 10, "beta": 30} for i in range(minutes)}
+
+    def clock(self):
+        return self.now
+
+    async def requests_by_pool_source(self, since, until):
+        out = {}
+        for minute, counts in self.minutes.items():
+            if since <= minute < until:
+                for source, n in counts.items():
+                    out[source] = out.get(source, 0) + n
+        return {"web": out} if out else {}
+
+
+async def get_costs(op, query):
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from balancer.operator.routes.costs import CostRoutes
+    app = web.Application()
+    CostRoutes(op).add_routes(app.router)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/admin/costs?" + query)
+        assert resp.status == 200, await resp.text()
+        return await resp.json() if "format=csv" not in query else await resp.text()
+
+
+def by_source(doc):
+    return {s["source"]: s for s in doc["sources"]}
+
+
+async def test_an_opt_out_keeps_the_premium_before_it_and_charges_none_after(tmp_path):
+    from balancer.operator.controls import Controls, SourceUpdate
+    op = CostsStub(tmp_path)
+    op.now = T0 + 300
+    before = await get_costs(op, f"since={T0:.0f}")
+    assert by_source(before)["acme"]["premium_s"] == pytest.approx(600 * 10 / 40)
+    op.controls.update_source("acme", SourceUpdate(predictive=False))       # at T0 + 300
+    # the past is not rewritten: the same window answers the same after the opt-out
+    assert await get_costs(op, f"since={T0:.0f}&until={T0 + 300:.0f}") == before
+    op.now = T0 + 600
+    doc = await get_costs(op, f"since={T0:.0f}")
+    acme, beta = by_source(doc)["acme"], by_source(doc)["beta"]
+    assert acme["premium_s"] == pytest.approx(by_source(before)["acme"]["premium_s"])   # none after 300
+    assert beta["premium_s"] == pytest.approx(by_source(before)["beta"]["premium_s"] + 600)   # all of it after
+    assert acme["shared_s"] == pytest.approx(600 * 10 / 40) and acme["predictive"] is False
+    assert doc["pools"]["web"]["unattributed_s"] == 0.0
+    assert sum(s["total_s"] for s in doc["sources"]) == pytest.approx(doc["pools"]["web"]["total_s"])
+    assert (doc["since"], doc["until"]) == ("2023-11-14T22:13:00Z", "2023-11-14T22:23:00Z")
+    # the history is kept with the controls: a restart attributes the same
+    op.controls = Controls(op.path, op.clock)
+    assert await get_costs(op, f"since={T0:.0f}") == doc
+    assert json.loads(op.path.read_text())["predictive_history"] == {"acme": [[T0 + 300, False]]}
+
+
+async def test_per_tier_csv_rows_through_the_route_equal_its_json(tmp_path):
+    op = CostsStub(tmp_path)
+    op.now = T0 + 600
+    doc = await get_costs(op, "since=10m&format=json")
+    rows = list(csv.DictReader(io.StringIO(await get_costs(op, "since=10m&format=csv"))))
+    assert {r["tier"]: float(r["seconds"]) for r in rows if r["row_kind"] == "tier"} == doc["pools"]["web"]["tiers"]
+
+
+def test_a_change_takes_effect_in_costs_from_the_next_whole_minute():
+    from balancer.operator.costs import attribution_intervals
+    a, b = frozenset(), frozenset({"acme"})
+    # changed at 330 -> from 360 (at 300, on the minute, from 300); twice within a minute -> the last wins
+    assert attribution_intervals(0, 600, [(0, a), (330, b)]) == [(0, 360, a), (360, 600, b)]
+    assert attribution_intervals(0, 600, [(0, a), (300, b)]) == [(0, 300, a), (300, 600, b)]
+    assert attribution_intervals(0, 600, [(0, a), (330, b), (350, a)]) == [(0, 600, a)]
+    # a window beginning inside a minute goes with the controls at its first whole minute
+    assert attribution_intervals(30, 600, [(30, a), (50, b)]) == [(30, 600, b)]
+    # changes at or after the end do not cut it
+    assert attribution_intervals(0, 600, [(0, a), (590, b)]) == [(0, 600, a)]
+
+
+def test_a_sources_file_without_history_keeps_its_settings_in_force_since_forever(tmp_path):
+    from balancer.operator.controls import Controls, SourceUpdate
+    path = tmp_path / "sources.json"
+    path.write_text(json.dumps({"sources": [{"source": "beta", "predictive": False}]}))
+    now = [T0 + 600]
+    controls = Controls(path, lambda: now[0])
+    assert controls.opted_out_between(0, T0) == [(0, frozenset({"beta"}))]
+    controls.update_source("beta", SourceUpdate(predictive=True))          # opts back in at T0 + 600
+    assert controls.predictive_at("beta", T0) is False and controls.predictive_at("beta", T0 + 600) is True
+    assert controls.opted_out_between(T0, T0 + 900) == [(T0, frozenset({"beta"})), (T0 + 600, frozenset())]
+    controls.update_source("beta", SourceUpdate(latency_sensitivity="high"))   # not a change of opt-in
+    assert controls.predictive_changes == {"beta": [(T0 + 600, True)]}
+
+
+def test_a_stored_history_that_does_not_hold_is_skipped(tmp_path):
+    from balancer.operator.controls import Controls
+    path = tmp_path / "sources.json"
+    path.write_text(json.dumps({"sources": [{"source": "a", "predictive": False}, {"source": "b"}],
+                                "predictive_history": {"a": [[5, True]], "b": [[1, False], [2, True]],
+                                                       "gone": [[1, False]]}}))
+    controls = Controls(path)
+    assert controls.predictive_changes == {"b": [(1.0, False), (2.0, True)]}   # a's ends elsewhere than now
+    assert controls.predictive_at("a", 0) is False and controls.predictive_at("b", 1.5) is False

@@ -7,15 +7,22 @@ requests. Everything else (baseline, burst, members launching or draining) is sh
 by their share of requests. Seconds with no requests to attribute them to are reported as
 unattributed rather than spread silently.
 
-Pure: a member timeline and request counts in, a report out.
+Controls are those in force at the time: the window is cut into intervals wherever a source opted
+in or out, and each interval is attributed on its own, with its own requests. Requests are counted
+per minute, so intervals start on a minute: a change takes effect in costs from the first minute
+that starts at or after it.
+
+Pure: a member timeline, the controls in force and request counts in, a report out.
 """
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import asdict, dataclass, field
 
+from balancer.operator.requests import iso
 from balancer.operator.timeline import Sample
 
 TIERS = ("baseline", "burst", "overhead", "predictive_ready", "shadow")
@@ -41,12 +48,25 @@ class PoolCost:
 class SourceCost:
     pool: str
     source: str
-    predictive: bool
+    predictive: bool        # opted in during the last interval it sent requests in
     requests: int
     share: float            # of the pool's requests
     shared_s: float         # baseline + burst + overhead, by share of all requests
     premium_s: float        # predictive tier, by share of opted-in requests
     total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A stretch of the window with one set of controls in force, and the requests counted in it."""
+    since: float
+    until: float
+    opted_out: Set[str]
+    requests: Mapping[str, Mapping[str, int]]     # per pool, requests per source
+
+
+CSV_COLUMNS = ["pool", "source", "predictive", "requests", "share", "shared_s", "premium_s", "total_s",
+               "row_kind", "tier", "seconds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +78,7 @@ class CostReport:
 
     def to_json(self) -> dict:
         return {
-            "since": self.since, "until": self.until, "unit": "container-seconds",
+            "since": iso(self.since), "until": iso(self.until), "unit": "container-seconds",
             "pools": {p.pool: {"tiers": {k: round(v, 3) for k, v in p.seconds.items()},
                                "premium_s": round(p.premium_s, 3), "shared_s": round(p.shared_s, 3),
                                "total_s": round(p.premium_s + p.shared_s, 3), "requests": p.requests,
@@ -69,15 +89,22 @@ class CostReport:
         }
 
     def to_csv(self) -> str:
+        """The columns of CSV_COLUMNS; `row_kind` tells the rows apart, in this order: `source` (a
+        source's costs in a pool), `unattributed` (a pool's seconds nobody could be charged for, in
+        `total_s`), `tier` (a pool's container-seconds in one tier: `tier`, `seconds`). Summing
+        `total_s` over all rows still gives everything once; the tier rows leave it empty."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["pool", "source", "predictive", "requests", "share", "shared_s", "premium_s", "total_s"])
+        writer.writerow(CSV_COLUMNS)
         for s in self.sources:
             writer.writerow([s.pool, s.source, str(s.predictive).lower(), s.requests, f"{s.share:.6f}",
-                             f"{s.shared_s:.3f}", f"{s.premium_s:.3f}", f"{s.total_s:.3f}"])
+                             f"{s.shared_s:.3f}", f"{s.premium_s:.3f}", f"{s.total_s:.3f}", "source", "", ""])
         for p in self.pools:
             if p.unattributed_s > 0:
-                writer.writerow([p.pool, "", "", 0, "0", "", "", f"{p.unattributed_s:.3f}"])
+                writer.writerow([p.pool, "", "", 0, "0", "", "", f"{p.unattributed_s:.3f}", "unattributed", "", ""])
+        for p in self.pools:
+            for tier, seconds in p.seconds.items():
+                writer.writerow([p.pool, "", "", "", "", "", "", "", "tier", tier, f"{seconds:.3f}"])
         return out.getvalue()
 
 
@@ -97,23 +124,78 @@ def container_seconds(samples: Sequence[Sample], since: float, until: float) -> 
     return seconds
 
 
+def attribution_intervals(since: float, until: float, in_force: Sequence[tuple[float, Set[str]]],
+                          step: float = 60.0) -> list[tuple[float, float, Set[str]]]:
+    """[since, until) cut where the opted-out sources change: (from, to, opted out) in time order.
+
+    `in_force`: the opted-out sources from each time on, in time order, the first from `since`
+    (Controls.opted_out_between). Each cut is moved to the first `step` (the minute requests are
+    counted by) starting at or after the change, and the first interval goes with the controls in
+    force at its first whole minute: every interval then holds whole minutes of requests. Neighbours
+    with the same controls are one interval."""
+    first = _ceil(since, step)
+    starts: list[float] = []
+    sets: list[Set[str]] = []
+    for t, opted_out in in_force:
+        start = max(_ceil(t, step), first)
+        if starts and start >= until:
+            break
+        if starts and starts[-1] == start:     # a later change in the same minute wins
+            starts.pop()
+            sets.pop()
+        if not sets or sets[-1] != opted_out:
+            starts.append(start)
+            sets.append(opted_out)
+    starts[0] = since
+    return list(zip(starts, [*starts[1:], until], sets))
+
+
 def compute_costs(timeline: Mapping[str, Sequence[Sample]], requests: Mapping[str, Mapping[str, int]],
-                  opted_out: set[str], since: float, until: float) -> CostReport:
-    """`timeline`: samples per pool; `requests`: per pool, requests per source over the same window."""
-    pools, sources = [], []
-    for pool in sorted(set(timeline) | set(requests)):
-        cost = PoolCost(pool, container_seconds(timeline.get(pool, ()), since, until))
-        by_source = {s: n for s, n in requests.get(pool, {}).items() if n > 0}
-        cost.requests = total = sum(by_source.values())
-        opted_in = sum(n for s, n in by_source.items() if s not in opted_out)
-        if total == 0:
-            cost.unattributed_s = cost.shared_s + cost.premium_s
-        elif opted_in == 0:
-            cost.unattributed_s = cost.premium_s
-        for source, n in sorted(by_source.items(), key=lambda kv: (-kv[1], kv[0])):
-            predictive = source not in opted_out
-            shared = cost.shared_s * n / total
-            premium = cost.premium_s * n / opted_in if predictive and opted_in else 0.0
-            sources.append(SourceCost(pool, source, predictive, n, n / total, shared, premium, shared + premium))
-        pools.append(cost)
-    return CostReport(since, until, pools, sources)
+                  opted_out: Set[str], since: float, until: float) -> CostReport:
+    """One set of controls over the whole window: `requests` per pool, requests per source in it."""
+    return compute_costs_over(timeline, [Interval(since, until, opted_out, requests)])
+
+
+def compute_costs_over(timeline: Mapping[str, Sequence[Sample]], intervals: Sequence[Interval]) -> CostReport:
+    """`timeline`: samples per pool; `intervals`: consecutive, in time order, together the window.
+    Each interval's seconds go to the requests counted in it, by the controls in force in it."""
+    pools: dict[str, PoolCost] = {}
+    charged: dict[tuple[str, str], _Charge] = {}
+    for iv in intervals:
+        for pool in sorted(set(timeline) | set(iv.requests)):
+            part = PoolCost(pool, container_seconds(timeline.get(pool, ()), iv.since, iv.until))
+            by_source = {s: n for s, n in iv.requests.get(pool, {}).items() if n > 0}
+            total = sum(by_source.values())
+            opted_in = sum(n for s, n in by_source.items() if s not in iv.opted_out)
+            cost = pools.setdefault(pool, PoolCost(pool))
+            for tier, seconds in part.seconds.items():
+                cost.seconds[tier] += seconds
+            cost.requests += total
+            if total == 0:
+                cost.unattributed_s += part.shared_s + part.premium_s
+            elif opted_in == 0:
+                cost.unattributed_s += part.premium_s
+            for source, n in by_source.items():
+                charge = charged.setdefault((pool, source), _Charge())
+                charge.predictive = source not in iv.opted_out
+                charge.requests += n
+                charge.shared_s += part.shared_s * n / total
+                charge.premium_s += part.premium_s * n / opted_in if charge.predictive and opted_in else 0.0
+    sources = [SourceCost(pool, source, c.predictive, c.requests, c.requests / pools[pool].requests,
+                          c.shared_s, c.premium_s, c.shared_s + c.premium_s)
+               for (pool, source), c in sorted(charged.items(), key=lambda kv: (kv[0][0], -kv[1].requests, kv[0][1]))]
+    since = intervals[0].since if intervals else 0.0
+    until = intervals[-1].until if intervals else since
+    return CostReport(since, until, [pools[p] for p in sorted(pools)], sources)
+
+
+@dataclass(slots=True)
+class _Charge:
+    predictive: bool = True
+    requests: int = 0
+    shared_s: float = 0.0
+    premium_s: float = 0.0
+
+
+def _ceil(t: float, step: float) -> float:
+    return math.ceil(t / step) * step

@@ -59,11 +59,14 @@ def _pool_section(name: str, pool: Mapping[str, Any], samples: Sequence[Sample],
             f"<span class=muted>{escape(str(pool.get('backend', '')))} · {escape(str(pool.get('mode', '')))}</span></h2>"
             f"<p>members: {_kv(counts) or 'none'}"
             + (f" · desired ready {desired.get('ready')} shadow {desired.get('shadow')}" if desired else "")
+            + (f" (set by {escape(str(desired['set_by']))})" if desired.get("set_by") else "")
             + "</p>")
     override = pool.get("override")
     if override:
         head += (f"<p><b>manual override</b>: ready in [{override.get('min')}, {override.get('max')}] "
-                 f"until {escape(str(override.get('until_iso', '')))} — {escape(str(override.get('reason', '')))}</p>")
+                 f"until {escape(_time(override['until']) if override.get('until') else '')} — "
+                 f"{escape(str(override.get('reason', '')))}"
+                 + (f" <b>{escape(str(override['note']))}</b>" if override.get("note") else "") + "</p>")
     charts = (f'<div class=charts><figure class=plot data-pool="{escape(name)}">{_forecast_chart(name, pool, actual, now)}</figure>'
               f'<figure class=plot data-pool="{escape(name)}">{_members_chart(name, samples, now)}</figure></div>')
     return head + charts + _tiers(samples, pool) + _demand_shapers(pool) + _actions(pool) + _anomalies(pool) + "</div>"
@@ -131,7 +134,7 @@ def _time_axis(now: float) -> dict[str, Any]:
 
 def _tiers(samples: Sequence[Sample], pool: Mapping[str, Any]) -> str:
     last = samples[-1] if samples else None
-    desired = pool.get("desired") or {}
+    desired = pool.get("planned") or {}
     now_counts = {"baseline": last.baseline if last else 0, "predictive": last.predictive if last else 0,
                   "burst": last.burst if last else 0, "shadow": last.shadow if last else 0}
     spans = "".join(f'<span class=tier style="background:{_TIER_COLORS[t]}">{t} {n}</span>' for t, n in now_counts.items())
@@ -233,8 +236,10 @@ def _kv(counts: Mapping[str, Any]) -> str:
     return ", ".join(f"{escape(str(k))} {v}" for k, v in counts.items())
 
 
-def _time(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+def _time(t: float | str) -> str:
+    """An epoch time, or an ISO 8601 one as /admin/status gives them, as the page shows times (UTC)."""
+    moment = (datetime.fromisoformat(t) if isinstance(t, str) else datetime.fromtimestamp(t, timezone.utc))
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _span(seconds: float) -> str:

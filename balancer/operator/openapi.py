@@ -140,6 +140,10 @@ def event_spec(base: dict[str, Any], pools: Pools | None) -> dict[str, Any]:
                               "`duration`, as events.yaml does.")
     if pools:
         names = [name for name, _ in pools]
+        scope = schema["properties"]["scope"] = copy.deepcopy(schema["properties"]["scope"])
+        scope.pop("$ref", None)
+        scope["allOf"] = [_ref("EventScope"), {"properties": {"pool": {"anyOf": [{"enum": names}, _NULL]}}}]
+        scope["description"] = scope.get("description", "") + " A pool scope names one of: " + ", ".join(names) + "."
         schema["allOf"].append({"anyOf": [
             {"properties": {"pin": _NULL}},
             {"properties": {"scope": {"properties": {"pool": {"not": {"enum": names}}}}}},
@@ -147,6 +151,16 @@ def event_spec(base: dict[str, Any], pools: Pools | None) -> dict[str, Any]:
                               "pin": {"anyOf": [_count(capacity), _NULL]}}} for name, capacity in pools)]})
         schema["properties"]["pin"]["description"] += " Pools here: " + ", ".join(
             f"{name} at most {capacity}" for name, capacity in pools) + "."
+    return schema
+
+
+def event_replacement(spec: dict[str, Any]) -> dict[str, Any]:
+    """The body of PUT /admin/events/{name}: an EventSpec without `name`, which the path gives."""
+    schema = copy.deepcopy(spec)
+    del schema["properties"]["name"]
+    schema["required"] = [key for key in schema["required"] if key != "name"]
+    schema["title"] = "EventReplacement"
+    schema["description"] = "An event, as EventSpec, without `name`: the path names it. " + schema["description"]
     return schema
 
 
@@ -186,6 +200,7 @@ def openapi_document(auth: bool = False, pools: Pools | None = None) -> dict[str
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     schemas["EventSpec"] = event_spec(schemas["EventSpec"], pools)
+    schemas["EventReplacement"] = event_replacement(schemas["EventSpec"])
     schemas["ProfileWindow"]["anyOf"] = window_order()
     pool = _path_param("name", "Pool name, as in pools.yaml.")
     if pools is not None:
@@ -193,7 +208,7 @@ def openapi_document(auth: bool = False, pools: Pools | None = None) -> dict[str
     event = _path_param("name", "Event name.", MAX_NAME)
     source = _path_param("id", "Source id.", MAX_NAME)
     text = lambda media: {"description": "OK", "content": {media: {"schema": {"type": "string"}}}}  # noqa: E731
-    costs_ok = {"description": "OK: JSON, or CSV with `format=csv` or `Accept: text/csv`",
+    costs_ok = {"description": "OK: JSON (`since`/`until` ISO 8601 UTC), or CSV with `format=csv` or `Accept: text/csv`: columns pool,source,predictive,requests,share,shared_s,premium_s,total_s,row_kind,tier,seconds; row_kind source, unattributed (total_s) or tier (tier, seconds)",
                 "content": {"application/json": {"schema": _OBJECT}, "text/csv": {"schema": {"type": "string"}}}}
     op = lambda *args, **kwargs: _op(*args, auth=auth, **kwargs)  # noqa: E731
     scale_summary = "Pin or bound desired ready members for a while, with a reason"
@@ -208,6 +223,11 @@ def openapi_document(auth: bool = False, pools: Pools | None = None) -> dict[str
                        body=scale_request(schemas["ScaleRequest"], capacity), errors=(404,)),
             "delete": op(f"Clear the override of pool {name}", _json(_OBJECT), errors=(404,))}
             for name, capacity in pools}
+    # POST only adds: an existing name is a 409 that says to PUT /admin/events/{name}
+    add_event = op("Add an event (201); 400 when the scope names no pool here; 409 when an event of that name "
+                   "exists (PUT /admin/events/{name} replaces it) or past 1000 events from the API",
+                   _json(_OBJECT), body="EventSpec", created=True, errors=(409,))
+    del add_event["responses"]["200"]
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "warmfront admin API", "version": "1",
@@ -223,11 +243,14 @@ def openapi_document(auth: bool = False, pools: Pools | None = None) -> dict[str
             "/admin/events": {
                 "get": op("List events (events.yaml and the API); `skipped` lists stored events that no longer "
                           "validate", _json(_OBJECT)),
-                "post": op("Add (201) or replace (200) an event; 409 past 1000 events from the API",
-                           _json(_OBJECT, "Replaced"), body="EventSpec", created=True, errors=(409,)),
+                "post": add_event,
             },
             "/admin/events/{name}": {
                 "get": op("One event", _json(_OBJECT), params=[event]),
+                "put": op("Add (201) or replace (200) the event the path names; the body has no `name`. 400 "
+                          "when the scope names no pool here; 409 past 1000 events from the API",
+                          _json(_OBJECT, "Replaced"), body="EventReplacement", params=[event], created=True,
+                          errors=(409,)),
                 "delete": op("Remove an event", _json(_OBJECT), params=[event]),
             },
             "/admin/sources": {"get": op("Sources with their controls and traffic", _json(_OBJECT))},

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from balancer.operator.server import ApiError
 from config.events import FIRST_YEAR, MAX_NAME, parse_time
-from config.models import first_error
+from config.loader import _format_key, _location, _message
 from config.units import API_CONTEXT, DURATION_PATTERN, EPOCH_PATTERN, parse_duration
 
 MAX_BODY = 64 * 1024
@@ -90,7 +90,9 @@ def validate(model: type[BaseModel], data: Any):
     try:
         return model.model_validate(data, strict=True, context=API_CONTEXT)
     except ValidationError as err:
-        key, message = first_error(err)
+        # worded as `warmfront check` words a YAML mistake: the dotted key, then a short message
+        detail = err.errors()[0]
+        key, message = _format_key(_location(detail)), _message(detail)
         raise ApiError(400, f"{key}: {message}", key=key) from None
 
 

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from balancer.control.history import MinuteRow
-from balancer.operator.controls import Controls, constrain, override_json
+from balancer.operator.controls import Bounded, Controls, Release, constrain, override_json
 from balancer.operator.eventfeed import EventFeed
 from balancer.operator.host import Host
 from balancer.operator.requests import iso
@@ -39,6 +39,8 @@ class Operator:
         cfg = app.cfg
         self.controls = Controls(app.state_dir / "sources.json", clock)
         self.controls.on_override = self.republish
+        self.release = Release()
+        self.bounded: dict[str, tuple[Bounded, float | None]] = {}   # pool -> its last bound, and until a release holds
         self.events = EventFeed(Path(cfg.directory) / EVENTS_FILE if cfg.directory else None,
                                 app.state_dir / "events.json")
         self.events.replace_yaml(self.events.read_yaml())
@@ -47,8 +49,17 @@ class Operator:
     # ---------------------------------------------------------------- hooks for the App
     def bound(self, pool: str, desired: Desired) -> Desired:
         """The control loop's plan for `pool` bounded by manual overrides and maintenance events:
-        applied as the loop publishes its desired state (ControlLoop.bound)."""
-        return constrain(desired, self.controls.active_override(pool), self.maintenance(pool))
+        applied as the loop publishes its desired state (ControlLoop.bound). A bound that ends lets
+        go of what it raised the pool to after the pool's scale_down_delay, as a planner decrease does."""
+        override, maintenance = self.controls.active_override(pool), self.maintenance(pool)
+        bounded = constrain(desired, override, maintenance)
+        spec = self.app.cfg.pools.get(pool)
+        delay = spec.scaling.scale_down_delay if spec is not None else 0.0
+        held, until = self.release.held(pool, self.clock(), delay, bounded)
+        if held:
+            bounded = constrain(desired, override, maintenance, held)
+        self.bounded[pool] = (bounded, until)
+        return bounded.desired
 
     def republish(self) -> None:
         """An override changed: publish the desired state with it now, not at the next step."""
@@ -64,13 +75,36 @@ class Operator:
         """App.status() plus what the operator set: overrides, opted-out sources, events."""
         st = self.app.status()
         for name, pool in st.get("pools", {}).items():
-            pool["override"] = override_json(self.controls.active_override(name))
+            pool["override"] = self.override_json(name)
+            # `desired` is what the pool is driven to, bounds applied; the planner's own is `planned`
+            pool["planned"] = pool.pop("desired", None)
+            pool["desired"] = self.desired_json(name)
+            for anomaly in pool.get("anomalies", ()):
+                anomaly["start"] = iso(anomaly["start"])
         for s in st.get("sources", []):
             s["predictive"] = self.controls.predictive(s.get("source", ""))
+        replica = st.get("replica")
+        if replica is not None and replica.get("leading_since") is not None:
+            replica["leading_since"] = iso(replica["leading_since"])
         st["events"] = [self.event_json(e) for e in self.events.book.list()]
         if self.events.skipped:
             st["events_skipped"] = self.events.skipped
         return st
+
+    def override_json(self, pool: str) -> dict[str, Any] | None:
+        """The pool's override with what it drives the pool to (`effective`, `shadowed_by`)."""
+        bounded, _ = self.bounded.get(pool, (None, None))
+        return override_json(self.controls.active_override(pool), bounded)
+
+    def desired_json(self, pool: str) -> dict[str, Any] | None:
+        """What the pool is driven to as last published, and what set its ready count (`set_by`: null
+        for the plan, `override`, `event:NAME`, `capacity.max`, or `scale_down_delay` with
+        `held_until` while a released bound is let go). None for a pool the loop does not drive."""
+        if pool not in self.bounded:
+            return None
+        bounded, until = self.bounded[pool]
+        return {"ready": bounded.desired.ready, "shadow": bounded.desired.shadow, "set_by": bounded.by,
+                "held_until": iso(until) if until is not None else None}
 
     def sample_members(self) -> None:
         now = self.clock()

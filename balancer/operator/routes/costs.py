@@ -1,9 +1,22 @@
-"""/admin/costs: container-seconds per pool and tier, attributed to sources, as JSON or CSV."""
+"""/admin/costs: container-seconds per pool and tier, attributed to sources, as JSON or CSV.
+
+JSON: `since`, `until` (ISO 8601 UTC), `unit`, `pools` (per pool: `tiers` — seconds per tier —,
+`premium_s`, `shared_s`, `total_s`, `requests`, `unattributed_s`) and `sources` (per pool and source:
+`predictive`, `requests`, `share`, `shared_s`, `premium_s`, `total_s`).
+
+CSV (`format=csv` or `Accept: text/csv`), columns in this order:
+`pool,source,predictive,requests,share,shared_s,premium_s,total_s,row_kind,tier,seconds`. `row_kind`
+is `source` for a source's costs in a pool (the first eight columns), `unattributed` for a pool's
+seconds nobody could be charged for (in `total_s`), and `tier` for a pool's container-seconds in one
+tier (`tier`, `seconds`; as the JSON's `pools.*.tiers`). Summing `total_s` counts everything once.
+
+Each stretch of the window is attributed with the opt-outs in force during it, not today's.
+"""
 from __future__ import annotations
 
 from aiohttp import web
 
-from balancer.operator.costs import compute_costs
+from balancer.operator.costs import Interval, attribution_intervals, compute_costs_over
 from balancer.operator.requests import FIRST_T, query_time
 from balancer.operator.server import ApiError
 from balancer.operator.state import Operator
@@ -20,17 +33,18 @@ class CostRoutes:
         now = self.op.clock()
         # Clamped to what can have been spent: nothing before FIRST_YEAR, nothing after now. A window
         # that ends up empty (until <= since) is an answer too: no container-seconds.
-        since = max(query_time(request.query.get("since"), now, default=now - 86400, name="since"), FIRST_T)
+        since = min(max(query_time(request.query.get("since"), now, default=now - 86400, name="since"), FIRST_T), now)
         until = max(min(query_time(request.query.get("until"), now, default=now, name="until"), now), since)
-        requests = await self.op.requests_by_pool_source(since, until)
-        opted_out = {s for s, c in self.op.controls.sources.items() if not c.predictive}
-        timeline = {name: self.op.timeline.series(name, since) for name in self.op.timeline.pools()}
-        report = compute_costs(timeline, requests, opted_out, since, until)
         fmt = request.query.get("format")
         if fmt is None:
             fmt = "csv" if "text/csv" in request.headers.get("Accept", "") else "json"
+        if fmt not in ("json", "csv"):
+            raise ApiError(400, f"format must be json or csv, got {fmt!r}")
+        intervals = [Interval(start, end, opted_out, await self.op.requests_by_pool_source(start, end))
+                     for start, end, opted_out in attribution_intervals(
+                         since, until, self.op.controls.opted_out_between(since, until))]
+        timeline = {name: self.op.timeline.series(name, since) for name in self.op.timeline.pools()}
+        report = compute_costs_over(timeline, intervals)
         if fmt == "csv":
             return web.Response(text=report.to_csv(), content_type="text/csv")
-        if fmt != "json":
-            raise ApiError(400, f"format must be json or csv, got {fmt!r}")
         return web.json_response(report.to_json())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from balancer.operator.controls import ScaleRequest, override_json
+from balancer.operator.controls import ScaleRequest
 from balancer.operator.requests import json_body, validate
 from balancer.operator.server import ApiError
 from balancer.operator.state import Operator
@@ -29,7 +29,8 @@ class PoolRoutes:
         if manager is not None:
             manager.note("override", None, f"manual: ready in [{override.min}, {override.max}]: {req.reason}")
             manager.wake()
-        return web.json_response({"pool": name, "override": override_json(override)})
+        return web.json_response({"pool": name, "override": self.op.override_json(name),
+                                  "desired": self.op.desired_json(name)})
 
     async def unscale(self, request: web.Request) -> web.Response:
         name = self.op.pool_named(request)
@@ -40,7 +41,7 @@ class PoolRoutes:
         if manager is not None:
             manager.note("override_cleared", None, f"manual: {override.reason}")
             manager.wake()
-        return web.json_response({"pool": name, "override": None})
+        return web.json_response({"pool": name, "override": None, "desired": self.op.desired_json(name)})
 
     async def drain(self, request: web.Request) -> web.Response:
         name = self.op.pool_named(request)

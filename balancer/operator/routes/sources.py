@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from balancer.operator.controls import SourceUpdate
-from balancer.operator.requests import MAX_SOURCE_CONTROLS, json_body, source_id, validate
+from balancer.operator.requests import MAX_SOURCE_CONTROLS, iso, json_body, source_id, validate
 from balancer.operator.server import ApiError
 from balancer.operator.state import Operator
 
@@ -39,4 +39,6 @@ class SourceRoutes:
         return web.json_response(self._source_json(source, self.op.traffic_by_source(self.op.clock() - 86400).get(source, 0)))
 
     def _source_json(self, source: str, requests_24h: int) -> dict[str, Any]:
-        return {**asdict(self.op.controls.source(source)), "requests_24h": requests_24h}
+        control = self.op.controls.source(source)
+        return {**asdict(control), "updated": iso(control.updated) if control.updated else None,
+                "requests_24h": requests_24h}

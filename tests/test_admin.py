@@ -53,10 +53,10 @@ async def test_healthz_answers_ok(stats):
 
 async def test_metrics_expose_proxy_counters_with_labels(stats):
     for _ in range(3):
-        stats.answered("web", "page", 200, 0.0)
-    stats.answered("web", "api", 502, 0.0)
-    stats.answered("web", "static", 200, 0.004)
-    stats.answered("web", "static", 200, 0.3)
+        stats.answered("web", "page", b"GET", 200, 0.0)
+    stats.answered("web", "api", b"POST", 502, 0.0)
+    stats.answered("web", "static", b"GET", 200, 0.004)
+    stats.answered("web", "static", b"BREW", 200, 0.3)
     stats.connections_open = 7
     server = await serve(stats, None)
     try:
@@ -64,13 +64,16 @@ async def test_metrics_expose_proxy_counters_with_labels(stats):
     finally:
         await server.close()
     assert code == 200 and ctype == "text/plain"
-    assert 'warmfront_requests_total{code="200",pool="web",type="page"} 3.0' in text
+    assert 'warmfront_requests_total{code="200",method="GET",pool="web",type="page"} 3.0' in text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-    assert samples["warmfront_requests_total", (("code", "502"), ("pool", "web"), ("type", "api"))] == 1
+    assert samples["warmfront_requests_total", (("code", "502"), ("method", "POST"), ("pool", "web"), ("type", "api"))] == 1
+    # a method outside the standard set is counted as `other`: a client cannot grow the label set
+    assert samples["warmfront_requests_total", (("code", "200"), ("method", "other"), ("pool", "web"),
+                                                ("type", "static"))] == 1
     assert samples["warmfront_upstream_latency_seconds_bucket", (("le", "0.005"), ("pool", "web"))] == 1
     assert samples["warmfront_upstream_latency_seconds_bucket", (("le", "0.5"), ("pool", "web"))] == 2
     assert samples["warmfront_upstream_latency_seconds_bucket", (("le", "+Inf"), ("pool", "web"))] == 2
@@ -86,12 +89,12 @@ async def test_metrics_reflect_counts_added_after_start(stats):
     server = await serve(stats, None)
     try:
         _, _, before = await get(server, "/metrics")
-        stats.answered("api", "api", 200, 0.0)
+        stats.answered("api", "api", b"GET", 200, 0.0)
         _, _, after = await get(server, "/metrics")
     finally:
         await server.close()
     assert 'pool="api"' not in before
-    assert 'warmfront_requests_total{code="200",pool="api",type="api"} 1.0' in after
+    assert 'warmfront_requests_total{code="200",method="GET",pool="api",type="api"} 1.0' in after
 
 
 async def test_token_is_required_except_for_healthz(stats):

@@ -63,7 +63,7 @@ async def test_websocket_upgrade_echoes(demo):
                 assert got.data == msg
             await ws.send_bytes(b"\x00\x01")
             assert (await ws.receive(timeout=5)).data == b"\x00\x01"
-    assert p.stats.requests.get(("web", "page", 101)) == 1
+    assert p.stats.requests.get(("web", "page", "GET", 101)) == 1
 
 
 @pytest.mark.parametrize("request_line", [b"HEAD /bytes/100", b"GET /status/204", b"GET /status/304"])
@@ -156,6 +156,34 @@ async def test_reset_after_request_sent_is_not_retried_for_post():
         await be.stop()
 
 
+async def test_a_kept_alive_connection_found_closed_is_retried_and_counted_as_stale():
+    answers = iter([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None])   # the 2nd closes unanswered
+    be = await RawBackend(respond=lambda head: next(answers, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).start()
+    try:
+        async with running_proxy(table_for(one(be), eject_after=1)) as p, aiohttp.ClientSession() as s:
+            for _ in range(2):
+                async with s.get(p.url + "/x") as r:
+                    assert r.status == 200
+        assert p.stats.retries == {("web", "stale_connection"): 1}
+        assert p.stats.ejections == {}, "a reconnect is not the member's failure"
+    finally:
+        await be.stop()
+
+
+async def test_a_member_dying_before_its_answer_sends_a_get_to_the_next_one_counted_as_broken(demo):
+    be = await RawBackend(respond=lambda head: None).start()   # reads the request, closes
+    try:
+        async with running_proxy(table_for({"web": [("127.0.0.1", be.port), ("127.0.0.1", demo.port)]},
+                                           eject_after=1)) as p, aiohttp.ClientSession() as s:
+            while not be.heads:
+                async with s.get(p.url + "/bytes/1") as r:
+                    assert r.status == 200
+        assert p.stats.retries == {("web", "broken"): 1}
+        assert p.stats.ejections == {"web": 1}
+    finally:
+        await be.stop()
+
+
 async def test_no_ready_member_waits_then_503_with_retry_after():
     async with running_proxy(table_for({"web": []}), timeouts=Timeouts(queue=0.4)) as p, aiohttp.ClientSession() as s:
         t0 = time.monotonic()
@@ -163,6 +191,8 @@ async def test_no_ready_member_waits_then_503_with_retry_after():
             assert r.status == 503
             assert int(r.headers["Retry-After"]) >= 1
         assert 0.3 <= time.monotonic() - t0 < 2.0
+    assert p.stats.queue_timeouts == {"web": 1}
+    assert sum(p.stats.queue_wait["web"].counts) == 0, "never sent: no wait observed"
 
 
 async def test_waiting_request_is_served_when_a_member_becomes_ready(demo):
@@ -173,6 +203,11 @@ async def test_waiting_request_is_served_when_a_member_becomes_ready(demo):
         asyncio.get_running_loop().create_task(later())
         async with s.get(p.url + "/bytes/5") as r:
             assert r.status == 200 and len(await r.read()) == 5
+        async with s.get(p.url + "/bytes/5") as r:   # a member now: sent at once
+            assert r.status == 200
+    wait = p.stats.queue_wait["web"]
+    assert wait.counts[0] == 1 and sum(wait.counts) == 2
+    assert 0.25 <= wait.total < 1.0, "the first waited about 0.3 s for its member"
 
 
 async def test_oversized_body_gives_413_and_oversized_headers_431(demo):
@@ -309,7 +344,7 @@ async def test_client_abort_is_counted_and_upstream_connection_dropped(demo):
                 break
             await asyncio.sleep(0.02)
     assert rec.rows and rec.rows[0][0] == "acme" and rec.rows[0][6] is True
-    assert p.stats.requests.get(("web", "page", 499)) == 1
+    assert p.stats.requests.get(("web", "page", "GET", 499)) == 1
 
 
 async def test_body_wrongly_sent_after_a_head_response_does_not_corrupt_the_next_response():

@@ -196,7 +196,7 @@ async def test_a_member_is_idle_only_when_no_worker_has_a_request_on_it(tmp_path
                 r.release()
             await ws.flush()
             assert ws.in_flight("m1") == 0
-            assert sum(n for (_, rtype, code), n in ws.stats.requests.items() if code == 200) == 6
+            assert sum(n for (_, rtype, _, code), n in ws.stats.requests.items() if code == 200) == 6
     finally:
         await ws.stop(grace=1)
         backend.stop()

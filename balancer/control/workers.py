@@ -19,9 +19,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -29,7 +30,7 @@ import balancer
 from balancer.control.history import History
 from balancer.dataplane.channel import ChannelClosed, encode_table, frame, read_message, table_members
 from balancer.dataplane.routing import RoutingTable
-from balancer.dataplane.stats import LatencyHistogram, ProxyStats, UpstreamStats
+from balancer.dataplane.stats import LATENCY_BUCKETS, QUEUE_WAIT_BUCKETS, Histogram, ProxyStats, UpstreamStats
 from config.models import Limits, Timeouts
 
 # The directory holding the `balancer` package: the worker's cwd, so `python -m` puts it (and not a
@@ -339,32 +340,48 @@ async def _reap(proc: subprocess.Popen, wait_s: float) -> int | None:
 
 
 def _add_snapshot(into: ProxyStats, snap: tuple, gauges: bool = True) -> None:
-    _, _, open_, accepted, refused, evicted, requests, latency, _ = snap
+    """Add one worker's report snapshot (`balancer.dataplane.worker.snapshot`) to `into`."""
+    (_, _, open_, accepted, refused, evicted, requests, latency, _, retries, ejections, queue_wait,
+     queue_timeouts) = snap
     if gauges:
         into.connections_open += open_
     into.connections_accepted += accepted
     into.connections_refused += refused
     into.connections_evicted += evicted
-    for pool, rtype, code, n in requests:
-        key = (pool, rtype, code)
-        into.requests[key] = into.requests.get(key, 0) + n
+    _add_counts(into.requests, (((pool, rtype, method, code), n) for pool, rtype, method, code, n in requests))
+    _add_counts(into.retries, (((pool, reason), n) for pool, reason, n in retries))
+    _add_counts(into.ejections, ejections)
+    _add_counts(into.queue_timeouts, queue_timeouts)
     for pool, counts, total in latency:
-        h = into.latency.get(pool)
-        if h is None:
-            h = into.latency[pool] = LatencyHistogram()
-        h.counts = [a + b for a, b in zip(h.counts, counts)]
-        h.total += total
+        _histogram(into.latency, pool, LATENCY_BUCKETS).add(counts, total)
+    for pool, counts, total in queue_wait:
+        _histogram(into.queue_wait, pool, QUEUE_WAIT_BUCKETS).add(counts, total)
 
 
 def _add_stats(into: ProxyStats, other: ProxyStats) -> None:
     into.connections_accepted += other.connections_accepted
     into.connections_refused += other.connections_refused
     into.connections_evicted += other.connections_evicted
-    for key, n in other.requests.items():
-        into.requests[key] = into.requests.get(key, 0) + n
+    _add_counts(into.requests, other.requests.items())
+    _add_counts(into.retries, other.retries.items())
+    _add_counts(into.ejections, other.ejections.items())
+    _add_counts(into.queue_timeouts, other.queue_timeouts.items())
     for pool, h in other.latency.items():
-        mine = into.latency.get(pool)
-        if mine is None:
-            mine = into.latency[pool] = LatencyHistogram()
-        mine.counts = [a + b for a, b in zip(mine.counts, h.counts)]
-        mine.total += h.total
+        _histogram(into.latency, pool, LATENCY_BUCKETS).add(h.counts, h.total)
+    for pool, h in other.queue_wait.items():
+        _histogram(into.queue_wait, pool, QUEUE_WAIT_BUCKETS).add(h.counts, h.total)
+
+
+K = TypeVar("K")
+
+
+def _add_counts(into: dict[K, int], items: Iterable[tuple[K, int]]) -> None:
+    for key, n in items:
+        into[key] = into.get(key, 0) + n
+
+
+def _histogram(into: dict[str, Histogram], pool: str, bounds: tuple[float, ...]) -> Histogram:
+    h = into.get(pool)
+    if h is None:
+        h = into[pool] = Histogram(bounds)
+    return h

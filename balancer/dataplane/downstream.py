@@ -20,7 +20,7 @@ from balancer.dataplane.framing import Body
 from balancer.dataplane.exchange import Exchange, UpstreamSide
 from balancer.dataplane.headers import (CONNECTION_OPTIONS, FRAMING, HOP_BY_HOP, REASONS, STATUS_LINES,
                                         STRIPPED_UPGRADES, X_FORWARDED, StopParsing, is_host)
-from balancer.dataplane.stats import ProxyStats
+from balancer.dataplane.stats import RETRY_STALE_CONNECTION, ProxyStats
 from balancer.dataplane.upstream import UpstreamPool
 from balancer.dataplane.upstream_connection import UpstreamConnection, UpstreamHost
 from config.models import Timeouts
@@ -483,19 +483,30 @@ class ClientConnection(asyncio.Protocol):
         """Pick a member and send; with none ready, wait (bounded) for the control loop."""
         proxy = self.proxy
         pool = proxy.pools.get(ex.pool)
-        up = pool.choose(proxy.now, ex.tried) if pool is not None else None
+        if pool is None:
+            self.reply_error(ex, 503)
+            return
+        up = pool.choose(proxy.now, ex.tried)
         if up is None:
-            if pool is not None and ex.tried and pool.members:
+            if ex.tried and pool.members:
                 # Every member was tried: nothing left to retry on.
                 self.reply_error(ex, 502)
                 return
             if not ex.wait_until:
                 ex.wait_until = proxy.now + proxy.timeouts.queue
-            if pool is not None and (pool.conf is None or pool.conf.waits):
+                ex.queued_at = proxy.loop.time()   # the coarse clock would round most waits to 0 or 0.1 s
+            if pool.conf is None or pool.conf.waits:
                 pool.waiters.append(ex)
             else:
                 self.reply_error(ex, 503)
             return
+        if not ex.tried and not ex.fresh:
+            # The first send: its wait for a member is observed (a retry's is not counted again).
+            queue_wait = pool.queue_wait
+            if ex.queued_at:
+                queue_wait.observe(proxy.loop.time() - ex.queued_at)
+            else:
+                queue_wait.counts[0] += 1   # sent at once: the first bucket, without a bisect
         ex.upstream = up
         up.in_flight += 1
         up.requests += 1
@@ -556,6 +567,7 @@ class ClientConnection(asyncio.Protocol):
             uc.abandon()
         self._release(ex)
         if verdict is retry.RECONNECT:
+            self.proxy.stats.retried(ex.pool, RETRY_STALE_CONNECTION)
             ex.stale_retries += 1
             ex.sent = False
             ex.fresh = True
@@ -564,9 +576,10 @@ class ClientConnection(asyncio.Protocol):
         if up is not None:
             ex.tried += (up,)
             pool = self.proxy.pools.get(up.pool)
-            if pool is not None:
-                pool.report_failure(up, self.proxy.now)
+            if pool is not None and pool.report_failure(up, self.proxy.now):
+                self.proxy.stats.ejected(up.pool)
         if verdict is retry.NEXT_MEMBER:
+            self.proxy.stats.retried(ex.pool, failure.value)
             ex.sent = False   # a buffered body is still in ex.body and goes to the next member
             self.dispatch(ex)
             return

@@ -61,7 +61,7 @@ class Exchange:
                  "content_length", "keep_alive", "upgrade", "route", "pool", "source", "rtype",
                  "upstream", "uconn", "tried", "body", "body_buffered", "body_done", "sent",
                  "head_sent", "status", "bytes_in", "bytes_out", "t_start", "t_begin", "t_sent", "latency",
-                 "wait_until", "last_io", "deadline", "done", "error", "resp_body", "is_head",
+                 "wait_until", "queued_at", "last_io", "deadline", "done", "error", "resp_body", "is_head",
                  "response_complete", "fresh", "stale_retries", "body_t0", "expect")
 
     # Set when the head is complete (or the request is rejected), never read before: no default.
@@ -98,6 +98,7 @@ class Exchange:
         self.t_sent = 0.0
         self.latency = 0.0
         self.wait_until = 0.0
+        self.queued_at = 0.0               # loop time it began waiting for a member (0: it did not)
         self.last_io = 0.0
         self.deadline = 0.0
         self.done = False

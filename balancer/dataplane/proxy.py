@@ -109,7 +109,7 @@ class Proxy:
         now = self.loop.time()
         seen: set[str] = set()
         for name, conf in table.pools.items():
-            pool = self.pools.get(name) or UpstreamPool[UpstreamSide](name)
+            pool = self.pools.get(name) or UpstreamPool[UpstreamSide](name, self.stats.queue_wait_of(name))
             self.pools[name] = pool
             pool.conf = conf
             members: list[Member] = []
@@ -260,6 +260,7 @@ class Proxy:
                     continue
                 if ex.upstream is None:
                     if ex.wait_until and now >= ex.wait_until:
+                        self.stats.queue_timed_out(ex.pool)
                         ex.client.reply_error(ex, 503)
                 elif ex.uconn is not None and ex.uconn.connecting:
                     if now - ex.last_io >= t.connect:
@@ -273,7 +274,7 @@ class Proxy:
     def finish(self, ex: Exchange) -> None:
         ex.done = True
         status = ex.status or CLIENT_ABORTED
-        self.stats.answered(ex.pool, ex.rtype, status, ex.latency)
+        self.stats.answered(ex.pool, ex.rtype, ex.method, status, ex.latency)
         if self.record is not None and ex.route is not None:
             self.record(ex.source, ex.rtype, status, ex.bytes_in, ex.bytes_out, ex.latency, status == CLIENT_ABORTED)
         if self.access_log is not None:

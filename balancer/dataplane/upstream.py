@@ -12,7 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import structlog
 
 from balancer.dataplane.routing import PoolTargets, Target
-from balancer.dataplane.stats import UpstreamStats
+from balancer.dataplane.stats import QUEUE_WAIT_BUCKETS, Histogram, UpstreamStats
 
 log = structlog.get_logger("warmfront.balancer")
 
@@ -74,15 +74,17 @@ class Upstream(Generic[C]):
 class UpstreamPool(Generic[C]):
     """The routable members of one pool and the choice among them."""
 
-    __slots__ = ("name", "members", "conf", "waiters")
+    __slots__ = ("name", "members", "conf", "waiters", "queue_wait")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, queue_wait: Histogram | None = None):
         self.name = name
         self.members: list[Upstream[C]] = []
         self.conf: PoolTargets | None = None
         # Exchanges waiting for a member (woken by `Proxy.set_table`); typed loosely because the
         # exchange module imports this one.
         self.waiters: list[Any] = []
+        # Where dispatches observe their wait for a member: the proxy's `ProxyStats.queue_wait` entry.
+        self.queue_wait = queue_wait if queue_wait is not None else Histogram(QUEUE_WAIT_BUCKETS)
 
     def choose(self, now: float, exclude: tuple[Upstream[C], ...] = ()) -> Upstream[C] | None:
         """Least outstanding requests among two random healthy members (power of two choices).
@@ -128,7 +130,8 @@ class UpstreamPool(Generic[C]):
                 load /= max(0.05, age / ss)
         return load
 
-    def report_failure(self, m: Upstream[C], now: float) -> None:
+    def report_failure(self, m: Upstream[C], now: float) -> bool:
+        """Count a failure of `m`; True when it ejects the member."""
         m.failures += 1
         conf = self.conf
         if conf and m.failures >= conf.eject_after and m.ejected_until <= now:
@@ -137,6 +140,8 @@ class UpstreamPool(Generic[C]):
             m.ejected_until = now + backoff
             m.close_idle()
             log.warning("member.ejected", pool=self.name, member=m.id, failures=m.failures, seconds=backoff)
+            return True
+        return False
 
     @staticmethod
     def report_success(m: Upstream[Any]) -> None:

@@ -86,15 +86,18 @@ def snapshot(proxy: Proxy) -> tuple:
     """The worker's cumulative counters and its members as it sees them (plain tuples)."""
     st = proxy.stats
     now = proxy.now
-    requests = [(pool, rtype, code, n) for (pool, rtype, code), n in st.requests.items()]
+    requests = [(*key, n) for key, n in st.requests.items()]
     latency = [(pool, list(h.counts), h.total) for pool, h in st.latency.items()]
     members = []
     for mid in proxy.upstreams:
         m = proxy.member_stats(mid)
         if m is not None:
             members.append((mid, m.in_flight, m.requests, m.failures, max(0.0, m.ejected_until - now)))
+    queue_wait = [(pool, list(h.counts), h.total) for pool, h in st.queue_wait.items()]
     return (sum(st.requests.values()), proxy.pending(), st.connections_open, st.connections_accepted,
-            st.connections_refused, st.connections_evicted, requests, latency, members)
+            st.connections_refused, st.connections_evicted, requests, latency, members,
+            [(*key, n) for key, n in st.retries.items()], list(st.ejections.items()), queue_wait,
+            list(st.queue_timeouts.items()))
 
 
 class Worker:

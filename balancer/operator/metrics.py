@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from balancer.dataplane.stats import LATENCY_BUCKETS, ProxyStats
+from balancer.dataplane.stats import LATENCY_BUCKETS, QUEUE_WAIT_BUCKETS, Histogram, ProxyStats
 from balancer.version import version
 from pools.members import MemberState, MemberView
 
@@ -59,25 +59,36 @@ class ProxyCollector(Collector):
         yield info
         stats = self._stats_fn()
         requests = CounterMetricFamily(
-            "warmfront_requests", "Requests answered, by pool, request type and status code.",
-            labels=["pool", "type", "code"],
+            "warmfront_requests", "Requests answered, by pool, request type, method (other: outside the standard "
+                                  "set) and status code.",
+            labels=["pool", "type", "method", "code"],
         )
-        for (pool, rtype, code), n in sorted(stats.requests.items()):
-            requests.add_metric([pool, rtype, str(code)], n)
+        for (pool, rtype, method, code), n in sorted(stats.requests.items()):
+            requests.add_metric([pool, rtype, method, str(code)], n)
         yield requests
-
-        latency = HistogramMetricFamily(
-            "warmfront_upstream_latency_seconds",
-            "Upstream latency per pool: request sent to response head received.",
-            labels=["pool"],
+        yield _histogram("warmfront_upstream_latency_seconds",
+                         "Upstream latency per pool: request sent to response head received.",
+                         LATENCY_BUCKETS, stats.latency)
+        yield _histogram("warmfront_queue_wait_seconds",
+                         "Time requests waited for a routable member before their first send, per pool "
+                         "(most are sent at once and count in the first bucket).",
+                         QUEUE_WAIT_BUCKETS, stats.queue_wait)
+        yield _per_pool("warmfront_queue_timeouts",
+                        "Requests answered 503 after waiting timeouts.queue for a member, per pool.",
+                        stats.queue_timeouts)
+        retries = CounterMetricFamily(
+            "warmfront_upstream_retries",
+            "Requests tried again after a failed attempt, per pool and reason: refused (the connect failed) or "
+            "broken (the connection died before a response) sent it to another member; stale_connection retried "
+            "the same member on a new connection after a kept-alive one was found closed.",
+            labels=["pool", "reason"],
         )
-        for pool, hist in sorted(stats.latency.items()):
-            buckets, cumulative = [], 0
-            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), hist.counts):
-                cumulative += n
-                buckets.append((floatToGoString(bound), cumulative))
-            latency.add_metric([pool], buckets, sum_value=hist.total)
-        yield latency
+        for (pool, reason), n in sorted(stats.retries.items()):
+            retries.add_metric([pool, reason], n)
+        yield retries
+        yield _per_pool("warmfront_member_ejections",
+                        "Members passively ejected after consecutive failures (ejection.consecutive_failures), "
+                        "per pool.", stats.ejections)
 
         yield CounterMetricFamily(
             "warmfront_connections_accepted", "Client connections accepted.",
@@ -119,6 +130,25 @@ class ProxyCollector(Collector):
             yield from _control_metrics(self._control_fn())
         if self._process_fn is not None:
             yield from _process_metrics(self._process_fn())
+
+
+def _histogram(name: str, documentation: str, bounds: tuple[float, ...],
+               by_pool: Mapping[str, Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=["pool"])
+    for pool, hist in sorted(by_pool.items()):
+        buckets, cumulative = [], 0
+        for bound, n in zip((*bounds, float("inf")), hist.counts):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))
+        family.add_metric([pool], buckets, sum_value=hist.total)
+    return family
+
+
+def _per_pool(name: str, documentation: str, by_pool: Mapping[str, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=["pool"])
+    for pool, n in sorted(by_pool.items()):
+        family.add_metric([pool], n)
+    return family
 
 
 def _process_metrics(view: Mapping[str, Any]) -> Iterator[Metric]:

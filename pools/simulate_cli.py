@@ -20,7 +20,7 @@ from config.models import Capacity, Config, Pool, Shadow
 from pools.backends.simulated import Delays
 from pools.simulate import POLICIES, SimConfig, SimPool, SimResult, prepare, run
 from pools.sweep import Point, fold_summaries, frontier, spread, sweep, sweep_json
-from predictor.forecast_cli import parse_duration
+from predictor.forecast_cli import parse_duration, progress_bar, show_progress
 from predictor.series import Series, TraceError, load_trace
 from predictor.svgplot import EPOCH_FROM, Line, Scatter, chart, scatter, time_ticks
 
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.svg", help="write demand and ready capacity per policy over time")
     p.add_argument("--train", help="learning-only start of the trace: a span (7d) or a share (0.33); "
-                                   "default 7d, or a third of the trace if that is shorter")
+                                   "default 7d, or a third of the trace if that is shorter (at least one "
+                                   "5-minute forecast bin)")
     p.add_argument("--member-rate", type=float, help="requests per second one member serves at 100 %% utilisation "
                                                      "(default: the pool's concurrency / service_time with --config, "
                                                      f"else sized so the peak needs {DEFAULT_PEAK_MEMBERS} members)")
@@ -58,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                                                         "quantiles and shadow sizes; report the cold/cost frontier "
                                                         "per fold (with --folds, else one fold)")
     p.add_argument("--sweep-plot", metavar="FILE.svg", help="with --sweep: cold requests against container-minutes")
-    p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
+    p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal "
+                                                           "or with --json")
     return p
 
 
@@ -76,7 +78,7 @@ def main(argv: list[str]) -> int:
         print(f"warmfront simulate: {e}", file=sys.stderr)
         return 2
     step, train, cold = cfg.step_s, cfg.train_s, cfg.delays.cold
-    show = args.progress or sys.stderr.isatty()
+    show = show_progress(args)
     prepared = prepare(series, pools, cfg)
     result = run(series, pools, cfg, progress=_bar if show else None, prepared=prepared)
     if show:
@@ -137,12 +139,18 @@ def setup(trace: str, train_text: str | None = None, config_dir: str | None = No
     series = load_trace(trace)
     step = STEP_S if series.bin_s % STEP_S == 0 else series.bin_s
     fc_bin = FORECAST_BIN_S if FORECAST_BIN_S % series.bin_s == 0 else series.bin_s
+    span = series.length * series.bin_s
+    # The predictor forecasts nothing before its first bin has closed, so training needs one forecast
+    # bin; scoring needs one too, or no forecast is ever judged.
+    if span < 2 * fc_bin:
+        raise UsageError(f"trace {trace} covers {_minutes(span)} minutes; simulate needs at least "
+                         f"{_minutes(2 * fc_bin)} (training {_minutes(fc_bin)} + scoring {_minutes(fc_bin)})")
     cold = parse_duration(cold_delay)
     if member_rate is not None and not member_rate > 0:
         raise UsageError("--member-rate must be > 0")
     if not 0 <= shadow_cost <= 1:
         raise UsageError("--shadow-cost must be between 0 and 1")
-    train = _train_s(train_text, series)
+    train = _train_s(train_text, span, fc_bin)
     config = load_config(config_dir) if config_dir else None
     pools, notes = build_pools(series, config, member_rate, cold)
     cfg = SimConfig(train_s=train, step_s=step, delays=Delays(cold=cold), shadow_cost=shadow_cost,
@@ -150,10 +158,14 @@ def setup(trace: str, train_text: str | None = None, config_dir: str | None = No
     return series, pools, cfg, notes
 
 
-def _train_s(text: str | None, series: Series) -> float:
-    span = series.length * series.bin_s
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.4g}"
+
+
+def _train_s(text: str | None, span: float, least: float) -> float:
+    """Seconds of training for `--train`, at least `least`, leaving at least `least` to score."""
     if text is None:
-        return min(7 * 86_400.0, span / 3)
+        return min(7 * 86_400.0, max(span / 3, least))
     try:
         share = float(text)
     except ValueError:
@@ -164,6 +176,12 @@ def _train_s(text: str | None, series: Series) -> float:
         train = share * span
     if train >= span:
         raise UsageError(f"--train {text} leaves nothing to score: the trace spans {span / 86_400:.2f} days")
+    if train < least:
+        raise UsageError(f"--train {text} is {_minutes(train)} minutes; simulate needs at least {_minutes(least)} "
+                         "of training (the predictor's first forecast bin)")
+    if span - train < least:
+        raise UsageError(f"--train {text} leaves {_minutes(span - train)} minutes to score; simulate needs at least "
+                         f"{_minutes(least)} (one forecast bin)")
     return train
 
 
@@ -221,9 +239,7 @@ def _route_for(config: Config, sid: str):
 
 
 def _bar(fraction: float) -> None:
-    filled = int(fraction * 40)
-    sys.stderr.write(f"\rsimulating [{'#' * filled}{'.' * (40 - filled)}] {fraction * 100:5.1f}%")
-    sys.stderr.flush()
+    progress_bar("simulating", fraction)
 
 
 def _table(summary: dict[str, dict], info: dict) -> str:

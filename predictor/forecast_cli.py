@@ -13,10 +13,12 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
-from predictor.backtest import BacktestConfig, BacktestResult, run
+from predictor.backtest import BacktestConfig, BacktestResult, origins_for, run
+from predictor.models import STATSMODELS_MODELS, Model, Prediction, candidates
 from predictor.series import TraceError, aggregate, load_trace
 from predictor.svgplot import ACTUAL_COLOR, BAND_COLOR, EPOCH_FROM, FORECAST_COLOR, Band, Line, chart, time_ticks
 
@@ -41,7 +43,56 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--origins", type=int, default=168, help="rolling origins, latest first (default 168)")
     p.add_argument("--step", default="2h", help="time between origins (default 2h)")
     p.add_argument("--top-n", type=int, default=2, help="series (by traffic) that also get statsmodels models; 0 for none")
+    p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal "
+                                                           "or with --json")
     return p
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """A bar on stderr for a person watching: on a terminal unless the output is for a program (--json)."""
+    return bool(args.progress or (sys.stderr.isatty() and not args.json))
+
+
+def progress_bar(label: str, fraction: float) -> None:
+    filled = int(fraction * 40)
+    sys.stderr.write(f"\r{label:<28.28} [{'#' * filled}{'.' * (40 - filled)}] {fraction * 100:5.1f}%")
+    sys.stderr.flush()
+
+
+class CountedFits:
+    """A candidate that reports each fit: the backtest's long loop is models × origins, and it takes
+    models rather than a progress callback."""
+
+    def __init__(self, model: Model, on_fit: Callable[[str], None]) -> None:
+        self.model = model
+        self.name = model.name
+        self._on_fit = on_fit
+
+    def min_length(self) -> int:
+        return self.model.min_length()
+
+    def fit(self, y: np.ndarray, start_slot: int = 0) -> CountedFits:
+        self.model.fit(y, start_slot=start_slot)
+        self._on_fit(self.name)
+        return self
+
+    def predict(self, h: int) -> Prediction:
+        return self.model.predict(h)
+
+
+def counted_candidates(cfg: BacktestConfig, length: int, period: int,
+                       progress: Callable[[str, float], None]) -> list[Model]:
+    """The backtest's candidates, each fit advancing `progress` by one of the fits planned: every
+    origin for the numpy models, at most `statsmodels_max_origins` for the statsmodels ones."""
+    models = candidates(period, length, cfg.quantiles, statsmodels=cfg.statsmodels_top_n > 0)
+    k_n = len(origins_for(length, cfg, max(m.min_length() for m in models if m.name not in STATSMODELS_MODELS)))
+    per = [min(k_n, cfg.statsmodels_max_origins) if m.name in STATSMODELS_MODELS else k_n for m in models]
+    done = [0]
+
+    def on_fit(name: str) -> None:
+        done[0] += 1
+        progress(f"backtesting {name}", min(1.0, done[0] / sum(per)))
+    return [CountedFits(m, on_fit) for m in models]
 
 
 def main(argv: list[str]) -> int:
@@ -54,7 +105,12 @@ def main(argv: list[str]) -> int:
         step = max(1, int(round(parse_duration(args.step) / series.bin_s)))
         cfg = BacktestConfig(horizons=horizons, step=step, max_origins=args.origins, statsmodels_top_n=args.top_n)
         cfg = _with_train(cfg, args.train, series.length, series.bin_s)
-        result = run(series.values, series.ids, series.bin_s, cfg, start_slot=int(series.start_s // series.bin_s) % series.period())
+        show = show_progress(args)
+        models = counted_candidates(cfg, series.length, series.period(), progress_bar) if show else None
+        result = run(series.values, series.ids, series.bin_s, cfg, models=models,
+                     start_slot=int(series.start_s // series.bin_s) % series.period())
+        if show:
+            print(file=sys.stderr)
     except (TraceError, ValueError) as e:
         print(f"warmfront forecast: {e}", file=sys.stderr)
         return 2

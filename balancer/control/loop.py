@@ -160,8 +160,11 @@ class ControlLoop:
                  clock: Callable[[], float], plan_interval: float = 5.0, sample_interval: float = 1.0,
                  forecaster: Forecaster | None = None, events: EventBook | None = None,
                  controls: SourcePolicy | None = None,
-                 bound: Callable[[str, Desired], Desired] | None = None) -> None:
+                 bound: Callable[[str, Desired], Desired] | None = None, time_scale: float = 1.0) -> None:
         self.cfg, self.history, self.clock = cfg, history, clock
+        # `clock` seconds per real second (the demo compresses a day): the managers measure lead
+        # times in real seconds, the planner plans in clock seconds.
+        self.time_scale = time_scale
         self.members_fn, self.in_flight, self.managers = members, in_flight, managers
         self.plan_interval, self.sample_interval = plan_interval, sample_interval
         self.events = events if events is not None else EventBook(_events_of(cfg))
@@ -619,7 +622,9 @@ class ControlLoop:
         now = self.clock()
         live = st.load.live(now, spec.scaling, st.outlook.anomaly_up)
         manager = self.managers.get(name)
-        measured = manager.measured_lead if manager is not None else (lambda kind: None)
+        def measured(kind: str) -> float | None:
+            lead = manager.measured_lead(kind) if manager is not None else None
+            return None if lead is None else lead * self.time_scale
         base = st.outlook.observation or PoolObservation(spec, frozenset())
         obs = replace(base, spec=spec, live=live, ready_since=tuple(st.load.ready_since.values()),
                       cold_lead=measured("cold"), shadow_lead=measured(spec.shadow.state))

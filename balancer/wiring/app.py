@@ -32,6 +32,7 @@ from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable,
 from balancer.logs import configure_logging
 from balancer.operator import routes
 from balancer.operator.metrics import make_registry
+from balancer.operator.requests import iso
 from balancer.operator.server import admin_needs_token, make_admin_app, status_sources
 from balancer.operator.state import Operator
 from balancer.wiring.backends import Backends, BackendUnavailable
@@ -187,7 +188,7 @@ class App:
             manager = self.managers.get(name)
             pools[name]["lead_times_s"] = manager.lead_times() if manager is not None else {}
             pools[name]["recent_actions"] = [
-                {"time": a.time, "action": a.action, "member": a.member, "reason": a.reason}
+                {"time": iso(a.time), "action": a.action, "member": a.member, "reason": a.reason}
                 for a in list(manager.recent_actions)[-20:]] if manager is not None else []
         return {
             "instance": self.instance_id,
@@ -255,7 +256,7 @@ class App:
         self.control = ControlLoop(self.cfg, self.history, lambda: self.members, self.in_flight,
                                    self.managers, clock=self.clock, plan_interval=self.plan_interval,
                                    events=self.operator.events.book, controls=self.operator.controls,
-                                   bound=self.operator.bound)
+                                   bound=self.operator.bound, time_scale=self.time_scale)
         registry = make_registry(lambda: self.workers.stats, lambda: self.members, self._control_status,
                                  lambda: self.workers.restarts, self._process_view)
         self.admin_runner = web.AppRunner(make_admin_app(self.operator.status, registry, self.token,

@@ -13,6 +13,17 @@ from pathlib import Path
 
 from balancer.dataplane.proxy import Proxy
 from pools.ports import free_port
+
+_HELD: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A port that refuses connections for the rest of the session: bound but never listening, so
+    unlike a merely free port it cannot be handed to a listener started later (warmfront's own)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
 from balancer.dataplane.routing import CompiledRoute, PoolTargets, RoutingTable, SourceExtractor, Target
 from config.models import Limits, Route, SourceRule, Timeouts
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from balancer.dataplane.access_log import _pipe_pieces, format_lines
-from pools.ports import free_port
-from tests.proxykit import DemoBackend
+from tests.proxykit import DemoBackend, refused_port
 from tests.runkit import Warmfront, http, wait_until
 
 KEYS = {"time", "method", "path", "status", "duration_ms", "upstream_ms", "source", "pool", "type", "member",
@@ -42,7 +41,7 @@ def write_config(tmp: Path, backend_port: int, access_log: str | None) -> Path:
     (cfg / "pools.yaml").write_text(
         "pools:\n"
         f"  web: {{backend: static, servers: ['127.0.0.1:{backend_port}']}}\n"
-        f"  gone: {{backend: static, servers: ['127.0.0.1:{free_port()}']}}\n")
+        f"  gone: {{backend: static, servers: ['127.0.0.1:{refused_port()}']}}\n")
     return cfg
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import sys
 
-from tests.proxykit import free_port
+from tests.proxykit import refused_port
 from tests.runkit import Warmfront, http, wait_until
 
 TINY = f"{sys.executable} tests/servers/tiny_http.py --port {{port}}"
 
 
-def write(directory, routing_extra: str = "") -> None:
+def write(directory, gone_port: int, routing_extra: str = "") -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "routing.yaml").write_text(f"routes:\n  - name: all\n    pool: web\n    type: page\n{routing_extra}")
     (directory / "pools.yaml").write_text(
@@ -21,7 +21,7 @@ def write(directory, routing_extra: str = "") -> None:
         "    capacity: {min: 1, max: 2}\n    shadow: {state: none, size: 0}\n"
         "    health: {path: /healthz, interval: 0.2s, timeout: 0.5s}\n"
         "  gone:\n    backend: static\n"
-        f"    servers: ['127.0.0.1:{free_port()}']\n"   # nobody listens: every check fails
+        f"    servers: ['127.0.0.1:{gone_port}']\n"   # bound, not listening: every check is refused
         "    health: {path: /healthz, interval: 0.2s, timeout: 0.3s}\n")
 
 
@@ -36,7 +36,7 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 
 def test_metrics_cover_the_process_the_workers_reloads_and_failed_checks(tmp_path):
     cfg = tmp_path / "config"
-    write(cfg)
+    write(cfg, refused_port())
     wf = Warmfront("--config", str(cfg), "--workers", "2", state_dir=tmp_path / "state")
     try:
         wf.wait_ready(1, seconds=30)

@@ -9,7 +9,7 @@ import pytest
 
 from balancer.wiring.app import static_config
 from config import ConfigError
-from tests.proxykit import PlainHTTPServer, free_port, wait_port
+from tests.proxykit import PlainHTTPServer, refused_port, wait_port
 from tests.runkit import Warmfront, http, wait_until
 
 
@@ -55,7 +55,7 @@ def test_run_to_a_plain_http_server_answers_the_very_first_request(tmp_path):
 
 
 def test_run_to_a_server_that_is_down_answers_503_at_once_saying_why(tmp_path):
-    port = free_port()   # nobody listens
+    port = refused_port()   # nobody listens
     wf = Warmfront("--to", f"127.0.0.1:{port}", state_dir=tmp_path)
     try:
         wait_port(wf.port)
@@ -93,7 +93,7 @@ def test_static_pools_from_pools_yaml_are_checked_as_configured(tmp_path):
         "    health: {path: /healthz, interval: 0.2s}\n"                           # wants 2xx-3xx: a 404 fails
         f"  lenient:\n    backend: static\n    servers: {at['lenient']}\n"
         "    health: {path: /healthz, expect_status: 200-499, interval: 0.2s}\n"
-        f"  unchecked:\n    backend: static\n    servers: ['127.0.0.1:{free_port()}']\n"
+        f"  unchecked:\n    backend: static\n    servers: ['127.0.0.1:{refused_port()}']\n"
         "    health: {enabled: false}\n")
     (cfg / "routing.yaml").write_text("routes:\n" + "".join(
         f"  - name: {name}\n    pool: {name}\n    match: {{path_prefix: /{name}}}\n"
@@ -128,7 +128,7 @@ def test_run_to_with_a_health_path_fails_a_server_whose_path_is_a_server_error_a
     server = PlainHTTPServer(tmp_path / "site")
     checked = Warmfront("--to", f"127.0.0.1:{server.port}", "--health-path", "/nothing-here",
                         state_dir=tmp_path / "a")
-    unchecked = Warmfront("--to", f"127.0.0.1:{free_port()}", "--no-health-check", state_dir=tmp_path / "b")
+    unchecked = Warmfront("--to", f"127.0.0.1:{refused_port()}", "--no-health-check", state_dir=tmp_path / "b")
     try:
         wait_port(checked.port)
         wait_port(unchecked.port)

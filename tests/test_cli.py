@@ -237,7 +237,7 @@ def test_shipped_config_proxies_profiles_and_shuts_down_cleanly(shipped):
     code, body, _ = http(wf.admin + "/metrics")
     text = body.decode()
     assert code == 200
-    assert 'warmfront_requests_total{code="200",pool="web",type="api"} 45.0' in text
+    assert 'warmfront_requests_total{code="200",method="GET",pool="web",type="api"} 45.0' in text
     assert 'warmfront_pool_members{pool="web",state="ready"} 2.0' in text
     assert "alpha" not in text   # no per-source labels
 

@@ -317,9 +317,8 @@ async def _sample(app: App, clock: SimClock, summary: Summary, until: float) -> 
                 stats.ready_at_spike = ready
             if in_spike(now):
                 stats.max_ready_in_spike = max(stats.max_ready_in_spike, ready)
-            elif name in ready_at_spike and stats.spike_response_s is None and ready > ready_at_spike[name] \
-                    and in_spike(now):
-                stats.spike_response_s = round(time.monotonic() - spike_real, 2)
+                if name in ready_at_spike and stats.spike_response_s is None and ready > ready_at_spike[name]:
+                    stats.spike_response_s = round(time.monotonic() - spike_real, 2)
 
 
 async def _report(app: App, load: Load, clock: SimClock, summary: Summary, speed: float, until: float,

@@ -109,6 +109,8 @@ class Forecaster:
         self._first_bin = np.zeros(0, dtype=np.int64)
         self._open_bin: int | None = None
         self._pending = np.zeros(0)
+        # closed bins inside an event: the series in one and the multipliers their counts were divided by
+        self._applied: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}
         self._last_refit = -math.inf
         self.feedback = Feedback(horizons=(1, 3, 12), mase_threshold=mase_threshold)
         self._needs_choice = np.zeros(0, dtype=bool)
@@ -192,14 +194,35 @@ class Forecaster:
 
     def _close_bin(self, b: int) -> None:
         values = self._pending
-        self.buffer.append_bin(values)
-        if self._hw_ready.any():
-            self.hw.update(values[: len(self.hw.level)])
+        # The forecast is scored on what came; the models learn the baseline under any event's multiplier,
+        # which the forecast applies again (a model that had adapted to a campaign's traffic would be
+        # multiplied twice within the window and stay high after it).
         self.feedback.score(b, values, self._scale)
+        learned = self._without_events(b, values)
+        self.buffer.append_bin(learned)
+        if self._hw_ready.any():
+            self.hw.update(learned[: len(self.hw.level)])
         for i, d in self._long.items():
-            d.append(float(values[i]))
+            d.append(float(learned[i]))
         self._pending = np.zeros(len(self.ids))
         self._open_bin = b + 1
+
+    def _without_events(self, b: int, values: np.ndarray) -> np.ndarray:
+        """`values` divided by the event multipliers of bin `b`; the bin's multipliers are kept while
+        the buffer holds it, so `closed_counts` gives back what came."""
+        self._applied = {k: v for k, v in self._applied.items() if k > b - self.buffer.capacity}
+        if self.multipliers is None or not len(values):
+            return values
+        at = np.array([b * self.bin_s])
+        m = np.array([float(self.multipliers(sid, at)[0]) for sid in self.ids])
+        m = np.where(np.isfinite(m) & (m > 0), m, 1.0)
+        rows = np.flatnonzero(m != 1.0)
+        if not len(rows):
+            return values
+        self._applied[b] = (tuple(self.ids[r] for r in rows), m[rows])
+        out = values.copy()
+        out[rows] /= m[rows]
+        return out
 
     # -- refit ----------------------------------------------------------------------------------
     def refit_due(self) -> bool:
@@ -443,12 +466,22 @@ class Forecaster:
         return self._paths(steps, self._open_bin)[0]
 
     def closed_counts(self, first_bin: int, end_bin: int) -> np.ndarray | None:
-        """[series, bins] counts of the closed bins `first_bin` ..< `end_bin`; None unless all of
-        them are closed and still in the ring buffer."""
+        """[series, bins] counts of the closed bins `first_bin` ..< `end_bin` as they came (the buffer
+        holds them without event multipliers); None unless all of them are closed and still in the
+        ring buffer."""
         if self._open_bin is None or end_bin > self._open_bin or self._open_bin - first_bin > self.buffer.filled:
             return None
         window = self.buffer.window(self._open_bin - first_bin)
-        return window[:, : end_bin - first_bin].astype(np.float64)
+        out = window[:, : end_bin - first_bin].astype(np.float64)
+        for b in range(first_bin, end_bin):
+            applied = self._applied.get(b)
+            if applied is None:
+                continue
+            for sid, factor in zip(*applied):
+                i = self._index.get(sid)
+                if i is not None:
+                    out[i, b - first_bin] *= float(factor)
+        return out
 
     def daily_profiles(self) -> tuple[np.ndarray, np.ndarray]:
         """Per series, the mean count in each slot of the day over the closed bins it has lived in

@@ -146,8 +146,9 @@ def test_forecaster_learns_the_season_and_applies_event_multipliers():
 def test_event_multiplier_scales_point_and_band():
     now = [0.0]
     y = seasonal_counts(1, 3, 288, seed=2)
+    future = y.shape[1] * 300.0   # an event that begins where the history ends
     plain = Forecaster(clock=lambda: now[0])
-    doubled = Forecaster(clock=lambda: now[0], multipliers=lambda sid, bins: np.full(len(bins), 2.0))
+    doubled = Forecaster(clock=lambda: now[0], multipliers=lambda sid, bins: np.where(bins >= future, 2.0, 1.0))
     for t in range(y.shape[1]):
         for fc in (plain, doubled):
             fc.observe(t * 300.0, {"a": y[0, t]})
@@ -155,6 +156,38 @@ def test_event_multiplier_scales_point_and_band():
         fc.refit()
     p, d = plain.forecast()["a"][1], doubled.forecast()["a"][1]
     assert d.point == pytest.approx(2 * p.point) and d.upper == pytest.approx(2 * p.upper)
+
+
+def test_a_declared_campaign_is_forecast_once_within_its_window_and_not_after_it():
+    """Traffic triples in a declared x3 window: the models learn the baseline beneath it, so the forecast is
+    about x3 inside the window (not x3 of a level that has already tripled) and back to the baseline after."""
+    now = [0.0]
+    period = 288
+    days = 3
+    y = seasonal_counts(1, days + 1, period, seed=5)
+    start, end = days * period, days * period + 72           # six hours from the fourth day's midnight
+    window = (start * 300.0, end * 300.0)
+    campaign = lambda sid, bins: np.where((bins >= window[0]) & (bins < window[1]), 3.0, 1.0)  # noqa: E731
+    fc = Forecaster(clock=lambda: now[0], multipliers=campaign)
+    plain = Forecaster(clock=lambda: now[0])   # the same traffic without the campaign: the baseline
+    inside, after = [], []
+    for t in range(y.shape[1]):
+        now[0] = t * 300.0
+        fc.observe(now[0], {"a": y[0, t] * (3.0 if start <= t < end else 1.0)})
+        plain.observe(now[0], {"a": y[0, t]})
+        if t == start - 1:
+            fc.refit()
+            plain.refit()
+        if start + 24 <= t < end - 1 or end + 12 <= t < end + 60:   # two hours in; an hour after
+            p = fc.forecast((300.0,))["a"][0].point
+            base = plain.forecast((300.0,))["a"][0].point
+            (inside if t < end else after).append(p / max(base, 1.0))
+    assert 2.4 < float(np.median(inside)) < 3.6, inside
+    assert 0.8 < float(np.median(after)) < 1.25, after
+    # what the uplift learner reads is what came, not the baseline the models learn
+    counts = fc.closed_counts(start, end)
+    assert counts is not None
+    np.testing.assert_allclose(counts[0], y[0, start:end] * 3.0)
 
 
 def _nasa_slice(tmp_path: Path, minutes: int) -> Path:

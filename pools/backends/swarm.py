@@ -23,6 +23,7 @@ import re
 import secrets
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import docker
@@ -46,6 +47,8 @@ LIVE_STATES = frozenset({"new", "allocated", "pending", "assigned", "accepted", 
 PLACED_STATES = LIVE_STATES - {"new", "allocated", "pending"}
 SCHEDULE_TIMEOUT = 15.0   # longest wait for a new task to be given a node before the launch fails
 POLL = 0.05
+STOP_SLACK = 2.0    # past the grace period, a task container still running on our engine is killed
+STOP_LIMIT = 30.0   # past the grace period, a stop that has not ended fails
 
 
 @dataclass(slots=True)
@@ -159,13 +162,42 @@ class SwarmBackend(DockerBackend):
         if s.container_id:
             self._expect_death(s.container_id)
         await self._call(f"stop {s.name}", lambda c: _scale(c, s.service_id, 0, None))
-        deadline = time.monotonic() + timeout + 10.0
-        while time.monotonic() < deadline:
-            tasks = await self._tasks(s.service_id)
-            if not any(t["Status"]["State"] in LIVE_STATES for t in tasks):
+        started = time.monotonic()
+        enforced = False
+        while True:
+            live = [t for t in await self._tasks(s.service_id) if t["Status"]["State"] in LIVE_STATES]
+            if not live:
                 return
+            waited = time.monotonic() - started
+            if not enforced and waited > timeout + STOP_SLACK:
+                # A loaded node's agent can be late to act on (or to report) the scale-in: a task container on our
+                # engine is checked, and killed if it outlived its grace period; one already gone ends the wait.
+                enforced = True
+                if await self._enforce_stop(s.name, live):
+                    return
+            if waited > timeout + STOP_LIMIT:
+                raise BackendError(f"swarm stop {s.name}: its task was still running {waited:.0f}s later")
             await asyncio.sleep(POLL * 4)
-        raise BackendError(f"swarm stop {s.name}: its task was still running {timeout + 10.0:.0f}s later")
+
+    async def _enforce_stop(self, name: str, live: builtins.list[dict]) -> bool:
+        """True when every live task's container is known to have ended on our engine."""
+        here = await self._engine_node()
+        ended = True
+        for task in live:
+            cid = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
+            if task.get("NodeID") != here or not cid:
+                ended = False
+                continue
+            try:
+                state: dict = await self._call(f"inspect task container of {name}", _container_state(cid))
+            except _Gone:
+                continue
+            if state.get("Running"):
+                ended = False
+                log.warning("swarm.stop_enforced", member=name, container=cid[:12])
+                with contextlib.suppress(_Gone):
+                    await self._call(f"kill {name}", _kill(cid))
+        return ended
 
     async def remove(self, instance_id: str) -> None:
         try:
@@ -310,6 +342,14 @@ def _task_ip(task: dict | None, network: str) -> str:
         if ((att.get("Network") or {}).get("Spec") or {}).get("Name") == network and att.get("Addresses"):
             return att["Addresses"][0].split("/")[0]
     return ""
+
+
+def _container_state(container_id: str) -> Callable[[docker.DockerClient], dict]:
+    return lambda c: c.api.inspect_container(container_id)["State"]
+
+
+def _kill(container_id: str) -> Callable[[docker.DockerClient], None]:
+    return lambda c: c.api.kill(container_id)
 
 
 def _scale(client: docker.DockerClient, service_id: str, replicas: int, pin: str | None) -> None:

@@ -214,6 +214,20 @@ class PredictorConfig(Strict):
                     "≈ 250 MB). `0` turns the tier off. Default `2`.")
 
 
+class ResourcesConfig(Strict):
+    """Measuring what members use (CPU, memory, network) and what each request type costs."""
+    enabled: bool = Field(True, description="Sample every managed member's CPU, memory and network. Default `true`.")
+    interval: Duration = Field(
+        10.0, gt=0, description="How often members are sampled; each sample is one row of the per-type cost "
+                                "regression. Default `10s`.")
+    window: Duration = Field(
+        3600.0, gt=0, description="Samples the per-type cost estimates are fitted on (the most recent). "
+                                  "Default `1h`.")
+    recommend_window: Duration = Field(
+        86400.0, gt=0, description="Per-member usage (and OOM kills) the `cpus` and `memory` recommendation "
+                                   "looks back over, as Kubernetes' VPA does. Default `24h`.")
+
+
 _METHOD = re.compile(r"[A-Z]+")
 
 
@@ -275,6 +289,8 @@ class RoutingConfig(Strict):
     limits: Limits = Field(default_factory=Limits, description="Request size limits.")
     history: HistoryConfig = Field(default_factory=HistoryConfig, description="Request history for forecasting.")
     predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="The live forecaster.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
+                                       description="Member resource measurement and per-type costs.")
     replicas: ReplicasConfig | None = Field(
         None, description="Run as one of several replicas sharing `history.url` (PostgreSQL); one leads. "
                           "Default: a single warmfront.")
@@ -384,6 +400,11 @@ class Scaling(Strict):
                                                                   "above the pool's target because the forecast holds "
                                                                   "the headroom and shadows activate in milliseconds. "
                                                                   "Default `0.8`.")
+    rightsize: Literal["off", "recommend", "apply"] = Field(
+        "recommend", description="Per-member `cpus` and `memory` from measured use (a high percentile plus a "
+                                 "margin, raised after an OOM kill or throttling): `recommend` shows it in status "
+                                 "and /metrics; `apply` also launches new members (docker, swarm) with it; `off` "
+                                 "computes none. Default `recommend`.")
     scale_up_window: Duration = Field(10.0, gt=0, description="The burst tier scales up on the in-flight requests "
                                                               "averaged over this short window when they are above "
                                                               "the `stable_window` average, and down on the long one "

@@ -25,6 +25,7 @@ from pools.backends.base import (LABEL_GENERATION, Backend, BackendError, Instan
                                  member_generation)
 from pools.health import Checker, HealthChecker, HealthTracker, Probe
 from pools.members import MemberState, MemberView
+from pools.usage import ResourceLimits
 from pools.reconciler import (Action, Activate, Desired, DesiredState, Drain, Launch, ObservedMember, Park, Replace,
                               Retire, Warm, baseline_desired, decide)
 
@@ -104,6 +105,9 @@ class PoolManager:
         # once even where running shadows make roles otherwise indistinguishable on the backend.
         self.adopt_ready: frozenset[str] = frozenset()
         self.check_failures: dict[str, int] = {}   # member state -> failed active health checks (for /metrics)
+        # Right-sizing (`scaling.rightsize: apply`): the CPU and memory limits new members are launched with
+        # and activated shadows are resized to; None launches with the spec's own.
+        self.limits: ResourceLimits | None = None
 
     def members(self) -> list[MemberView]:
         return [MemberView(m.id, self.name, m.host, m.port, m.state, m.prewarmed,
@@ -374,7 +378,12 @@ class PoolManager:
         if self.clock() < self._launch_after:
             return  # crash-loop back-off; a later pass decides again
         started = self.clock()
-        inst = await self.backend.launch(self.name, self.spec)
+        limits = self.limits
+        inst = await self.backend.launch(self.name, self.spec, limits=limits) if limits is not None else \
+            await self.backend.launch(self.name, self.spec)
+        if limits is not None:
+            self.note("launch", inst.id, f"right-sized: cpus {limits.cpus if limits.cpus is not None else 'spec'}, "
+                                         f"memory {limits.memory_bytes if limits.memory_bytes is not None else 'spec'}")
         m = _Member(inst.id, inst.host, inst.port, MemberState.LAUNCHING, self.clock(),
                     HealthTracker.for_check(self.spec.health))
         self._members[m.id] = m
@@ -430,7 +439,8 @@ class PoolManager:
                 self._set(m, MemberState.LAUNCHING)
                 self._spawn(m, self._boot(m, started, "stopped"))
                 return
-            restore = [self.backend.resize(m.id, None)] if self.spec.shadow.cpus is not None else []
+            cpus = self.limits.cpus if self.limits is not None else None
+            restore = [self.backend.resize(m.id, cpus)] if self.spec.shadow.cpus is not None or cpus is not None else []
             if m.shadow_state == "paused":
                 restore.append(self.backend.resume(m.id))
             await asyncio.gather(*restore)

@@ -47,6 +47,15 @@ class TypeDemand:
     rate: float                      # requests per second, point forecast
     rate_upper: float                # requests per second at the planning quantile
     service_time: float | None = None   # learned seconds per request; None: the pool's prior
+    cpu_per_request: float | None = None   # measured CPU-seconds per request (resource profiles); None: unknown
+
+
+@dataclass(frozen=True, slots=True)
+class CpuBudget:
+    """What a pool's members can give in CPU, from the measured resource profile: a pool whose members
+    run out of CPU before they run out of concurrency slots is sized by CPU."""
+    cores_per_member: float      # the CPU limit each member runs with (the pool's `cpus` or the applied recommendation)
+    baseline_cores: float = 0.0  # what an idle member uses
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,7 @@ class PlanInputs:
     ready_since: tuple[float, ...] = ()   # when each currently ready member became ready
     shadow_lead: float = 0.02             # measured activation lead of the shadow state, seconds
     burst_rate: float = 0.0               # capacity (req/s at 100 %) bursts beyond the forecast need (BurstHeights)
+    cpu: CpuBudget | None = None          # members' CPU, when the pool has a limit and a measured profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +117,26 @@ def load_at(demand: tuple[TypeDemand, ...], spec: Pool, max_horizon: float, uppe
     return max(by_h.values(), default=0.0)
 
 
+def cpu_at(demand: tuple[TypeDemand, ...], max_horizon: float) -> float:
+    """Peak over horizons <= max_horizon of the CPU cores the forecast (at the planning quantile) needs."""
+    by_h: dict[float, float] = {}
+    for d in demand:
+        if d.horizon_s <= max_horizon and d.cpu_per_request:
+            by_h[d.horizon_s] = by_h.get(d.horizon_s, 0.0) + d.rate_upper * d.cpu_per_request
+    return max(by_h.values(), default=0.0)
+
+
+def members_for_cpu(cores: float, budget: CpuBudget | None, spec: Pool) -> int:
+    """Members whose CPU limits hold `cores` of request work at the pool's target utilisation, each
+    also running its idle baseline; 0 when the budget cannot tell (no limit, or a baseline above it)."""
+    if budget is None or cores <= 0:
+        return 0
+    usable = budget.cores_per_member * spec.capacity.target_utilization - budget.baseline_cores
+    if usable <= 0:
+        return 0
+    return math.ceil(cores / usable - 1e-9)
+
+
 def service_time(demand: tuple[TypeDemand, ...], spec: Pool) -> float:
     """Seconds per request of the pool's forecast mix at its nearest horizon (the prior without one)."""
     near = min((d.horizon_s for d in demand), default=None)
@@ -138,6 +168,16 @@ def plan(spec: Pool, inputs: PlanInputs, state: PlannerState) -> Plan:
     near = next((h for h in horizons if h >= inputs.shadow_lead), horizons[-1]) if horizons else 0.0
     forecast_ready = members_for(load_at(inputs.demand, spec, near), spec) if horizons else 0
     peak_ready = members_for(load_at(inputs.demand, spec, max(sc.launch_lead, 900.0)), spec) if horizons else 0
+    if inputs.cpu is not None and horizons:
+        # The binding resource: concurrency slots or CPU, whichever runs out first.
+        cores = cpu_at(inputs.demand, near)
+        cpu_ready = members_for_cpu(cores, inputs.cpu, spec)
+        if cpu_ready > forecast_ready:
+            reasons.append(f"cpu-bound: {cores:.2f} cores forecast need {cpu_ready} members of "
+                           f"{inputs.cpu.cores_per_member:g} cpus (concurrency alone: {forecast_ready})")
+            forecast_ready = cpu_ready
+        peak_ready = max(peak_ready, members_for_cpu(cpu_at(inputs.demand, max(sc.launch_lead, 900.0)), inputs.cpu,
+                                                     spec))
 
     # Burst: live in-flight, HPA-style, with Knative's panic mode.
     current = len(inputs.ready_since)

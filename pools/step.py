@@ -28,7 +28,7 @@ from statistics import NormalDist
 import numpy as np
 
 from config.models import Pool, Scaling, Shadow
-from pools.planner import LiveLoad, Plan, PlanInputs, PlannerState, TypeDemand, plan
+from pools.planner import CpuBudget, LiveLoad, Plan, PlanInputs, PlannerState, TypeDemand, plan
 from pools.reconciler import Desired
 from predictor.anomaly import AnomalyDetector
 
@@ -74,6 +74,8 @@ class PoolObservation:
     cold_lead: float | None = None      # measured launch-to-ready of this pool's members
     shadow_lead: float | None = None    # measured activation of its shadow state
     burst_rate: float = 0.0             # capacity bursts beyond the forecast need (`BurstHeights.rate`)
+    cpu_costs: Mapping[str, float] = field(default_factory=dict)   # type -> measured CPU-seconds per request
+    cpu: CpuBudget | None = None        # members' CPU limit and idle use, when measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,7 @@ def pool_demand(obs: PoolObservation, fc: SeriesForecasts) -> tuple[TypeDemand, 
         if r > 0 and rtype in obs.types:
             acc = by_type.setdefault((rtype, near), [0.0, 0.0])
             acc[0], acc[1] = max(acc[0], r), max(acc[1], r)
-    return tuple(TypeDemand(rtype, h, r, rq, obs.service_times.get(rtype))
+    return tuple(TypeDemand(rtype, h, r, rq, obs.service_times.get(rtype), obs.cpu_costs.get(rtype))
                  for (rtype, h), (r, rq) in sorted(by_type.items()))
 
 
@@ -118,7 +120,7 @@ def plan_pool(now: float, obs: PoolObservation, demand: tuple[TypeDemand, ...], 
     if obs.cold_lead is not None and obs.cold_lead > spec.scaling.launch_lead:
         spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"launch_lead": obs.cold_lead})})
     lead = obs.shadow_lead or ACTIVATION_LEAD_S.get(spec.shadow.state, spec.scaling.launch_lead)
-    p = plan(spec, PlanInputs(now, demand, obs.live, obs.ready_since, lead, obs.burst_rate), state)
+    p = plan(spec, PlanInputs(now, demand, obs.live, obs.ready_since, lead, obs.burst_rate, obs.cpu), state)
     return PoolStep(demand, p, Desired(ready=p.ready, shadow=p.shadow, shadow_state=spec.shadow.state,
                                        max_members=spec.capacity.max, drain_timeout=spec.drain_timeout))
 

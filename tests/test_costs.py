@@ -67,7 +67,7 @@ def test_csv_has_a_row_per_pool_and_source():
 def test_csv_keeps_its_first_columns_and_adds_per_pool_per_tier_rows_equal_to_the_json():
     report = compute_costs({"web": TIMELINE, "api": TIMELINE[:1]}, {"web": {"acme": 3}}, {"acme"}, 0, 100)
     text = report.to_csv()
-    assert text.splitlines()[0] == "pool,source,predictive,requests,share,shared_s,premium_s,total_s,row_kind,tier,seconds"
+    assert text.splitlines()[0].startswith("pool,source,predictive,requests,share,shared_s,premium_s,total_s,row_kind,tier,seconds")
     rows = list(csv.DictReader(io.StringIO(text)))
     doc = report.to_json()
     tiers = {(r["pool"], r["tier"]): float(r["seconds"]) for r in rows if r["row_kind"] == "tier"}
@@ -137,6 +137,22 @@ class CostsStub:
                 for source, n in counts.items():
                     out[source] = out.get(source, 0) + n
         return {"web": out} if out else {}
+
+    async def requests_by_pool_source_type(self, since, until):
+        # acme sends the expensive type: 10 checkouts a minute against beta's 30 pages
+        out = {}
+        for minute, counts in self.minutes.items():
+            if since <= minute < until:
+                for source, n in counts.items():
+                    rtype = "checkout" if source == "acme" else "page"
+                    by_type = out.setdefault(source, {})
+                    by_type[rtype] = by_type.get(rtype, 0) + n
+        return {"web": out} if out else {}
+
+    async def pool_resources(self, since, until):
+        from balancer.operator.costs import PoolResources
+        return {"web": PoolResources(cpus=0.5, memory_bytes=256 << 20, used_core_s=90.0, used_gib_s=30.0,
+                                     cpu_per_request={"checkout": 0.04, "page": 0.005})}
 
 
 async def get_costs(op, query):
@@ -224,3 +240,26 @@ def test_a_stored_history_that_does_not_hold_is_skipped(tmp_path):
     controls = Controls(path)
     assert controls.predictive_changes == {"b": [(1.0, False), (2.0, True)]}   # a's ends elsewhere than now
     assert controls.predictive_at("a", 0) is False and controls.predictive_at("b", 1.5) is False
+
+
+async def test_costs_in_core_and_gib_seconds_reserved_by_tier_and_used_by_type_cost(tmp_path):
+    op = CostsStub(tmp_path)
+    op.now = T0 + 600
+    doc = await get_costs(op, f"since={T0:.0f}")
+    res = doc["resources"]["web"]
+    tiers = doc["pools"]["web"]["tiers"]
+    # reserved: container-seconds x the limits (0.5 cores, 0.25 GiB per member)
+    assert res["reserved_core_s"] == {t: pytest.approx(sec * 0.5) for t, sec in tiers.items()}
+    assert res["reserved_gib_s"] == {t: pytest.approx(sec * 0.25) for t, sec in tiers.items()}
+    assert (res["used_core_s"], res["used_gib_s"]) == (90.0, 30.0)
+    acme, beta = by_source(doc)["acme"], by_source(doc)["beta"]
+    assert acme["core_s"] == pytest.approx(acme["total_s"] * 0.5)
+    # used CPU follows the type costs: 100 checkouts x 40 ms against 300 pages x 5 ms
+    assert acme["used_core_s"] == pytest.approx(90.0 * 4.0 / (4.0 + 1.5), abs=1e-3)
+    assert acme["used_core_s"] + beta["used_core_s"] == pytest.approx(90.0, abs=1e-3)
+    assert acme["used_gib_s"] == pytest.approx(30.0 * 100 / 400)   # memory by share of requests
+    rows = list(csv.DictReader(io.StringIO(await get_costs(op, f"since={T0:.0f}&format=csv"))))
+    shadow = next(r for r in rows if r["row_kind"] == "tier" and r["tier"] == "shadow")
+    assert float(shadow["core_s"]) == pytest.approx(tiers["shadow"] * 0.5)
+    acme_row = next(r for r in rows if r["row_kind"] == "source" and r["source"] == "acme")
+    assert float(acme_row["used_core_s"]) == pytest.approx(acme["used_core_s"], abs=1e-3)

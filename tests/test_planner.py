@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from config.models import Capacity, Pool, Scaling, Shadow
-from pools.planner import LiveLoad, PlanInputs, PlannerState, TypeDemand, members_for, plan
+from pools.planner import CpuBudget, LiveLoad, PlanInputs, PlannerState, TypeDemand, members_for, plan
 
 
 def pool(min_: int = 1, max_: int = 100, shadow: str = "paused", mode: str = "forecast-and-scale",
@@ -135,3 +135,22 @@ def test_anomaly_switches_to_burst_sizing_and_holds_current_members():
     assert any(r.startswith("anomaly") for r in p.reasons)
     p = plan(spec, inputs(demand_=low_forecast, live=LiveLoad(42.0, 42.0, anomaly=False), ready=8), PlannerState())
     assert p.ready == 6                  # burst sizing for 42 in flight once the forecast is trusted again
+
+
+def test_a_pool_that_runs_out_of_cpu_before_concurrency_gets_more_members():
+    # 70 req/s x 0.1 s = 7 in service: one member by concurrency. At 20 ms of CPU a request that is
+    # 1.4 cores; members of 0.5 cpus at 70 % target, each idling at 0.05: 0.3 usable -> 5 members.
+    d = tuple(TypeDemand("default", h, 70.0, 70.0, None, 0.02) for h in (300.0, 600.0, 900.0))
+    base = plan(pool(), inputs(demand_=d), PlannerState())
+    assert base.ready == 1   # no CPU budget: concurrency alone
+    cpu = PlanInputs(now=1000.0, demand=d, cpu=CpuBudget(cores_per_member=0.5, baseline_cores=0.05))
+    p = plan(pool(), cpu, PlannerState())
+    assert p.ready == p.forecast_ready == math.ceil(1.4 / (0.5 * 0.7 - 0.05)) == 5
+    assert any(r.startswith("cpu-bound: 1.40 cores") for r in p.reasons)
+    # the shadow pool covers the CPU peak ahead too
+    peak = d[:2] + (TypeDemand("default", 900.0, 140.0, 140.0, None, 0.02),)
+    p = plan(pool(), PlanInputs(now=1000.0, demand=peak, cpu=CpuBudget(0.5, 0.05)), PlannerState())
+    assert p.ready == 5 and p.ready + p.shadow == math.ceil(2.8 / 0.3) == 10
+    # a budget whose idle baseline eats the target cannot size anything: concurrency decides
+    p = plan(pool(), PlanInputs(now=1000.0, demand=d, cpu=CpuBudget(0.1, 0.2)), PlannerState())
+    assert p.ready == 1

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import structlog
 
-from balancer.control.history_store import HistoryStore, Key, Rows, SqliteStore, StoreError, Totals, merge_batches
+from balancer.control.history_store import (HistoryStore, Key, Rows, SqliteStore, StoreError, Totals, UsageRows,
+                                            merge_batches)
 from balancer.dataplane.counters import (ABORTS, BYTES_IN, BYTES_OUT, ERRORS, HIST, LATENCY_BOUNDS, LATENCY_SUM,
                                OTHER, REQUESTS, WIDTH)
 
@@ -123,6 +124,9 @@ class History:
         # (source, type) of every request in order, for the session model of the control loop;
         # bounded, so a loop that stops reading costs nothing but the oldest entries
         self._requests: deque[tuple[str, str]] = deque(maxlen=REQUEST_TAP)
+        # Requests per type since start, as the workers' batches arrive: the resource sampler reads
+        # the difference between two of its samples (finer than a minute, for the per-type cost fit).
+        self.type_requests: dict[str, int] = {}
         self._store: HistoryStore = SqliteStore(store) if store is None or isinstance(store, Path) else store
         # Before serving (nothing else runs yet): the day's totals /admin/status reads, and from
         # them the busiest sources of the day, tracked again after a restart. A store that cannot
@@ -174,8 +178,9 @@ class History:
         once a second, so a minute's edge blurs by at most that), and sources are admitted here, in
         the one place that sees every worker's traffic."""
         minute = int(self.clock() // 60) * 60
-        tracked, pending = self._tracked, self._pending
+        tracked, pending, per_type = self._tracked, self._pending, self.type_requests
         for source, rtype, *counts in rows:
+            per_type[rtype] = per_type.get(rtype, 0) + counts[REQUESTS]
             if self.time_scale != 1.0:
                 _scale_latency(counts, self.time_scale)
             if source not in tracked:
@@ -335,6 +340,20 @@ class History:
                     log.error("history.prune_failed", error=str(exc))
                     return
                 self._last_prune = now
+
+    def write_usage(self, rows: UsageRows) -> None:
+        """Writer side (a thread, not the loop): add per-(minute, pool) resource usage to the store.
+        Raises StoreError; the caller keeps the rows for the next try."""
+        with self._write_lock:
+            if not self._closed and rows:
+                self._store.upsert_usage(rows)
+
+    def usage(self, pool: str | None, since: float, until: float) -> UsageRows:
+        """Stored usage rows (a thread, not the loop: a PostgreSQL store is a round trip)."""
+        with self._write_lock:
+            if self._closed:
+                return {}
+            return self._store.usage(pool, since, until)
 
     def _rebuild_day(self, since: int) -> None:
         """Writer thread: the database totals from minute `since` on, for `summary`."""

@@ -25,8 +25,8 @@ from typing import TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from balancer.control.history_store import (COLUMNS, Rows, StoreError, Totals, merge_batches, rows_of, series_of,
-                                            totals_of)
+from balancer.control.history_store import (COLUMNS, USAGE_COLUMNS, Rows, StoreError, Totals, UsageRows,
+                                            merge_batches, rows_of, series_of, totals_of)
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -49,6 +49,15 @@ _UPSERT = (f"INSERT INTO {TABLE} (minute, source, type, {', '.join(COLUMNS)})"
            f" VALUES (%s, %s, %s, {', '.join(['%s'] * len(COLUMNS))})"
            " ON CONFLICT (minute, source, type) DO UPDATE SET "
            + ", ".join(f"{c} = {TABLE}.{c} + EXCLUDED.{c}" for c in COLUMNS))
+USAGE_TABLE = "warmfront_usage_minutes"
+_CREATE_USAGE = (f"CREATE TABLE IF NOT EXISTS {USAGE_TABLE} (minute BIGINT NOT NULL, pool TEXT COLLATE \"C\" NOT NULL, "
+                 + ", ".join(f"{c} DOUBLE PRECISION NOT NULL DEFAULT 0" for c in USAGE_COLUMNS)
+                 + ", PRIMARY KEY (minute, pool))")
+_UPSERT_USAGE = (f"INSERT INTO {USAGE_TABLE} (minute, pool, {', '.join(USAGE_COLUMNS)})"
+                 f" VALUES (%s, %s, {', '.join(['%s'] * len(USAGE_COLUMNS))})"
+                 " ON CONFLICT (minute, pool) DO UPDATE SET "
+                 + ", ".join(f"{c} = GREATEST({USAGE_TABLE}.{c}, EXCLUDED.{c})" if c == "mem_peak"
+                             else f"{c} = {USAGE_TABLE}.{c} + EXCLUDED.{c}" for c in USAGE_COLUMNS))
 # SUM of BIGINT is NUMERIC (a Decimal in Python): cast back to the column's type
 _SUMS = ", ".join(f"SUM({c})::{t}" for c, t in _COUNTER_TYPES.items())
 
@@ -86,6 +95,7 @@ class PostgresStore:
                 # replicas starting together: CREATE TABLE IF NOT EXISTS races on the catalog
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (TABLE,))
                 conn.execute(_CREATE)
+                conn.execute(_CREATE_USAGE)
         except psycopg.Error as exc:
             raise self._error("cannot open the history database", exc) from None
         self._pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, timeout=timeout, open=True,
@@ -108,6 +118,7 @@ class PostgresStore:
         try:
             with self._pool.connection() as conn:
                 conn.execute(f"DELETE FROM {TABLE} WHERE minute < %s", (math.ceil(before),))
+                conn.execute(f"DELETE FROM {USAGE_TABLE} WHERE minute < %s", (math.ceil(before),))
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._error("cannot prune history", exc) from None
 
@@ -127,6 +138,25 @@ class PostgresStore:
         return self._read(f"SELECT minute, source, type, {', '.join(COLUMNS)} FROM {TABLE}"
                           " WHERE minute >= %s AND minute < %s ORDER BY minute, source, type",
                           _minutes(since, until), rows_of, at_snapshot)
+
+    def upsert_usage(self, rows: UsageRows) -> None:
+        params = [(*key, *row) for key, row in sorted(rows.items())]
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_UPSERT_USAGE, params)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._error("cannot write usage", exc) from None
+
+    def usage(self, pool: str | None, since: float, until: float) -> UsageRows:
+        where, params = ("minute >= %s AND minute < %s", _minutes(since, until)) if pool is None else \
+            ("pool = %s AND minute >= %s AND minute < %s", (pool, *_minutes(since, until)))
+        try:
+            with self._pool.connection() as conn:
+                cur = conn.execute(f"SELECT minute, pool, {', '.join(USAGE_COLUMNS)} FROM {USAGE_TABLE}"
+                                   f" WHERE {where} ORDER BY minute, pool", params)
+                return {(int(m), p): [float(v) for v in row] for m, p, *row in cur}
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._error("cannot read usage", exc) from None
 
     def close(self) -> None:
         self._pool.close()

@@ -25,6 +25,12 @@ from balancer.dataplane.counters import LATENCY_BOUNDS
 _HIST_COLUMNS = [f"h{i}" for i in range(len(LATENCY_BOUNDS) + 1)]
 COLUMNS = ["requests", "errors", "aborts", "bytes_in", "bytes_out", "latency_sum", *_HIST_COLUMNS]
 
+# Per (minute, pool): what its members used, measured by `balancer.control.resources`. Additive like the
+# request counters (CPU-seconds, member-seconds, memory x seconds, network bytes, samples), except the
+# peak, which is the larger of the two.
+USAGE_COLUMNS = ["cpu_s", "member_s", "mem_byte_s", "mem_peak", "net_rx", "net_tx", "samples"]
+UsageRows = dict[tuple[int, str], list]   # (minute, pool) -> USAGE_COLUMNS
+
 T = TypeVar("T")
 M = TypeVar("M")
 Key = tuple[int, str, str]  # (minute start in epoch seconds, source, request type)
@@ -63,6 +69,14 @@ class HistoryStore(Protocol):
     def rows(self, since: float, until: float, live: bool, at_snapshot: Callable[[], M]) -> tuple[Rows, M]:
         """Every row in [since, until), in (minute, source, type) order as Python compares them
         (code points): `History.minute_rows` merges them with sorted memory without re-sorting."""
+        ...
+
+    def upsert_usage(self, rows: UsageRows) -> None:
+        """Add per-(minute, pool) usage to what the database holds (writer thread). Raises StoreError."""
+        ...
+
+    def usage(self, pool: str | None, since: float, until: float) -> UsageRows:
+        """Usage rows of `pool` (None: every pool) in [since, until), in (minute, pool) order."""
         ...
 
     def close(self) -> None:
@@ -131,6 +145,7 @@ class SqliteStore:
             try:
                 with db:
                     db.execute("DELETE FROM minutes WHERE minute < ?", (before,))
+                    db.execute("DELETE FROM usage_minutes WHERE minute < ?", (before,))
             except sqlite3.Error as exc:
                 raise StoreError(str(exc)) from exc
 
@@ -152,6 +167,26 @@ class SqliteStore:
         return self._read(f"SELECT minute, source, type, {', '.join(COLUMNS)} FROM minutes"
                           " WHERE minute >= ? AND minute < ? ORDER BY minute, source, type",
                           (since, until), live, rows_of, at_snapshot)
+
+    def upsert_usage(self, rows: UsageRows) -> None:
+        with self._lock:
+            db = self._live()
+            try:
+                with db:
+                    db.executemany(_UPSERT_USAGE, [(*key, *row) for key, row in sorted(rows.items())])
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
+
+    def usage(self, pool: str | None, since: float, until: float) -> UsageRows:
+        where, params = ("minute >= ? AND minute < ?", (since, until)) if pool is None else \
+            ("pool = ? AND minute >= ? AND minute < ?", (pool, since, until))
+        with self._lock:
+            try:
+                cur = self._live().execute(f"SELECT minute, pool, {', '.join(USAGE_COLUMNS)} FROM usage_minutes"
+                                           f" WHERE {where} ORDER BY minute, pool", params)
+                return {(m, p): list(row) for m, p, *row in cur}
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
 
     def close(self) -> None:
         with self._read_lock, self._lock:
@@ -197,6 +232,15 @@ _UPSERT = (
 )
 
 
+_UPSERT_USAGE = (
+    f"INSERT INTO usage_minutes (minute, pool, {', '.join(USAGE_COLUMNS)})"
+    f" VALUES (?, ?, {', '.join('?' * len(USAGE_COLUMNS))})"
+    " ON CONFLICT (minute, pool) DO UPDATE SET "
+    + ", ".join(f"{c} = MAX({c}, excluded.{c})" if c == "mem_peak" else f"{c} = {c} + excluded.{c}"
+                for c in USAGE_COLUMNS)
+)
+
+
 def _open(path: Path | None) -> sqlite3.Connection:
     if path is None:
         db = sqlite3.connect(":memory:", check_same_thread=False)
@@ -213,6 +257,9 @@ def _open(path: Path | None) -> sqlite3.Connection:
             f"CREATE TABLE IF NOT EXISTS minutes (minute INTEGER NOT NULL, source TEXT NOT NULL,"
             f" type TEXT NOT NULL, {counters}, PRIMARY KEY (minute, source, type)) WITHOUT ROWID"
         )
+        usage = ", ".join(f"{c} REAL NOT NULL DEFAULT 0" for c in USAGE_COLUMNS)
+        db.execute(f"CREATE TABLE IF NOT EXISTS usage_minutes (minute INTEGER NOT NULL, pool TEXT NOT NULL,"
+                   f" {usage}, PRIMARY KEY (minute, pool)) WITHOUT ROWID")
     return db
 
 

@@ -53,7 +53,7 @@ from config.events import EVENTS_FILE, load_events
 from config.models import Config, Pool
 from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
-from pools.planner import Plan, PlannerState, TypeDemand
+from pools.planner import CpuBudget, Plan, PlannerState, TypeDemand
 from pools.reconciler import Desired, DesiredState, baseline_desired
 from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, BurstHeights, LoadSamples, PoolObservation,
                         SeriesForecasts, plan_pool, pool_demand)
@@ -202,6 +202,9 @@ class ControlLoop:
         self._models: tuple[dict[str, Any], ...] = ()
         self._next_types: Mapping[str, Mapping[str, float]] = {}
         self._stepping = asyncio.Lock()
+        # Measured CPU-seconds per request type and the members' CPU budget of a pool
+        # (balancer.control.resources.ResourceWatch.cpu_profile), read in the worker thread.
+        self.cpu_profile: Callable[[str], tuple[Mapping[str, float], CpuBudget | None]] | None = None
         self.reconfigure(cfg)
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
 
@@ -589,8 +592,9 @@ class ControlLoop:
         for name, spec in inputs.specs.items():
             routed = frozenset(t for t, pools in inputs.pools_of_type.items() if name in pools)
             sessions = {t: r for t, r in self._session_rates.items() if t in routed}
+            cpu_costs, cpu = self.cpu_profile(name) if self.cpu_profile is not None else ({}, None)
             obs = PoolObservation(spec, routed, sessions=sessions, service_times=service_times,
-                                  burst_rate=self._bursts.rate(name, spec.shadow))
+                                  burst_rate=self._bursts.rate(name, spec.shadow), cpu_costs=cpu_costs, cpu=cpu)
             demand = pool_demand(obs, series)
             in_pool = np.isin(type_of, list(routed)) if len(ids) else np.zeros(0, dtype=bool)
             point_sum, lower_sum, upper_sum = (a[in_pool].sum(axis=0) for a in (rate, lower, upper))

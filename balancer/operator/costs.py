@@ -1,4 +1,4 @@
-"""Cost accounting: container-seconds per pool and tier, attributed to sources.
+"""Cost accounting: container-seconds (and core-seconds, GiB-seconds) per pool and tier, attributed to sources.
 
 Seed 003 prices predictive allocation as a premium. So the capacity held ahead of need — shadow
 members and ready members the forecast asked for above the baseline — is counted apart, and only
@@ -66,7 +66,25 @@ class Interval:
 
 
 CSV_COLUMNS = ["pool", "source", "predictive", "requests", "share", "shared_s", "premium_s", "total_s",
-               "row_kind", "tier", "seconds"]
+               "row_kind", "tier", "seconds", "core_s", "gib_s", "used_core_s", "used_gib_s"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolResources:
+    """What a pool's members reserve and used, for pricing by resource rather than by container."""
+    cpus: float | None                 # CPU limit per member: a container-second reserves this many core-seconds
+    memory_bytes: int | None           # memory limit per member
+    used_core_s: float = 0.0           # measured over the window (balancer.control.resources)
+    used_gib_s: float = 0.0
+    cpu_per_request: Mapping[str, float] = field(default_factory=dict)   # type -> CPU-seconds (estimated)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceResources:
+    core_s: float | None       # reserved: its container-seconds x the pool's CPU limit
+    gib_s: float | None
+    used_core_s: float         # measured use, attributed by its requests weighted by their type's CPU cost
+    used_gib_s: float          # measured memory, by its share of requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +93,8 @@ class CostReport:
     until: float
     pools: list[PoolCost]
     sources: list[SourceCost]
+    resources: Mapping[str, PoolResources] = field(default_factory=dict)
+    source_resources: Mapping[tuple[str, str], SourceResources] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -84,9 +104,28 @@ class CostReport:
                                "total_s": round(p.premium_s + p.shared_s, 3), "requests": p.requests,
                                "unattributed_s": round(p.unattributed_s, 3)}
                       for p in self.pools},
-            "sources": [{k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(s).items()}
+            "sources": [{**{k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(s).items()},
+                         **self._source_resources_json(s)}
                         for s in self.sources],
-        }
+        } | ({"resources": {name: self._pool_resources_json(name) for name in sorted(self.resources)}}
+             if self.resources else {})
+
+    def _pool_resources_json(self, pool: str) -> dict:
+        r = self.resources[pool]
+        cost = next((p for p in self.pools if p.pool == pool), PoolCost(pool))
+        return {"unit": "core-seconds, GiB-seconds", "cpus": r.cpus, "memory_bytes": r.memory_bytes,
+                "reserved_core_s": {t: _r3(sec * r.cpus) for t, sec in cost.seconds.items()} if r.cpus else None,
+                "reserved_gib_s": {t: _r3(sec * r.memory_bytes / GIB) for t, sec in cost.seconds.items()}
+                if r.memory_bytes else None,
+                "used_core_s": _r3(r.used_core_s), "used_gib_s": _r3(r.used_gib_s),
+                "cpu_per_request_s": {t: round(c, 6) for t, c in sorted(r.cpu_per_request.items())}}
+
+    def _source_resources_json(self, s: SourceCost) -> dict:
+        r = self.source_resources.get((s.pool, s.source))
+        if r is None:
+            return {}
+        return {"core_s": _r3(r.core_s), "gib_s": _r3(r.gib_s), "used_core_s": _r3(r.used_core_s),
+                "used_gib_s": _r3(r.used_gib_s)}
 
     def to_csv(self) -> str:
         """The columns of CSV_COLUMNS; `row_kind` tells the rows apart, in this order: `source` (a
@@ -97,15 +136,60 @@ class CostReport:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for s in self.sources:
+            r = self.source_resources.get((s.pool, s.source))
+            extra = [_f3(r.core_s), _f3(r.gib_s), _f3(r.used_core_s), _f3(r.used_gib_s)] if r else ["", "", "", ""]
             writer.writerow([s.pool, s.source, str(s.predictive).lower(), s.requests, f"{s.share:.6f}",
-                             f"{s.shared_s:.3f}", f"{s.premium_s:.3f}", f"{s.total_s:.3f}", "source", "", ""])
+                             f"{s.shared_s:.3f}", f"{s.premium_s:.3f}", f"{s.total_s:.3f}", "source", "", "", *extra])
         for p in self.pools:
             if p.unattributed_s > 0:
-                writer.writerow([p.pool, "", "", 0, "0", "", "", f"{p.unattributed_s:.3f}", "unattributed", "", ""])
+                writer.writerow([p.pool, "", "", 0, "0", "", "", f"{p.unattributed_s:.3f}", "unattributed", "", "",
+                                 "", "", "", ""])
         for p in self.pools:
+            res = self.resources.get(p.pool)
             for tier, seconds in p.seconds.items():
-                writer.writerow([p.pool, "", "", "", "", "", "", "", "tier", tier, f"{seconds:.3f}"])
+                core = _f3(seconds * res.cpus) if res is not None and res.cpus else ""
+                gib = _f3(seconds * res.memory_bytes / GIB) if res is not None and res.memory_bytes else ""
+                writer.writerow([p.pool, "", "", "", "", "", "", "", "tier", tier, f"{seconds:.3f}", core, gib, "", ""])
         return out.getvalue()
+
+
+def with_resources(report: CostReport, pools: Mapping[str, PoolResources],
+                   requests: Mapping[str, Mapping[str, Mapping[str, int]]]) -> CostReport:
+    """`report` with core-seconds and GiB-seconds: reserved ones follow the container-seconds (a source
+    reserves its container-seconds x the pool's limits), used ones are the pool's measured use shared by
+    requests, CPU weighted by each request type's estimated CPU cost (by request count where none is
+    known). `requests`: per pool, per source, requests per type over the window."""
+    out: dict[tuple[str, str], SourceResources] = {}
+    for s in report.sources:
+        r = pools.get(s.pool)
+        if r is None:
+            continue
+        by_source = requests.get(s.pool, {})
+        total_w = sum(_cpu_weight(types, r.cpu_per_request) for types in by_source.values())
+        total_n = sum(sum(types.values()) for types in by_source.values())
+        mine = by_source.get(s.source, {})
+        out[(s.pool, s.source)] = SourceResources(
+            s.total_s * r.cpus if r.cpus else None, s.total_s * r.memory_bytes / GIB if r.memory_bytes else None,
+            r.used_core_s * _cpu_weight(mine, r.cpu_per_request) / total_w if total_w > 0 else 0.0,
+            r.used_gib_s * sum(mine.values()) / total_n if total_n > 0 else 0.0)
+    return CostReport(report.since, report.until, report.pools, report.sources, dict(pools), out)
+
+
+GIB = float(1 << 30)
+
+
+def _cpu_weight(types: Mapping[str, int], costs: Mapping[str, float]) -> float:
+    if not costs:
+        return float(sum(types.values()))
+    return sum(n * costs.get(t, 0.0) for t, n in types.items())
+
+
+def _r3(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def _f3(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"
 
 
 def container_seconds(samples: Sequence[Sample], since: float, until: float) -> dict[str, float]:

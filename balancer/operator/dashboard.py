@@ -34,8 +34,10 @@ _TIER_COLORS = {"baseline": "#1f77b4", "predictive": "#2ca02c", "burst": "#d6272
 
 
 def render(status: Mapping[str, Any], timeline: Mapping[str, Sequence[Sample]],
-           actual: Mapping[str, Mapping[int, int]], events: Sequence[Event], now: float) -> str:
-    """The page. `actual`: requests per minute start, per pool; `timeline`: member samples per pool."""
+           actual: Mapping[str, Mapping[int, int]], events: Sequence[Event], now: float,
+           usage: Mapping[str, Mapping[int, tuple[float, float]]] | None = None) -> str:
+    """The page. `actual`: requests per minute start, per pool; `timeline`: member samples per pool;
+    `usage`: per pool, per minute start, the (cores, GiB) its members used on average."""
     pools = status.get("pools", {})
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
              f'<meta http-equiv="refresh" content="{REFRESH_S}"><link rel="icon" href="data:,">'
@@ -43,7 +45,8 @@ def render(status: Mapping[str, Any], timeline: Mapping[str, Sequence[Sample]],
              f"<h1>warmfront <span class=muted>{escape(str(status.get('instance', '')))} · "
              f"up {_duration(status.get('uptime_s', 0))} · {_time(now)} UTC</span></h1>"]
     for name, pool in pools.items():
-        parts.append(_pool_section(name, pool, timeline.get(name, ()), actual.get(name, {}), now))
+        parts.append(_pool_section(name, pool, timeline.get(name, ()), actual.get(name, {}), now,
+                                   (usage or {}).get(name, {})))
     parts.append(_events_section(events, now))
     parts.append(_sources_section(status.get("sources", []), status.get("uptime_s"), actual, now))
     parts.append(_next_types_section(status.get("next_types") or {}))
@@ -52,7 +55,7 @@ def render(status: Mapping[str, Any], timeline: Mapping[str, Sequence[Sample]],
 
 
 def _pool_section(name: str, pool: Mapping[str, Any], samples: Sequence[Sample],
-                  actual: Mapping[int, int], now: float) -> str:
+                  actual: Mapping[int, int], now: float, usage: Mapping[int, tuple[float, float]] | None = None) -> str:
     counts = pool.get("counts", {})
     desired = pool.get("desired") or {}
     head = (f'<div class=pool id="pool-{escape(name)}"><h2>pool {escape(name)} '
@@ -68,8 +71,9 @@ def _pool_section(name: str, pool: Mapping[str, Any], samples: Sequence[Sample],
                  f"{escape(str(override.get('reason', '')))}"
                  + (f" <b>{escape(str(override['note']))}</b>" if override.get("note") else "") + "</p>")
     charts = (f'<div class=charts><figure class=plot data-pool="{escape(name)}">{_forecast_chart(name, pool, actual, now)}</figure>'
-              f'<figure class=plot data-pool="{escape(name)}">{_members_chart(name, samples, now)}</figure></div>')
-    return head + charts + _tiers(samples, pool) + _demand_shapers(pool) + _actions(pool) + _anomalies(pool) + "</div>"
+              f'<figure class=plot data-pool="{escape(name)}">{_members_chart(name, samples, now)}</figure>'
+              + _resource_charts(name, pool, usage or {}, now) + "</div>")
+    return head + charts + _resource_table(pool) + _tiers(samples, pool) + _demand_shapers(pool) + _actions(pool) + _anomalies(pool) + "</div>"
 
 
 def _demand_shapers(pool: Mapping[str, Any]) -> str:
@@ -123,6 +127,57 @@ def _members_chart(name: str, samples: Sequence[Sample], now: float) -> str:
     lines = [Line(label, np.array([getattr(s, label) for s in recent], dtype=float), color, width=w, dot_last=True)
              for label, color, w in series]
     return chart(x, lines, title=f"{name}: members", y_label="members", integer=True, **_time_axis(now))
+
+
+def _resource_charts(name: str, pool: Mapping[str, Any], usage: Mapping[int, tuple[float, float]], now: float) -> str:
+    """CPU cores and memory the pool's members used per minute, and the forecast demand with its band."""
+    res = pool.get("resources") or {}
+    if not usage and not res.get("forecast"):
+        return ""
+    start, current = int((now - PAST_S) // 60) * 60, int(now // 60) * 60
+    minutes = np.arange(start, current, 60, dtype=float)
+    forecast = sorted((f for f in res.get("forecast") or [] if f.get("horizon_s", 0) <= FUTURE_S),
+                      key=lambda f: f.get("horizon_s", 0))
+    x = np.concatenate([minutes, [now + f["horizon_s"] for f in forecast]])
+    out = ""
+    for k, (what, key, unit, scale) in enumerate((("CPU", "cores", "cores", 1.0),
+                                                  ("memory", "memory_bytes", "GiB", float(1 << 30)))):
+        past = np.array([usage[int(m)][k] if int(m) in usage else np.nan for m in minutes])
+        tail = np.full(len(forecast), np.nan)
+        lines = [Line(f"{what} used", np.concatenate([past, tail]), ACTUAL_COLOR)]
+        bands = []
+        if forecast:
+            last = np.concatenate([np.full(len(minutes) - 1, np.nan), past[-1:]]) if len(minutes) else np.zeros(0)
+            point = [f[key]["point"] / scale for f in forecast]
+            lines.append(Line(f"{what} forecast", np.concatenate([last, point]), FORECAST_COLOR, dash="5 3", width=2))
+            bands.append(Band("forecast interval", np.concatenate([last, [f[key]["lower"] / scale for f in forecast]]),
+                              np.concatenate([last, [f[key]["upper"] / scale for f in forecast]]), BAND_COLOR))
+        out += (f'<figure class=plot data-pool="{escape(name)}">'
+                + chart(x, lines, bands, title=f"{name}: {what} used vs forecast", y_label=unit, **_time_axis(now))
+                + "</figure>")
+    return out
+
+
+def _resource_table(pool: Mapping[str, Any]) -> str:
+    """Per-type cost estimates and the right-sizing recommendation."""
+    res = pool.get("resources") or {}
+    costs, rec = res.get("costs"), res.get("recommendation")
+    out = ""
+    if costs:
+        rows = "".join(f"<tr><td>{escape(str(t))}</td><td class=num>{c * 1000:.2f} ms</td>"
+                       f"<td class=num>± {e * 1000:.2f}</td></tr>"
+                       for t, c, e in zip(costs.get("types", []), costs.get("cpu_per_request", []),
+                                          costs.get("cpu_stderr", [])))
+        note = f" <span class=muted>{escape(str(costs['note']))}</span>" if costs.get("note") else ""
+        out += (f"<p>CPU per request, measured{note}</p><table><tr><th>type</th><th>CPU</th><th>std. error</th></tr>"
+                f"{rows}</table>")
+    if rec:
+        applied = res.get("applied")
+        out += (f"<p>recommended per member: cpus {rec.get('cpus')}, memory "
+                f"{(rec.get('memory_bytes') or 0) / (1 << 20):.0f} MiB"
+                + (" <b>(applied to new members)</b>" if applied else f" ({escape(str(res.get('rightsize')))})")
+                + "".join(f" · {escape(str(r))}" for r in rec.get("reasons", [])) + "</p>")
+    return out
 
 
 def _time_axis(now: float) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from balancer.control.history import History
 from balancer.control.loop import ControlLoop
+from balancer.control.resources import ResourceWatch
 from config.models import Config
 from pools.manager import PoolManager
 from pools.members import MemberView
@@ -33,6 +34,8 @@ class Host(Protocol):
     def history(self) -> History: ...
     @property
     def control(self) -> ControlLoop | None: ...
+    @property
+    def resources(self) -> ResourceWatch | None: ...
     @property
     def managers(self) -> Mapping[str, PoolManager]: ...
     @property

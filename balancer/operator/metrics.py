@@ -181,6 +181,28 @@ def _process_metrics(view: Mapping[str, Any]) -> Iterator[Metric]:
     for (pool, horizon), values in sorted(view.get("forecast_errors", {}).items()):
         errors.add_metric([pool, horizon], statistics.median(values))
     yield errors
+    yield from _resource_metrics(view.get("resources", {}))
+
+
+def _resource_metrics(pools: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    """Measured member use and the right-sizing recommendation (balancer.control.resources)."""
+    cpu = CounterMetricFamily("warmfront_member_cpu_seconds", "CPU seconds a member has used since it started "
+                              "(its cgroup, or /proc for a process member).", labels=["pool", "member"])
+    memory = GaugeMetricFamily("warmfront_member_memory_bytes", "Resident memory of a member at its last sample.",
+                               labels=["pool", "member"])
+    cpus = GaugeMetricFamily("warmfront_pool_recommended_cpus", "CPU limit per member recommended from measured "
+                             "use (a high percentile plus a margin; raised after throttling).", labels=["pool"])
+    mem = GaugeMetricFamily("warmfront_pool_recommended_memory_bytes", "Memory limit per member recommended from "
+                            "measured use (the peak plus a margin; raised after an OOM kill).", labels=["pool"])
+    for pool, view in sorted(pools.items()):
+        for member, (cpu_s, rss) in sorted(view.get("members", {}).items()):
+            cpu.add_metric([pool, member], cpu_s)
+            memory.add_metric([pool, member], rss)
+        if view.get("recommended_cpus") is not None:
+            cpus.add_metric([pool], view["recommended_cpus"])
+        if view.get("recommended_memory") is not None:
+            mem.add_metric([pool], view["recommended_memory"])
+    yield from (cpu, memory, cpus, mem)
 
 
 def _control_metrics(control: dict[str, dict[str, Any]]) -> Iterator[Metric]:

@@ -17,6 +17,8 @@ import structlog
 from aiohttp import web
 
 from balancer.control.history import MinuteRow
+from balancer.control.history_store import StoreError
+from balancer.operator.costs import GIB, PoolResources
 from balancer.operator.controls import Bounded, Controls, Release, constrain, override_json
 from balancer.operator.eventfeed import EventFeed
 from balancer.operator.host import Host
@@ -158,6 +160,59 @@ class Operator:
             for pool in pools_of.get(row.type, ()):
                 by_source = out.setdefault(pool, {})
                 by_source[row.source] = by_source.get(row.source, 0) + row.requests
+        return out
+
+    async def requests_by_pool_source_type(self, since: float, until: float) -> dict[str, dict[str, dict[str, int]]]:
+        """Per pool, per source, requests per type in [since, until)."""
+        pools_of = self.pools_of_type()
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for row in await self._minute_rows(since, until):
+            for pool in pools_of.get(row.type, ()):
+                by_type = out.setdefault(pool, {}).setdefault(row.source, {})
+                by_type[row.type] = by_type.get(row.type, 0) + row.requests
+        return out
+
+    async def pool_resources(self, since: float, until: float) -> dict[str, PoolResources]:
+        """Per managed pool: its members' limits, what they used in [since, until) as the history store
+        holds it (per minute, written by balancer.control.resources), and the per-type CPU estimates."""
+        try:
+            rows = await asyncio.to_thread(self.app.history.usage, None, since, until)
+        except StoreError as e:
+            log.warning("costs.usage_unreadable", error=str(e))
+            rows = {}
+        used: dict[str, list[float]] = {}
+        for (_, pool), row in rows.items():
+            acc = used.setdefault(pool, [0.0, 0.0])
+            acc[0] += row[0]
+            acc[1] += row[2] / GIB
+        watch = self.app.resources
+        out: dict[str, PoolResources] = {}
+        for name, spec in self.app.cfg.pools.items():
+            if spec.backend == "static":
+                continue
+            section = spec.docker if spec.backend == "docker" else spec.swarm if spec.backend == "swarm" else None
+            cpus = float(section.cpus) if section is not None and section.cpus is not None else None
+            memory = int(section.memory) if section is not None and section.memory is not None else None
+            applied = watch.applied(name) if watch is not None else None
+            if applied is not None:
+                cpus = applied.cpus if applied.cpus is not None else cpus
+                memory = applied.memory_bytes if applied.memory_bytes is not None else memory
+            costs = dict(watch.cpu_profile(name)[0]) if watch is not None else {}
+            if name in used or cpus or memory:
+                core_s, gib_s = used.get(name, (0.0, 0.0))
+                out[name] = PoolResources(cpus, memory, core_s, gib_s, costs)
+        return out
+
+    async def usage_by_pool_minute(self, since: float, until: float) -> dict[str, dict[int, tuple[float, float]]]:
+        """Per pool, per minute start: the mean (cores, GiB) its members used (the history store's rows)."""
+        try:
+            rows = await asyncio.to_thread(self.app.history.usage, None, since, until)
+        except StoreError as e:
+            log.warning("dashboard.usage_unreadable", error=str(e))
+            return {}
+        out: dict[str, dict[int, tuple[float, float]]] = {}
+        for (minute, pool), row in rows.items():
+            out.setdefault(pool, {})[int(minute)] = (row[0] / 60.0, row[2] / 60.0 / GIB)
         return out
 
     async def requests_by_pool_minute(self, since: float, until: float) -> dict[str, dict[int, int]]:

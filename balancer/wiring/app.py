@@ -24,6 +24,7 @@ from aiohttp import web
 from balancer.control.history import History
 from balancer.control.history_store import StoreError, open_store
 from balancer.control.loop import ControlLoop
+from balancer.control.resources import ResourceWatch
 from balancer.control.replicas import ReplicaError, ReplicaSet, owner_of
 from balancer.control.workers import WorkerSet, default_workers
 from balancer.dataplane.access_log import resolve as access_log_path
@@ -108,6 +109,7 @@ class App:
         self.backends = backends if backends is not None else Backends()   # which Backend runs a pool's members
         self.managers: dict[str, PoolManager] = {}
         self.control: ControlLoop | None = None
+        self.resources: ResourceWatch | None = None   # members' CPU and memory, on the leader
         self.admin_runner: web.AppRunner | None = None
 
     # ---------------------------------------------------------------- the loop's one-way flow
@@ -185,6 +187,10 @@ class App:
             }
             if self.control is not None:
                 pools[name].update(self.control.pool_status(name))
+            if self.resources is not None and self.control is not None and spec.backend != "static":
+                planned = self.control.pools.get(name)
+                pools[name]["resources"] = self.resources.status(name, planned.demand if planned else (),
+                                                                 planned.forecast if planned else ())
             manager = self.managers.get(name)
             pools[name]["lead_times_s"] = manager.lead_times() if manager is not None else {}
             pools[name]["recent_actions"] = [
@@ -303,6 +309,9 @@ class App:
         proxy serves meanwhile), and a long replay of history does not hold the managers back past
         FIRST_PLAN_WAIT_S: they start from the baseline and follow the plan when it comes."""
         assert self.control is not None
+        self.resources = ResourceWatch(self.cfg, self.history, self.managers, clock=self.clock)
+        self.control.cpu_profile = self.resources.cpu_profile
+        self._control_tasks.append(asyncio.create_task(self.resources.run()))
         first = asyncio.create_task(self.control.step())
         self._control_tasks.append(first)
         await asyncio.wait({first}, timeout=FIRST_PLAN_WAIT_S)
@@ -343,6 +352,8 @@ class App:
         for t in self.tasks + self._control_tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, *self._control_tasks, return_exceptions=True)
+        if self.resources is not None:
+            await self.resources.close()
         # A replica with live peers leaves its members to the next leader, whatever the pool's on_exit says.
         keep = True if self.replicas is not None and self.replicas.live_peers() else None
         await asyncio.gather(*(m.stop_all(keep=keep if self.led(n) else None) for n, m in self.managers.items()),
@@ -389,7 +400,8 @@ class App:
         return {"workers": {w["slot"]: w["pid"] for w in self.workers.status()},
                 "reloads": self.reloads,
                 "check_failures": {name: dict(m.check_failures) for name, m in self.managers.items()},
-                "forecast_errors": errors}
+                "forecast_errors": errors,
+                "resources": self.resources.metrics() if self.resources is not None else {}}
 
     def _control_status(self) -> dict[str, dict[str, Any]]:
         if self.control is None:

@@ -24,6 +24,7 @@ from typing import Protocol
 import structlog
 
 from balancer.control.loop import ControlLoop
+from balancer.control.resources import ResourceWatch
 from balancer.control.workers import WorkerSet
 from balancer.operator.host import ReloadRefused
 from balancer.operator.state import Operator
@@ -50,6 +51,7 @@ class App(Protocol):
     members: dict[str, list[MemberView]]
     tasks: list[asyncio.Task]
     control: ControlLoop | None
+    resources: ResourceWatch | None
     workers: WorkerSet
 
     def publish_table(self) -> None: ...
@@ -130,6 +132,8 @@ async def reload_config(app: App) -> ReloadResult:
             app.tasks.append(asyncio.create_task(app.managers[name].run()))
     if app.control is not None:
         app.control.reconfigure(new)
+        if app.resources is not None:
+            app.resources.reconfigure(new)
     app.publish_table()
     log.info("config.reloaded", directory=directory, added=result.added, removed=result.removed,
              rolled=result.rolled, retuned=result.retuned, restart_needed=result.restart_needed)

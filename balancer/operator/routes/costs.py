@@ -11,12 +11,19 @@ seconds nobody could be charged for (in `total_s`), and `tier` for a pool's cont
 tier (`tier`, `seconds`; as the JSON's `pools.*.tiers`). Summing `total_s` counts everything once.
 
 Each stretch of the window is attributed with the opt-outs in force during it, not today's.
+
+Resources (pools with a CPU or memory limit, or measured use): the JSON's `resources` per pool holds
+`cpus`, `memory_bytes`, `reserved_core_s` and `reserved_gib_s` per tier (container-seconds x the
+limits in force now), `used_core_s` and `used_gib_s` (measured), `cpu_per_request_s` per type; each
+source gains `core_s`, `gib_s` (reserved, by its container-seconds) and `used_core_s` (measured, by
+its requests weighted by their type's CPU cost), `used_gib_s` (by its share of requests). CSV: the
+columns `core_s,gib_s,used_core_s,used_gib_s` after `seconds`, filled on source and tier rows.
 """
 from __future__ import annotations
 
 from aiohttp import web
 
-from balancer.operator.costs import Interval, attribution_intervals, compute_costs_over
+from balancer.operator.costs import Interval, attribution_intervals, compute_costs_over, with_resources
 from balancer.operator.requests import FIRST_T, query_time
 from balancer.operator.server import ApiError
 from balancer.operator.state import Operator
@@ -45,6 +52,9 @@ class CostRoutes:
                          since, until, self.op.controls.opted_out_between(since, until))]
         timeline = {name: self.op.timeline.series(name, since) for name in self.op.timeline.pools()}
         report = compute_costs_over(timeline, intervals)
+        resources = await self.op.pool_resources(since, until)
+        if resources:
+            report = with_resources(report, resources, await self.op.requests_by_pool_source_type(since, until))
         if fmt == "csv":
             return web.Response(text=report.to_csv(), content_type="text/csv")
         return web.json_response(report.to_json())

@@ -25,5 +25,6 @@ class PageRoutes:
         status = self.op.status()
         actual = await self.op.requests_by_pool_minute(now - dashboard.PAST_S, now + 60)
         timeline = {name: self.op.timeline.series(name, now - dashboard.PAST_S) for name in self.op.app.cfg.pools}
-        html = dashboard.render(status, timeline, actual, self.op.events.book.list(), now)
+        usage = await self.op.usage_by_pool_minute(now - dashboard.PAST_S, now + 60)
+        html = dashboard.render(status, timeline, actual, self.op.events.book.list(), now, usage)
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})

@@ -15,6 +15,15 @@ Fluid model per step: the requests arriving in it (a trace bin spread evenly ove
 `ready member-seconds × member_rate` of capacity; the rest are cold requests. The first `train_s`
 seconds are for learning only; every policy runs through them, but only later steps are scored.
 
+Resource mode (`simulate --resources`, a trace with per-request costs: `pools.trace_costs`): every
+member also has `SimPool.cpus` cores, and a step's CPU demand (the core-seconds of the requests
+arriving in it) meets `ready member-seconds × cpus` of CPU, fluid as well. Work beyond it is
+CPU-starved, and the step's requests count as cold by the larger shortfall of the two (a request
+needs a slot and the CPU to run in it). The predictive policy learns each type's core-seconds per
+request from the bins that have ended and hands them, with the members' `CpuBudget`, to the same
+planner the live loop runs; reactive is HPA on CPU utilisation; the oracle holds exactly what the
+binding resource needs.
+
 No peeking: the forecaster is fed a bin only once it has ended, and a policy deciding at step `i`
 reads demand and capacity of steps before `i` only.
 """
@@ -33,7 +42,7 @@ from config.models import Pool
 from pools.backends.simulated import Delays, SimulatedBackend, SimulatedHealth
 from pools.manager import PoolManager
 from pools.members import MemberState, MemberView
-from pools.planner import Plan, PlannerState, TypeDemand
+from pools.planner import CpuBudget, Plan, PlannerState, TypeDemand
 from pools.reconciler import Desired, DesiredState
 from pools.step import (HORIZONS_S, SENSITIVITIES, BinScores, BurstHeights, LoadSamples, PoolObservation,
                         SeriesForecasts, plan_pool, pool_demand)
@@ -62,6 +71,7 @@ class SimPool:
     spec: Pool            # scaling.service_time is such that concurrency / service_time == member_rate
     member_rate: float    # requests per second one member serves at 100 % utilisation
     sources: tuple[tuple[int, str], ...]   # (trace series index, request type) feeding the pool
+    cpus: float | None = None   # resource mode: cores each member has (None: requests are the only resource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,36 +102,76 @@ class PolicyRun:
     ready: np.ndarray              # ready members at the end of each step
     activations: np.ndarray        # shadows made ready per step
     before: int = 0                # ready members just before the first step (scale events count from it)
+    cpus: float | None = None              # resource mode: cores per member
+    cpu_demand: np.ndarray | None = None   # resource mode: core-seconds arriving per step,
+    cpu_capacity: np.ndarray | None = None  # and the core-seconds the ready members could give
 
     def window(self, s: slice) -> PolicyRun:
         start = s.start or 0
         before = int(self.ready[start - 1]) if start > 0 else self.before
         cut = {name: getattr(self, name)[s] for name in _STEP_ARRAYS}
+        if self.cpu_demand is not None and self.cpu_capacity is not None:
+            cut.update(cpu_demand=self.cpu_demand[s], cpu_capacity=self.cpu_capacity[s])
         return replace(self, **cut, before=before)
+
+    def need(self, utilisation: float = 1.0) -> np.ndarray:
+        """Members each step's demand needs at `utilisation`: of requests, or in resource mode of
+        whichever resource binds (slots or CPU)."""
+        need = np.ceil(self.demand / (self.member_rate * utilisation * self.step_s) - 1e-9)
+        if self.cpus is not None and self.cpu_demand is not None:
+            need = np.maximum(need, np.ceil(self.cpu_demand / (self.cpus * utilisation * self.step_s) - 1e-9))
+        return need
 
     def totals(self) -> dict:
         step_min = self.step_s / 60.0
         served = np.minimum(self.demand, self.capacity)
         full = (self.ready_s + self.boot_s + self.drain_s).sum() + self.shadow_cost * self.shadow_s.sum()
-        need = np.ceil(self.demand / (self.member_rate * self.step_s) - 1e-9)
+        need = self.need()
         headroom = 0.0
         if self.target is not None:
-            headroom = float((np.ceil(self.demand / (self.member_rate * self.target * self.step_s) - 1e-9)
-                              - need).sum() * step_min)
+            headroom = float((self.need(self.target) - need).sum() * step_min)
         ready_min = float(self.ready_s.sum() / 60.0)
-        return {"requests": float(self.demand.sum()), "cold_requests": float((self.demand - served).sum()),
-                "container_minutes": float(full / 60.0),
-                "scale_events": int(np.count_nonzero(np.diff(np.concatenate([[self.before], self.ready])))),
-                "shadow_activations": int(self.activations.sum()),
-                # where the container-minutes go (they add up to container_minutes)
-                "minutes": {"at_need": float(need.sum() * step_min), "target_headroom": headroom,
-                            "excess_ready": ready_min - float(need.sum() * step_min) - headroom,
-                            "launch": float(self.boot_s.sum() / 60.0), "drain": float(self.drain_s.sum() / 60.0),
-                            "shadow": float(self.shadow_cost * self.shadow_s.sum() / 60.0)}}
+        cold = self.demand - served
+        minutes = {"at_need": float(need.sum() * step_min), "target_headroom": headroom,
+                   "excess_ready": ready_min - float(need.sum() * step_min) - headroom,
+                   "launch": float(self.boot_s.sum() / 60.0), "drain": float(self.drain_s.sum() / 60.0),
+                   "shadow": float(self.shadow_cost * self.shadow_s.sum() / 60.0)}
+        out: dict = {"requests": float(self.demand.sum()), "cold_requests": 0.0,
+                     "container_minutes": float(full / 60.0),
+                     "scale_events": int(np.count_nonzero(np.diff(np.concatenate([[self.before], self.ready])))),
+                     "shadow_activations": int(self.activations.sum()),
+                     "minutes": minutes}   # where the container-minutes go (they add up to container_minutes)
+        if self.cpus is not None and self.cpu_demand is not None and self.cpu_capacity is not None:
+            cold = np.maximum(cold, self.demand * self._starved_share())
+            out["resources"] = self._cpu_totals(float(full), minutes)
+        out["cold_requests"] = float(cold.sum())
+        return out
+
+    def _starved_share(self) -> np.ndarray:
+        """Per step, the share of its CPU demand the ready members could not give."""
+        assert self.cpu_demand is not None and self.cpu_capacity is not None
+        starved = np.maximum(0.0, self.cpu_demand - self.cpu_capacity)
+        return np.divide(starved, self.cpu_demand, out=np.zeros(len(starved)), where=self.cpu_demand > 0)
+
+    def _cpu_totals(self, member_s: float, minutes: dict[str, float]) -> dict:
+        """Core-seconds reserved (every member-second costed in container-minutes, times the member's
+        cores, with the same split), used (the CPU demand the ready members gave) and starved."""
+        assert self.cpus is not None and self.cpu_demand is not None and self.cpu_capacity is not None
+        return {"core_seconds_reserved": member_s * self.cpus,
+                "core_seconds_used": float(np.minimum(self.cpu_demand, self.cpu_capacity).sum()),
+                "cpu_starved_core_seconds": float(np.maximum(0.0, self.cpu_demand - self.cpu_capacity).sum()),
+                "core_seconds": {k: v * 60.0 * self.cpus for k, v in minutes.items()}}
 
 
 OVER_ORACLE = ("target_headroom", "excess_ready", "launch", "drain", "shadow")
 _STEP_ARRAYS = ("demand", "capacity", "ready_s", "boot_s", "drain_s", "shadow_s", "ready", "activations")
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedCpu:
+    """Resource mode: the CPU per request the predictive policy had learned by its last step."""
+    costs: dict[str, float]   # request type -> mean core-seconds per request over the bins seen
+    bins_seen: int            # trace bins it had folded in (the first `bins_seen`)
 
 
 @dataclass(slots=True)
@@ -131,6 +181,7 @@ class SimResult:
     demand: np.ndarray               # all pools, requests per second per scored step
     runs: dict[str, list[PolicyRun]]   # policy -> one run per pool (the oracle's over the whole scored part)
     cold_s: float = 60.0             # the oracle's launch time
+    learned_cpu: dict[str, LearnedCpu] = field(default_factory=dict)   # resource mode: pool -> what predictive learned
 
     def summary(self, window: slice | None = None) -> dict[str, dict]:
         """Per policy over the scored part, or a window of it (scored steps, 0-based): requests, cold
@@ -140,14 +191,19 @@ class SimResult:
         totals = {}
         for name, runs in self.runs.items():
             if name == "oracle":   # the floor of this window, planned for this window alone
-                parts = [oracle(r.demand[w], r.member_rate, self.step_s, self.cold_s, 0) for r in runs]
+                parts = [oracle(r.demand[w], r.member_rate, self.step_s, self.cold_s, 0,
+                                None if r.cpu_demand is None else r.cpu_demand[w], r.cpus) for r in runs]
             else:
                 parts = [r.window(w) for r in runs]
             totals[name] = _total([p.totals() for p in parts])
         floor = totals["oracle"]["container_minutes"]
         base = totals["oracle"]["minutes"]
+        core_floor = totals["oracle"].get("core_seconds_reserved", 0.0)
         for name, t in totals.items():
             t["cost_vs_oracle"] = round(t["container_minutes"] / floor, 3) if floor > 0 else None
+            if "core_seconds_reserved" in t:
+                t["core_seconds_vs_oracle"] = (round(t["core_seconds_reserved"] / core_floor, 3)
+                                               if core_floor > 0 else None)
             minutes = t.pop("minutes")
             if name != "oracle" and floor > 0:
                 # The minutes above the oracle's by cause, as shares of the oracle's (they add up
@@ -169,11 +225,22 @@ def _total(parts: list[dict]) -> dict:
     requests = sum(p["requests"] for p in parts)
     cold = sum(p["cold_requests"] for p in parts)
     minutes = {key: sum(p["minutes"][key] for p in parts) for key in parts[0]["minutes"]} if parts else {}
-    return {"requests": int(round(requests)), "cold_requests": int(round(cold)),
-            "cold_rate": round(cold / requests, 6) if requests else 0.0,
-            "container_minutes": round(sum(p["container_minutes"] for p in parts), 1),
-            "scale_events": sum(p["scale_events"] for p in parts),
-            "shadow_activations": sum(p["shadow_activations"] for p in parts), "minutes": minutes}
+    out = {"requests": int(round(requests)), "cold_requests": int(round(cold)),
+           "cold_rate": round(cold / requests, 6) if requests else 0.0,
+           "container_minutes": round(sum(p["container_minutes"] for p in parts), 1),
+           "scale_events": sum(p["scale_events"] for p in parts),
+           "shadow_activations": sum(p["shadow_activations"] for p in parts), "minutes": minutes}
+    if parts and all("resources" in p for p in parts):
+        out.update(_cpu_total([p["resources"] for p in parts]))
+    return out
+
+
+def _cpu_total(parts: list[dict]) -> dict:
+    """Resource mode: the pools' core-seconds summed (each pool's at its own members' cores)."""
+    out: dict = {key: round(sum(p[key] for p in parts), 3)
+                 for key in ("core_seconds_reserved", "core_seconds_used", "cpu_starved_core_seconds")}
+    out["core_seconds"] = {key: round(sum(p["core_seconds"][key] for p in parts), 3) for key in parts[0]["core_seconds"]}
+    return out
 
 
 # ---------------------------------------------------------------------------------------- predictor
@@ -250,22 +317,33 @@ def pool_anomalies(path: ForecastPath, sources: list[int], name: str) -> np.ndar
 class Replay:
     """Per-step record of one policy on one pool; a decision at step i may read entries < i only."""
 
-    def __init__(self, demand: np.ndarray, step_s: float) -> None:
+    def __init__(self, demand: np.ndarray, step_s: float, cpu: np.ndarray | None = None) -> None:
         self.step_s = step_s
         self._demand = demand                    # requests per step
         self.capacity = np.zeros(len(demand))    # requests the ready members could serve per step
+        self._cpu = cpu                          # resource mode: core-seconds arriving per step,
+        self.cpu_capacity = np.zeros(len(demand))   # and what the ready members' cores could give
 
     def arrivals_before(self, i: int, steps: int) -> np.ndarray:
         return self._demand[max(0, i - steps):i]
 
     def utilisation_before(self, i: int, steps: int) -> float | None:
         """Mean busy share of the ready members (at most 1, as CPU is); None without ready members."""
-        cap = self.capacity[max(0, i - steps):i]
-        arr = self._demand[max(0, i - steps):i]
-        have = cap > 0
-        if not have.any():
+        return _busy(self._demand[max(0, i - steps):i], self.capacity[max(0, i - steps):i])
+
+    def cpu_utilisation_before(self, i: int, steps: int) -> float | None:
+        """Mean CPU utilisation of the ready members, what HPA's CPU metric reads (at most 1: a
+        member cannot use more than its limit); None without ready members or outside resource mode."""
+        if self._cpu is None:
             return None
-        return float(np.mean(np.minimum(1.0, arr[have] / cap[have])))
+        return _busy(self._cpu[max(0, i - steps):i], self.cpu_capacity[max(0, i - steps):i])
+
+
+def _busy(arrived: np.ndarray, capacity: np.ndarray) -> float | None:
+    have = capacity > 0
+    if not have.any():
+        return None
+    return float(np.mean(np.minimum(1.0, arrived[have] / capacity[have])))
 
 
 class Members(Protocol):
@@ -286,18 +364,20 @@ class Static:
 class Reactive:
     """Kubernetes HPA: every sync, desired = ceil(ready × utilisation / target) outside a 10 %
     tolerance, scale-up limited to max(+100 %, +4), scale-down to the highest recommendation of the
-    last 5 minutes. Utilisation is averaged over the last minute and cannot exceed 100 %."""
+    last 5 minutes. Utilisation is averaged over the last minute and cannot exceed 100 %. In resource
+    mode (`on_cpu`) the utilisation is the ready members' CPU's, as HPA's usual CPU metric."""
 
-    def __init__(self, pool: SimPool, step_s: float, target: float = HPA_TARGET) -> None:
+    def __init__(self, pool: SimPool, step_s: float, target: float = HPA_TARGET, on_cpu: bool = False) -> None:
         self.spec = pool.spec
         self.target = target
+        self.on_cpu = on_cpu
         self.window = max(1, int(round(HPA_WINDOW_S / step_s)))
         self.replicas = pool.spec.capacity.min
         self.recommendations: deque[tuple[float, int]] = deque()
 
     def desired(self, i: int, now: float, members: Members, replay: Replay) -> Desired:
         cap = self.spec.capacity
-        util = replay.utilisation_before(i, self.window)
+        util = (replay.cpu_utilisation_before if self.on_cpu else replay.utilisation_before)(i, self.window)
         rec = self.replicas
         if util is not None and abs(util / self.target - 1.0) > HPA_TOLERANCE:
             rec = math.ceil(len(members.ready_ids()) * util / self.target)
@@ -314,9 +394,12 @@ class Predictive:
     """warmfront: the forecast path, service times learned from what the members served, live
     in-flight load and anomalies into the live loop's step (`pools.step.plan_pool`), with the lead
     times the manager measured; its `Desired` is what the manager reaches. `plans` keeps every
-    step's `Plan` when asked (the parity test compares them with the live loop's)."""
+    step's `Plan` when asked (the parity test compares them with the live loop's). With `costs` (core-seconds
+    per series and trace bin) and the pool's `cpus`, it learns CPU per request and plans for the binding
+    resource, as the live loop does from measured resource profiles."""
 
-    def __init__(self, pool: SimPool, path: ForecastPath, series: Series, record: bool = False) -> None:
+    def __init__(self, pool: SimPool, path: ForecastPath, series: Series, record: bool = False,
+                 costs: np.ndarray | None = None) -> None:
         self.pool = pool
         self.path = path
         self.state = PlannerState()
@@ -339,14 +422,21 @@ class Predictive:
         self._pool_bins = series.values[self._rows].sum(axis=0)
         self._next_burst_bin = 0
         self.plans: list[Plan] | None = [] if record else None
+        self.cpu = CpuLearner(self._by_type, costs, pool, self._bin_s)
+        if self.cpu.on:
+            assert pool.cpus is not None
+            self._obs = replace(self._obs, cpu=CpuBudget(cores_per_member=pool.cpus, baseline_cores=0.0))
+        self._cpu_costs: dict[str, float] = {}
 
     def desired(self, i: int, now: float, members: Members, replay: Replay) -> Desired:
         spec = self.pool.spec
         j = min(int(now // self.path.bin_s), len(self.path.point) - 1)   # the latest forecast made by `now`
         service = self._learn_service_times(now)
-        if j != self._bound or service != self._service:
-            self._bound, self._service = j, service
-            self._demand = pool_demand(replace(self._obs, service_times=service), self.forecasts_at(j))
+        cpu_costs = self.cpu.learn(now)
+        if j != self._bound or service != self._service or cpu_costs != self._cpu_costs:
+            self._bound, self._service, self._cpu_costs = j, service, cpu_costs
+            self._demand = pool_demand(replace(self._obs, service_times=service, cpu_costs=cpu_costs),
+                                       self.forecasts_at(j))
             if j > 0:   # the live loop forecasts nothing before a first bin has closed
                 self.bursts.expect(self.pool.name, j, self._demand)
         self._observe_bursts(now)
@@ -359,7 +449,8 @@ class Predictive:
         live = self.load.live(now, spec.scaling, bool(self._anomalies[j]))
         measured = members.manager.measured_lead
         obs = replace(self._obs, live=live, ready_since=tuple(self.load.ready_since.values()),
-                      service_times=service, cold_lead=measured("cold"), shadow_lead=measured(spec.shadow.state),
+                      service_times=service, cpu_costs=cpu_costs, cold_lead=measured("cold"),
+                      shadow_lead=measured(spec.shadow.state),
                       burst_rate=self.bursts.rate(self.pool.name, spec.shadow))
         step = plan_pool(now, obs, self._demand, self.state)
         if self.plans is not None:
@@ -394,14 +485,56 @@ class Predictive:
                                np.full(n, SENSITIVITIES.index("normal"), dtype=np.int64), horizons=self.path.horizons)
 
 
+class CpuLearner:
+    """Each request type's CPU cost, learned online: the mean core-seconds per request over the trace
+    bins that have ended (no peeking), what a live pool reads off its members' CPU counters against
+    the requests they served. Off (`on` False) outside resource mode: it then learns nothing."""
+
+    def __init__(self, counts: dict[str, np.ndarray], costs: np.ndarray | None, pool: SimPool, bin_s: float) -> None:
+        self.on = costs is not None and pool.cpus is not None
+        self._counts = counts
+        self._core_s = ({t: costs[[i for i, rt in pool.sources if rt == t]].sum(axis=0) for t in counts}
+                        if costs is not None and self.on else {})
+        self._bin_s = bin_s
+        self._seen: dict[str, tuple[float, float]] = {}   # type -> (requests, core-seconds) over the bins seen
+        self.bins_seen = 0
+        self.costs: dict[str, float] = {}
+
+    def learn(self, now: float) -> dict[str, float]:
+        """Fold the bins that ended by `now` in; the per-type means (empty outside resource mode)."""
+        if not self.on:
+            return self.costs
+        total = len(next(iter(self._counts.values())))
+        moved = False
+        while (self.bins_seen + 1) * self._bin_s <= now and self.bins_seen < total:
+            b = self.bins_seen
+            for rtype, core in self._core_s.items():
+                n, c = self._seen.get(rtype, (0.0, 0.0))
+                self._seen[rtype] = (n + float(self._counts[rtype][b]), c + float(core[b]))
+            self.bins_seen += 1
+            moved = True
+        if moved:
+            self.costs = {t: c / n for t, (n, c) in self._seen.items() if n > 0}
+        return self.costs
+
+
 Policy = Static | Reactive | Predictive
 
 
 # ---------------------------------------------------------------------------------------- replay
 def arrivals_per_step(series: Series, pool: SimPool, step_s: float) -> np.ndarray:
     """Requests arriving per step: each trace bin spread evenly over its steps."""
-    per = int(round(series.bin_s / step_s))
-    bins = series.values[[idx for idx, _ in pool.sources]].sum(axis=0)
+    return _per_step(series.values, series.bin_s, pool, step_s)
+
+
+def cpu_per_step(core_s: np.ndarray, series: Series, pool: SimPool, step_s: float) -> np.ndarray:
+    """Resource mode: core-seconds arriving per step, each trace bin's spread evenly as its requests are."""
+    return _per_step(core_s, series.bin_s, pool, step_s)
+
+
+def _per_step(values: np.ndarray, bin_s: float, pool: SimPool, step_s: float) -> np.ndarray:
+    per = int(round(bin_s / step_s))
+    bins = values[[idx for idx, _ in pool.sources]].sum(axis=0)
     return np.repeat(bins / per, per)
 
 
@@ -415,27 +548,38 @@ class Prepared:
     demands: tuple[np.ndarray, ...]
     scored_from: int
     path: ForecastPath
+    core_s: np.ndarray | None = None                    # resource mode: core-seconds per series and trace bin
+    cpu_demands: tuple[np.ndarray, ...] | None = None   # resource mode: per pool, core-seconds per step
+
+    def cpu_of(self, k: int) -> np.ndarray | None:
+        """Pool `k`'s core-seconds per step in resource mode, else None."""
+        return None if self.cpu_demands is None else self.cpu_demands[k]
 
 
-def prepare(series: Series, pools: list[SimPool], cfg: SimConfig) -> Prepared:
+def prepare(series: Series, pools: list[SimPool], cfg: SimConfig, core_s: np.ndarray | None = None) -> Prepared:
+    """`core_s` (core-seconds per series and trace bin, `pools.trace_costs`) turns resource mode on."""
     demands = tuple(arrivals_per_step(series, p, cfg.step_s) for p in pools)
     n_steps = len(demands[0])
     scored_from = min(n_steps - 1, int(round(cfg.train_s / cfg.step_s)))
+    cpu = None if core_s is None else tuple(cpu_per_step(core_s, series, p, cfg.step_s) for p in pools)
     return Prepared(series, tuple(pools), cfg, demands, scored_from,
-                    forecast_path(series, cfg.forecast_bin_s, cfg.refit_every_s))
+                    forecast_path(series, cfg.forecast_bin_s, cfg.refit_every_s), core_s, cpu)
 
 
 def make_policy(name: str, prepared: Prepared, k: int, pool: SimPool | None = None) -> Policy:
     """Policy `name` for pool `k` of `prepared` (or a variant of that pool's spec)."""
     pool = pool or prepared.pools[k]
-    step, demand = prepared.cfg.step_s, prepared.demands[k]
+    step, demand, cpu = prepared.cfg.step_s, prepared.demands[k], prepared.cpu_of(k)
     if name == "static":
-        train_peak = float(demand[:max(1, prepared.scored_from)].max()) / step
-        return Static(pool, max(1, math.ceil(train_peak / pool.member_rate - 1e-9)))
+        train = slice(0, max(1, prepared.scored_from))
+        members = math.ceil(float(demand[train].max()) / step / pool.member_rate - 1e-9)
+        if cpu is not None and pool.cpus is not None:   # sized for the training peak of the binding resource
+            members = max(members, math.ceil(float(cpu[train].max()) / step / pool.cpus - 1e-9))
+        return Static(pool, max(1, members))
     if name == "reactive":
-        return Reactive(pool, step, prepared.cfg.reactive_target)
+        return Reactive(pool, step, prepared.cfg.reactive_target, on_cpu=cpu is not None)
     if name == "predictive":
-        return Predictive(pool, prepared.path, prepared.series)
+        return Predictive(pool, prepared.path, prepared.series, costs=prepared.core_s)
     raise ValueError(f"no policy {name!r}")
 
 
@@ -454,19 +598,25 @@ def run(series: Series, pools: list[SimPool], cfg: SimConfig, progress: Progress
     total = 3 * n_steps * len(pools)
     done = 0
     runs: dict[str, list[PolicyRun]] = {name: [] for name in POLICIES}
+    learned: dict[str, LearnedCpu] = {}
     for k, (pool, demand) in enumerate(zip(pools, prepared.demands)):
+        cpu = prepared.cpu_of(k)
         for name in ("static", "reactive", "predictive"):
             def tick(i: int, base: int = done) -> None:
                 if progress is not None:
                     progress((base + i) / total)
             policy = make_policy(name, prepared, k)
-            runs[name].append(replay_policy(pool, policy, demand, cfg, prepared.scored_from, tick))
+            runs[name].append(replay_policy(pool, policy, demand, cfg, prepared.scored_from, tick, cpu=cpu))
+            if isinstance(policy, Predictive) and policy.cpu.on:
+                learned[pool.name] = LearnedCpu(dict(policy.cpu.costs), policy.cpu.bins_seen)
             done += n_steps
-        runs["oracle"].append(oracle(demand, pool.member_rate, cfg.step_s, cfg.delays.cold, prepared.scored_from))
+        runs["oracle"].append(oracle(demand, pool.member_rate, cfg.step_s, cfg.delays.cold, prepared.scored_from,
+                                     cpu, pool.cpus))
     if progress is not None:
         progress(1.0)
     return SimResult(cfg.step_s, prepared.scored_from,
-                     np.sum(prepared.demands, axis=0)[prepared.scored_from:] / cfg.step_s, runs, cfg.delays.cold)
+                     np.sum(prepared.demands, axis=0)[prepared.scored_from:] / cfg.step_s, runs, cfg.delays.cold,
+                     learned)
 
 
 class Ledger:
@@ -532,13 +682,14 @@ class SimMembers:
 
 
 def replay_policy(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimConfig, scored_from: int,
-                  tick: Callable[[int], None] = lambda i: None) -> PolicyRun:
-    """One policy over the whole trace, its `PoolManager` on a virtual clock of its own."""
-    return run_virtual(_replay(pool, policy, demand, cfg, scored_from, tick))
+                  tick: Callable[[int], None] = lambda i: None, cpu: np.ndarray | None = None) -> PolicyRun:
+    """One policy over the whole trace, its `PoolManager` on a virtual clock of its own; `cpu`
+    (core-seconds per step, with the pool's `cpus`) scores it in resource mode."""
+    return run_virtual(_replay(pool, policy, demand, cfg, scored_from, tick, cpu))
 
 
 async def _replay(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimConfig, scored_from: int,
-                  tick: Callable[[int], None]) -> PolicyRun:
+                  tick: Callable[[int], None], cpu: np.ndarray | None = None) -> PolicyRun:
     loop = asyncio.get_running_loop()
     step = cfg.step_s
     n = len(demand)
@@ -547,7 +698,8 @@ async def _replay(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimCon
     manager = PoolManager(pool.name, pool.spec, backend, clock=loop.time, on_change=ledger.on_change,
                           checker=SimulatedHealth(backend), interval=IDLE_PASS_S, wall_clock=loop.time)
     members = SimMembers(manager, ledger)
-    replay = Replay(demand, step)
+    cpus = pool.cpus if cpu is not None else None
+    replay = Replay(demand, step, cpu if cpus is not None else None)
     ready = np.zeros(n, dtype=np.int64)
     every = max(1, n // 100)
     published: Desired | None = None
@@ -559,6 +711,8 @@ async def _replay(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimCon
             ledger.accrue(now)
             if i > 0:   # step i - 1 has ended: what it served is known
                 replay.capacity[i - 1] = ledger.seconds["ready"][i - 1] * pool.member_rate
+                if cpus is not None:
+                    replay.cpu_capacity[i - 1] = ledger.seconds["ready"][i - 1] * cpus
                 ready[i - 1] = len(ledger.ready_ids())
             if i == n:
                 break
@@ -576,17 +730,26 @@ async def _replay(pool: SimPool, policy: Policy, demand: np.ndarray, cfg: SimCon
             await asyncio.gather(task, return_exceptions=True)
     s = slice(scored_from, n)
     sec = ledger.seconds
+    on = cpus is not None and cpu is not None
     return PolicyRun(step, pool.member_rate, policy_target(policy, pool), cfg.shadow_cost, demand[s],
                      replay.capacity[s], sec["ready"][s], sec["boot"][s], sec["drain"][s], sec["shadow"][s],
-                     ready[s], ledger.activations[s], before=int(ready[scored_from - 1]) if scored_from else 0)
+                     ready[s], ledger.activations[s], before=int(ready[scored_from - 1]) if scored_from else 0,
+                     cpus=cpus, cpu_demand=cpu[s] if on and cpu is not None else None,
+                     cpu_capacity=replay.cpu_capacity[s] if on else None)
 
 
-def oracle(demand: np.ndarray, member_rate: float, step_s: float, cold_s: float, scored_from: int) -> PolicyRun:
+def oracle(demand: np.ndarray, member_rate: float, step_s: float, cold_s: float, scored_from: int,
+           cpu: np.ndarray | None = None, cpus: float | None = None) -> PolicyRun:
     """Exactly enough members each step at 100 % utilisation, each launched `cold_s` before it is needed.
     Members are interchangeable, so each layer k (the k-th member) is costed alone: a gap in its need
-    shorter than a launch is bridged by keeping the member, a longer one by retiring and relaunching."""
+    shorter than a launch is bridged by keeping the member, a longer one by retiring and relaunching.
+    In resource mode (`cpu` core-seconds per step, `cpus` per member) the need is the binding
+    resource's: exact future CPU demand at 100 %, so it is never CPU-starved."""
     d = demand[scored_from:]
     need = np.ceil(d / (member_rate * step_s) - 1e-9).astype(np.int64)
+    c = None if cpu is None or cpus is None else cpu[scored_from:]
+    if c is not None and cpus is not None:
+        need = np.maximum(need, np.ceil(c / (cpus * step_s) - 1e-9).astype(np.int64))
     held = np.zeros(len(d), dtype=np.int64)
     boot_s = np.zeros(len(d))
     bridge = int(cold_s // step_s)
@@ -603,4 +766,5 @@ def oracle(demand: np.ndarray, member_rate: float, step_s: float, cold_s: float,
         np.add.at(boot_s, launches, cold_s)   # each launch's boot, charged where the member is needed
     zeros = np.zeros(len(d))
     return PolicyRun(step_s, member_rate, None, 0.0, d, held * member_rate * step_s, held * step_s, boot_s,
-                     zeros, zeros, held, np.zeros(len(d), dtype=np.int64))
+                     zeros, zeros, held, np.zeros(len(d), dtype=np.int64), cpus=cpus if c is not None else None,
+                     cpu_demand=c, cpu_capacity=held * cpus * step_s if c is not None and cpus is not None else None)

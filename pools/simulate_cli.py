@@ -3,6 +3,10 @@
 Sources map to pools through the routes: with `--config DIR` a source goes to the route whose request
 type is the trace's `type` column (or, without one, whose name or type is the source), else to the
 first route; without a config every source feeds one default pool.
+
+`--resources` (a per-request trace with token counts) adds CPU: each request costs core-seconds by
+its tokens (`pools.trace_costs`), members have `--member-cpus` cores (or the pool's docker/swarm
+`cpus`), and every policy is scored on core-seconds reserved, used and starved as well.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,7 @@ from config.loader import ConfigError, load_config
 from config.models import Capacity, Config, Pool, Shadow
 from pools.backends.simulated import Delays
 from pools.simulate import POLICIES, SimConfig, SimPool, SimResult, prepare, run
+from pools.trace_costs import CostModel, TraceCosts, load_costs
 from pools.sweep import Point, fold_summaries, frontier, spread, sweep, sweep_json
 from predictor.forecast_cli import parse_duration, progress_bar, show_progress
 from predictor.series import Series, TraceError, load_trace
@@ -29,6 +35,18 @@ STEP_S = 15.0
 FORECAST_BIN_S = 300.0
 SIM_HEALTH_INTERVAL_S = 3600.0
 COLUMNS = ("requests", "cold_requests", "cold_rate", "container_minutes", "cost_vs_oracle", "scale_events")
+RESOURCE_COLUMNS = ("requests", "cold_requests", "cold_rate", "core_seconds_reserved", "core_seconds_used",
+                    "cpu_starved_core_seconds", "core_seconds_vs_oracle", "scale_events")
+CORE_SPLIT = ("at_need", "target_headroom", "excess_ready", "launch", "drain", "shadow")
+# The cost model's defaults: an inference server of the Azure trace's kind. Prefill is batched and
+# compute-bound, ~4,000 context tokens per second per core (2.5e-4 core-s each); decode makes a pass
+# over the model per token, ~250 tokens per second per core (4e-3 core-s each). The Azure trace's
+# median request (≈1,050 context, ≈90 generated tokens) then costs ≈0.6-0.9 core-seconds. A model
+# of a server, not a measurement.
+COST_PER_CONTEXT_TOKEN = 2.5e-4
+COST_PER_GENERATED_TOKEN = 4e-3
+DEFAULT_MEMBER_CPUS = 1.0
+MAX_MEMBERS = 1000              # the bound of `capacity.max`
 COLORS = {"static": "#7f7f7f", "reactive": "#d62728", "predictive": "#2ca02c", "oracle": "#9467bd"}
 
 
@@ -61,15 +79,67 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-plot", metavar="FILE.svg", help="with --sweep: cold requests against container-minutes")
     p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal "
                                                            "or with --json")
+    r = p.add_argument_group("resource mode (a per-request trace with context_tokens,generated_tokens columns)")
+    r.add_argument("--resources", action="store_true",
+                   help="also model CPU: each request costs context_tokens x C_IN + generated_tokens x C_OUT "
+                        "core-seconds, members have --member-cpus cores, and every policy is scored on core-seconds "
+                        "reserved, used and CPU-starved (refused on a trace without token counts)")
+    r.add_argument("--cost-per-context-token", type=float, default=COST_PER_CONTEXT_TOKEN, metavar="C_IN",
+                   help=f"core-seconds per context token (default {COST_PER_CONTEXT_TOKEN:g}: prefill, batched and "
+                        "compute-bound, at ~4,000 tokens/s per core)")
+    r.add_argument("--cost-per-generated-token", type=float, default=COST_PER_GENERATED_TOKEN, metavar="C_OUT",
+                   help=f"core-seconds per generated token (default {COST_PER_GENERATED_TOKEN:g}: decode, one pass over "
+                        "the model per token, at ~250 tokens/s per core). With both defaults the Azure trace's median "
+                        "request (~1,050 context, ~90 generated tokens) costs ~0.6-0.9 core-seconds; they model an "
+                        "inference server, they are not a measurement")
+    r.add_argument("--member-cpus", type=float, metavar="CORES",
+                   help=f"cores per member (default: the pool's docker/swarm cpus with --config, else "
+                        f"{DEFAULT_MEMBER_CPUS:g})")
     return p
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceOptions:
+    """What `--resources` asks for: the cost model and the members' cores (None: the pool's, else 1)."""
+    model: CostModel
+    member_cpus: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Everything one `warmfront simulate` needs before it replays: trace, pools, settings, notes to
+    show and, in resource mode, the trace's core-seconds per (series, bin)."""
+    series: Series
+    pools: list[SimPool]
+    cfg: SimConfig
+    notes: list[str]
+    costs: TraceCosts | None = None
+
+
+def resource_options(args: argparse.Namespace) -> ResourceOptions | None:
+    """The resource-mode options, checked; None without `--resources` (whose own flags then refuse)."""
+    if not args.resources:
+        if args.member_cpus is not None or (args.cost_per_context_token, args.cost_per_generated_token) != (
+                COST_PER_CONTEXT_TOKEN, COST_PER_GENERATED_TOKEN):
+            raise UsageError("--member-cpus and --cost-per-*-token need --resources")
+        return None
+    if args.sweep:
+        raise UsageError("--sweep does not model resources yet; drop --sweep or --resources")
+    c_in, c_out = args.cost_per_context_token, args.cost_per_generated_token
+    if c_in < 0 or c_out < 0 or c_in + c_out <= 0:
+        raise UsageError("--cost-per-context-token and --cost-per-generated-token must be >= 0, not both 0")
+    if args.member_cpus is not None and not args.member_cpus > 0:
+        raise UsageError("--member-cpus must be > 0")
+    return ResourceOptions(CostModel(c_in, c_out), args.member_cpus)
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     configure_logging("warning")
     try:
-        series, pools, cfg, notes = setup(args.trace, args.train, args.config, args.member_rate, args.cold_delay,
-                                          args.shadow_cost)
+        built = setup_run(args.trace, args.train, args.config, args.member_rate, args.cold_delay, args.shadow_cost,
+                          resource_options(args))
+        series, pools, cfg, notes = built.series, built.pools, built.cfg, built.notes
         if args.folds is not None and args.folds < 1:
             raise UsageError("--folds must be >= 1")
         if args.sweep_plot and not args.sweep:
@@ -79,7 +149,7 @@ def main(argv: list[str]) -> int:
         return 2
     step, train, cold = cfg.step_s, cfg.train_s, cfg.delays.cold
     show = show_progress(args)
-    prepared = prepare(series, pools, cfg)
+    prepared = prepare(series, pools, cfg, None if built.costs is None else built.costs.core_s)
     result = run(series, pools, cfg, progress=_bar if show else None, prepared=prepared)
     if show:
         print(file=sys.stderr)
@@ -115,6 +185,8 @@ def main(argv: list[str]) -> int:
                                "min": p.spec.capacity.min, "max": p.spec.capacity.max,
                                "shadow": p.spec.shadow.state} for p in pools},
             "notes": notes}
+    if built.costs is not None:
+        info["resources"] = resources_info(built, result)
     out: dict = {"policies": summary, "simulation": info}
     if folds is not None:
         out["folds"] = folds
@@ -125,6 +197,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(_table(summary, info))
+        if "resources" in info:
+            print("\n" + _resource_tables(summary, info["resources"]))
         if folds is not None:
             print("\n" + _fold_table(out["over_folds"], len(folds)))
         if swept is not None:
@@ -136,7 +210,17 @@ def setup(trace: str, train_text: str | None = None, config_dir: str | None = No
           cold_delay: str = "60s", shadow_cost: float = 0.2) -> tuple[Series, list[SimPool], SimConfig, list[str]]:
     """The trace, its pools and the simulation settings as `warmfront simulate` builds them from its
     options (raises TraceError, ConfigError or ValueError with the message to show)."""
+    s = setup_run(trace, train_text, config_dir, member_rate, cold_delay, shadow_cost)
+    return s.series, s.pools, s.cfg, s.notes
+
+
+def setup_run(trace: str, train_text: str | None = None, config_dir: str | None = None,
+              member_rate: float | None = None, cold_delay: str = "60s", shadow_cost: float = 0.2,
+              resources: ResourceOptions | None = None) -> Setup:
+    """`setup`, and with `resources` the trace's token costs and the members' cores (refused with a
+    TraceError when the trace has no token counts)."""
     series = load_trace(trace)
+    costs = None if resources is None else load_costs(trace, series, resources.model)
     step = STEP_S if series.bin_s % STEP_S == 0 else series.bin_s
     fc_bin = FORECAST_BIN_S if FORECAST_BIN_S % series.bin_s == 0 else series.bin_s
     span = series.length * series.bin_s
@@ -152,10 +236,29 @@ def setup(trace: str, train_text: str | None = None, config_dir: str | None = No
         raise UsageError("--shadow-cost must be between 0 and 1")
     train = _train_s(train_text, span, fc_bin)
     config = load_config(config_dir) if config_dir else None
-    pools, notes = build_pools(series, config, member_rate, cold)
+    cpu = None if costs is None or resources is None else PoolCpu(costs.core_s, resources.member_cpus)
+    pools, notes = build_pools(series, config, member_rate, cold, cpu)
     cfg = SimConfig(train_s=train, step_s=step, delays=Delays(cold=cold), shadow_cost=shadow_cost,
                     forecast_bin_s=fc_bin)
-    return series, pools, cfg, notes
+    return Setup(series, pools, cfg, notes, costs)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCpu:
+    """Resource mode, as `build_pools` reads it: the trace's core-seconds per (series, bin) and `--member-cpus`."""
+    core_s: np.ndarray
+    member_cpus: float | None
+
+
+def member_cpus(spec: Pool | None, flag: float | None) -> float:
+    """Cores per member: `--member-cpus`, else the pool's docker or swarm `cpus` limit, else 1."""
+    if flag is not None:
+        return flag
+    if spec is not None:
+        section = spec.docker if spec.backend == "docker" else spec.swarm if spec.backend == "swarm" else None
+        if section is not None and section.cpus is not None:
+            return float(section.cpus)
+    return DEFAULT_MEMBER_CPUS
 
 
 def _minutes(seconds: float) -> str:
@@ -186,8 +289,9 @@ def _train_s(text: str | None, span: float, least: float) -> float:
 
 
 def build_pools(series: Series, config: Config | None, member_rate: float | None,
-                cold: float) -> tuple[list[SimPool], list[str]]:
-    """Pools with the sources their routes send them, each spec's service time matched to its member rate."""
+                cold: float, cpu: PoolCpu | None = None) -> tuple[list[SimPool], list[str]]:
+    """Pools with the sources their routes send them, each spec's service time matched to its member rate;
+    with `cpu` (resource mode) each member's cores, and a default pool's `max` sized for the binding resource."""
     notes: list[str] = []
     if config is None:
         groups = {"default": [(i, _rtype(sid)) for i, sid in enumerate(series.ids)]}
@@ -210,8 +314,13 @@ def build_pools(series: Series, config: Config | None, member_rate: float | None
             rate = max(peak, 1e-9) / DEFAULT_PEAK_MEMBERS
             notes.append(f"pool {name}: member rate {rate:.4g} req/s, so the trace peak ({peak:.4g} req/s) "
                          f"needs {DEFAULT_PEAK_MEMBERS} members; set --member-rate to change it")
+        cpus = None if cpu is None else member_cpus(spec, cpu.member_cpus)
         if spec is None:
             at_target = math.ceil(peak / rate / Capacity().target_utilization)
+            if cpu is not None and cpus is not None:
+                cpu_peak = float(cpu.core_s[[i for i, _ in sources]].sum(axis=0).max()) / series.bin_s
+                # at most capacity.max's bound: a pool that needs more is capped, and its cold requests say so
+                at_target = min(MAX_MEMBERS // 2, max(at_target, math.ceil(cpu_peak / cpus / Capacity().target_utilization)))
             spec = Pool(command="simulated --port {port}", capacity=Capacity(min=1, max=max(4, 2 * at_target)),
                         shadow=Shadow(state="paused"))
         # The simulated member is the pool's member: Little's law sizing must see its rate, and the
@@ -221,7 +330,7 @@ def build_pools(series: Series, config: Config | None, member_rate: float | None
         health = spec.health.model_copy(update={"interval": SIM_HEALTH_INTERVAL_S})
         pools.append(SimPool(name, spec.model_copy(update={
             "scaling": scaling, "health": health, "startup_timeout": max(spec.startup_timeout, 2 * cold)}),
-            rate, tuple(sources)))
+            rate, tuple(sources), cpus))
     return pools, notes
 
 
@@ -236,6 +345,36 @@ def _route_for(config: Config, sid: str):
         rtype = _rtype(sid)
         return next((r for r in routes if r.type == rtype), routes[0])
     return next((r for r in routes if sid in (r.name, r.type)), routes[0])
+
+
+def resources_info(built: Setup, result: SimResult) -> dict:
+    """Resource mode's part of `simulation`: the cost model, the members' cores, and per pool the CPU
+    per request the predictive policy learned against the trace's own mean over the same bins, and
+    per source (series) the trace's requests and core-seconds over the whole trace."""
+    assert built.costs is not None
+    series, core_s = built.series, built.costs.core_s
+    pools = {}
+    for p in built.pools:
+        learned = result.learned_cpu.get(p.name)
+        seen = slice(0, learned.bins_seen if learned is not None else 0)
+        per_type = {}
+        for rtype in sorted({t for _, t in p.sources}):
+            rows = [i for i, t in p.sources if t == rtype]
+            n, c = float(series.values[rows, seen].sum()), float(core_s[rows, seen].sum())
+            per_type[rtype] = {"learned": None if learned is None else _round(learned.costs.get(rtype)),
+                               "trace_mean": _round(c / n) if n else None}
+        pools[p.name] = {"member_cpus": p.cpus, "bins_seen": seen.stop, "cpu_per_request": per_type}
+    sources = {sid: {"requests": int(series.values[i].sum()), "core_seconds": round(float(core_s[i].sum()), 3),
+                     "mean": _round(float(core_s[i].sum() / series.values[i].sum()) if series.values[i].sum() else None)}
+               for i, sid in enumerate(series.ids)}
+    m = built.costs.model
+    return {"cost_per_context_token": m.per_context_token, "cost_per_generated_token": m.per_generated_token,
+            "median_request_core_seconds": round(built.costs.median_request_s, 4), "pools": pools,
+            "sources": sources}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
 
 
 def _bar(fraction: float) -> None:
@@ -253,13 +392,37 @@ def _table(summary: dict[str, dict], info: dict) -> str:
     return "\n".join(lines)
 
 
+def _resource_tables(summary: dict[str, dict], res: dict) -> str:
+    """Resource mode: per policy the CPU columns, where its reserved core-seconds go, and the learned costs."""
+    lines = [f"resources: {res['cost_per_context_token']:g} core-s per context token, "
+             f"{res['cost_per_generated_token']:g} per generated token (median request "
+             f"{res['median_request_core_seconds']:.3g} core-s); "
+             + ", ".join(f"pool {name}: {p['member_cpus']:g} cpus per member" for name, p in res["pools"].items()),
+             "", "| policy | " + " | ".join(RESOURCE_COLUMNS) + " |", "|---" * (len(RESOURCE_COLUMNS) + 1) + "|"]
+    for name in POLICIES:
+        row = summary[name]
+        lines.append(f"| {name} | " + " | ".join(format_cell(c, row[c]) for c in RESOURCE_COLUMNS) + " |")
+    lines += ["", "core-seconds reserved by cause:", "",
+              "| policy | " + " | ".join(CORE_SPLIT) + " |", "|---" * (len(CORE_SPLIT) + 1) + "|"]
+    for name in POLICIES:
+        split = summary[name]["core_seconds"]
+        lines.append(f"| {name} | " + " | ".join(f"{split[k]:,.0f}" for k in CORE_SPLIT) + " |")
+    for name, p in res["pools"].items():
+        learned = ", ".join(f"{t} {v['learned']:.4g} (trace {v['trace_mean']:.4g})"
+                            for t, v in p["cpu_per_request"].items() if v["learned"] is not None)
+        lines.append(f"\npool {name}: learned core-seconds per request over {p['bins_seen']} bins: {learned or '-'}")
+    return "\n".join(lines)
+
+
 def format_cell(column: str, value) -> str:
     if value is None:
         return "-"
     if column == "cold_rate":
         return f"{value:.3%}"
-    if column == "cost_vs_oracle":
+    if column in ("cost_vs_oracle", "core_seconds_vs_oracle"):
         return f"{value:.2f}x"
+    if column == "cpu_starved_core_seconds":
+        return f"{value:,.1f}"
     return f"{value:,.0f}"
 
 

@@ -2,7 +2,7 @@
 
 The test app's `/burn?ms=N` burns N ms of CPU per request; two request types (routed by a header)
 burn different amounts, in a mix that shifts every few seconds so the regression can tell them
-apart. After a minute of traffic the per-type estimates in /admin/status are within 20 % of what
+apart. After a minute and a half of traffic the per-type estimates in /admin/status are within 20 % of what
 each type burns, on the process and the docker backends; an oversized `cpus` gets a lower
 recommendation, `rightsize: apply` launches the next member with it, and an OOM kill raises the
 memory recommendation above the limit that was hit.

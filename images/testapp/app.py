@@ -11,6 +11,9 @@ Endpoints (every response has Content-Length and `X-Backend-Port`):
   GET /pid            200 the process id
   GET /work?ms=N      sleeps N ms (on top of WORK_MS), then 200
   GET /sleep/N        same as /work?ms=N
+  GET /burn?ms=N      burns N ms of the handling thread's CPU time (a busy loop), then 200
+  GET /alloc?mb=N     allocates N MiB, touches every page and keeps it for the life of the process,
+                      then 200 with the MiB held in total (resource-measurement tests)
   GET|POST /api/...   200 JSON describing the request and this process
 
 Settings: PORT (or --port N, which wins; default 8080), HOST (default 127.0.0.1), WORK_MS (default 0),
@@ -37,6 +40,12 @@ DRAIN_SECONDS = 0.8
 # A client asking for more than this is a bug in the test, not a slow service to simulate.
 MAX_SLEEP_MS = 60_000
 PROBE_PATHS = frozenset({"/healthz", "/hits"})
+# Like MAX_SLEEP_MS: more than this in one request is a test bug (and would take the host's memory).
+MAX_ALLOC_MB = 4096
+PAGE = 4096
+# What /alloc handed out: referenced until exit, so the memory stays resident.
+HELD: list[bytearray] = []
+HELD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,13 @@ class Handler(BaseHTTPRequestHandler):
             ms = _parse_ms(path.removeprefix("/sleep/"))
             self._sleep_ms(ms)
             return 200, "text/plain", f"slept {ms:g} ms\n".encode()
+        if path == "/burn":
+            ms = _parse_ms(query.get("ms", ["0"])[0])
+            _burn_cpu(ms)
+            return 200, "text/plain", f"burned {ms:g} ms\n".encode()
+        if path == "/alloc":
+            held = _alloc(_parse_mb(query.get("mb", ["0"])[0]))
+            return 200, "text/plain", f"holding {held} MiB\n".encode()
         if path == "/api" or path.startswith("/api/"):
             doc = {"app": APP_NAME, "method": self.command, "path": self.path, "hostname": server.hostname,
                    "pid": os.getpid(), "port": server.server_address[1], "hits": server.counters.hits,
@@ -190,6 +206,30 @@ class Handler(BaseHTTPRequestHandler):
     def _sleep_ms(self, ms: float) -> None:
         if ms > 0:
             time.sleep(ms / 1000)
+
+
+def _burn_cpu(ms: float) -> None:
+    # Thread CPU time, not wall time: the burn is the same amount of CPU however contended the host is.
+    until = time.thread_time() + ms / 1000
+    while time.thread_time() < until:
+        pass
+
+
+def _alloc(mb: int) -> int:
+    """Allocate and touch `mb` MiB (a page untouched is not resident); returns the MiB held in total."""
+    block = bytearray(mb << 20)
+    for offset in range(0, len(block), PAGE):
+        block[offset] = 1
+    with HELD_LOCK:
+        HELD.append(block)
+        return sum(len(b) for b in HELD) >> 20
+
+
+def _parse_mb(raw: str) -> int:
+    mb = int(raw)
+    if not 0 <= mb <= MAX_ALLOC_MB:
+        raise ValueError(f"mb must be between 0 and {MAX_ALLOC_MB}, got {raw}")
+    return mb
 
 
 def _parse_ms(raw: str) -> float:

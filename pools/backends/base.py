@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, Protocol
 
 from config.models import Pool
+from pools.usage import MemberUsage, ResourceLimits
 
 LABEL_MANAGED = "warmfront.managed"
 LABEL_POOL = "warmfront.pool"
@@ -67,6 +68,7 @@ class BackendEvent:
     instance_id: str
     pool: str
     exit_code: int | None = None
+    reason: str = ""   # "oom": the kernel killed it for exceeding its memory limit
 
 
 class BackendError(Exception):
@@ -75,7 +77,11 @@ class BackendError(Exception):
 
 class Backend(Protocol):
     async def list(self) -> list[Instance]: ...
-    async def launch(self, pool: str, spec: Pool, port: int | None = None) -> Instance: ...
+    async def launch(self, pool: str, spec: Pool, port: int | None = None,
+                     limits: ResourceLimits | None = None) -> Instance:
+        """`limits` override the spec's `cpus` / `memory` for this member (right-sizing); its generation
+        stays the spec's, so the pool still adopts it. Backends without per-member limits ignore them."""
+        ...
     async def start(self, instance_id: str) -> None: ...
     async def pause(self, instance_id: str) -> None: ...
     async def resume(self, instance_id: str) -> None: ...
@@ -84,6 +90,11 @@ class Backend(Protocol):
     async def remove(self, instance_id: str) -> None: ...
     def address(self, instance_id: str) -> tuple[str, int]: ...
     def events(self) -> "Subscription": ...
+
+    async def usage(self, instance_ids: Sequence[str]) -> dict[str, MemberUsage]:
+        """What each member uses now (cumulative counters and levels); members that cannot be measured
+        (gone, stopped, not ours, somewhere we cannot see) are missing from the result."""
+        ...
 
 
 class Subscription:

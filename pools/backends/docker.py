@@ -11,13 +11,14 @@ BackendError, because the daemon may vanish and the control loop must outlive it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import secrets
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,12 +32,13 @@ from config.models import Pool
 from pools.backends.base import (LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL, BackendError, BackendEvent, EventHub,
                                  Instance, InstanceStatus, Subscription, member_labels)
 from pools.ports import free_port
+from pools.usage import MemberUsage, ResourceLimits, container_usage
 
 log = structlog.get_logger()
 
 LABEL_PORT = "warmfront.port"        # the port of the member's address (host port, or container port on a network)
 LABEL_NETWORK = "warmfront.network"  # host | publish | <user network name>
-LABEL_CPUS = "warmfront.cpus"        # the pool's CPU limit, restored by resize(id, None) even after a restart
+LABEL_CPUS = "warmfront.cpus"        # the member's CPU limit at launch, restored by resize(id, None) even after a restart
 
 # A container from before a restart that ended with these codes was stopped, not crashed:
 # 0 is a clean exit on SIGTERM, 143 is death by SIGTERM as reported by the init process.
@@ -44,6 +46,8 @@ CLEAN_EXIT_CODES = frozenset({0, 143})
 EVENTS_BACKOFF_MIN, EVENTS_BACKOFF_MAX = 0.1, 5.0
 
 T = TypeVar("T")
+# instance id -> (container id, whether it has a network namespace of its own): what usage() reads
+_Targets = Mapping[str, tuple[str, bool]]
 
 
 class _Gone(BackendError):
@@ -81,6 +85,8 @@ class DockerBackend:
         # Container ids whose next `die` we caused. Cleared by the stream itself (die/start/destroy), so
         # a die that is still in flight when start() returns cannot be mistaken for a crash.
         self._quiet: set[str] = set()
+        self._oomed: set[str] = set()             # container ids the engine reported `oom` for since their start
+        self._pids: dict[str, int] = {}           # container id -> main pid, where usage() finds its cgroup
         self._hub = EventHub()
         self._events_thread: threading.Thread | None = None
         self._events_stream: Any = None
@@ -113,20 +119,25 @@ class DockerBackend:
             if name not in seen and m.known_since < asked_at:
                 del self._members[name]
                 self._stopped.discard(name)
+                self._pids.pop(m.container_id, None)
         return instances
 
-    async def launch(self, pool: str, spec: Pool, port: int | None = None) -> Instance:
+    async def launch(self, pool: str, spec: Pool, port: int | None = None,
+                     limits: ResourceLimits | None = None) -> Instance:
+        """`limits` override the spec's cpus and memory for this member; `warmfront.cpus` records the CPU
+        it got (what a shadow's resize restores), the generation stays the spec's."""
         d = spec.docker
         if d is None:
             raise BackendError(f"pool {pool!r} has no docker section")
+        cpus, memory = limits.over(d.cpus, d.memory) if limits is not None else (d.cpus, d.memory)
         network = d.network
         port = port or free_port(self.host_ip)
         inner = port if network == "host" else (d.container_port or port)
         name = f"wf-{re.sub(r'[^A-Za-z0-9_.-]', '-', pool)}-{secrets.token_hex(3)}"
         labels = {**member_labels(pool, self.owner, spec), LABEL_NETWORK: network,
                   LABEL_PORT: str(inner if network not in ("host", "publish") else port)}
-        if d.cpus is not None:
-            labels[LABEL_CPUS] = repr(float(d.cpus))
+        if cpus is not None:
+            labels[LABEL_CPUS] = repr(float(cpus))
         env = {k: v.replace("{port}", str(inner)) for k, v in {**d.env, **spec.env}.items()}
         env["PORT"] = str(inner)
         kwargs: dict[str, Any] = {
@@ -135,10 +146,10 @@ class DockerBackend:
             "command": [a.replace("{port}", str(inner)) for a in shlex.split(d.command)] if d.command else None,
             "init": d.init,
         }
-        if d.cpus is not None:
-            kwargs["nano_cpus"] = _nano(d.cpus)
-        if d.memory is not None:
-            kwargs["mem_limit"] = d.memory
+        if cpus is not None:
+            kwargs["nano_cpus"] = _nano(cpus)
+        if memory is not None:
+            kwargs["mem_limit"] = memory
         if network == "host":
             kwargs["network_mode"] = "host"
         elif network == "publish":
@@ -194,6 +205,7 @@ class DockerBackend:
             pass
         self._members.pop(m.name, None)
         self._stopped.discard(m.name)
+        self._pids.pop(m.container_id, None)
 
     def address(self, instance_id: str) -> tuple[str, int]:
         m = self._members.get(instance_id)
@@ -210,6 +222,17 @@ class DockerBackend:
                                                    name=f"docker-events-{self.owner}", daemon=True)
             self._events_thread.start()
         return sub
+
+    async def usage(self, instance_ids: Sequence[str]) -> dict[str, MemberUsage]:
+        """Each member's cgroup counters, read from the files of its main process's cgroup (≈0.5 ms per
+        member); the engine's stats API (one call per container, bench/usage.py) only where those files
+        cannot be read from here. Host-network members have no network counters of their own."""
+        targets: dict[str, tuple[str, bool]] = {}
+        for instance_id in instance_ids:
+            with contextlib.suppress(BackendError):   # gone or not ours: not measured
+                m = await self._member(instance_id)
+                targets[instance_id] = (m.container_id, m.network != "host")
+        return await self._containers_usage(targets)
 
     async def close(self) -> None:
         """Stop following events and drop the connection; containers are left as they are."""
@@ -275,6 +298,51 @@ class DockerBackend:
         # Only the event stream clears this set, so only fill it while a stream is being followed.
         if self._events_thread is not None:
             self._quiet.add(container_id)
+
+    # ------------------------------------------------------------------ usage
+    async def _containers_usage(self, targets: _Targets) -> dict[str, MemberUsage]:
+        """One executor call reads every container with a known pid; the rest (first sight, restarted,
+        stopped, or on an engine whose pids are not this machine's) are inspected anew."""
+        if not targets:
+            return {}
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self._executor, self._read_cgroups, targets)
+        rest = [i for i in targets if i not in found]
+        anew = await asyncio.gather(*(self._usage_anew(i, *targets[i]) for i in rest))
+        found.update((i, u) for i, u in zip(rest, anew) if u is not None)
+        return found
+
+    def _read_cgroups(self, targets: _Targets) -> dict[str, MemberUsage]:
+        found = {}
+        for instance_id, (container_id, own_netns) in targets.items():
+            pid = self._pids.get(container_id)
+            if pid is not None and (u := container_usage(instance_id, container_id, pid, own_netns)) is not None:
+                found[instance_id] = u
+        return found
+
+    async def _usage_anew(self, instance_id: str, container_id: str, own_netns: bool) -> MemberUsage | None:
+        """The container's current pid from the engine, then its cgroup files; the stats API when the
+        files are not readable here. None when it is not running (nothing to measure) or gone."""
+        try:
+            info = await self._call(f"inspect {instance_id}", lambda c: c.api.inspect_container(container_id))
+        except BackendError:
+            return None
+        state = info.get("State") or {}
+        pid = int(state.get("Pid") or 0)
+        if not state.get("Running") or pid <= 0:   # a paused container is still Running
+            self._pids.pop(container_id, None)
+            return None
+        self._pids[container_id] = pid
+        loop = asyncio.get_running_loop()
+        u = await loop.run_in_executor(self._executor, container_usage, instance_id, container_id, pid, own_netns)
+        if u is not None:
+            return u
+        try:
+            stats = await self._call(f"stats {instance_id}",
+                                     lambda c: c.api.stats(container_id, stream=False, one_shot=True))
+        except BackendError:
+            return None
+        return _usage_from_stats(instance_id, stats, info.get("HostConfig") or {}, own_netns)
 
     # ------------------------------------------------------------------ daemon access
     def _client(self) -> docker.DockerClient:
@@ -345,16 +413,23 @@ class DockerBackend:
         action = ev.get("Action") or ev.get("status")
         if action in ("start", "destroy"):
             self._quiet.discard(container_id)
+            self._oomed.discard(container_id)
             return
-        if action not in ("die", "oom"):
+        if action == "oom":
+            # The engine reports the kernel's OOM kill before the container's `die` (if it dies of it: a
+            # killed child process leaves the container running), so the death to come carries the reason.
+            self._oomed.add(container_id)
             return
+        if action != "die":
+            return
+        reason = "oom" if container_id in self._oomed else ""
+        self._oomed.discard(container_id)
         if container_id in self._quiet:
-            if action == "die":
-                self._quiet.discard(container_id)
+            self._quiet.discard(container_id)
             return
-        code = int(attrs["exitCode"]) if action == "die" and attrs.get("exitCode", "").lstrip("-").isdigit() else None
-        event = BackendEvent("died", attrs.get("name", container_id), attrs.get(LABEL_POOL, ""), code)
-        log.info("docker.died", member=event.instance_id, pool=event.pool, exit_code=code, reason=action)
+        code = int(attrs["exitCode"]) if attrs.get("exitCode", "").lstrip("-").isdigit() else None
+        event = BackendEvent("died", attrs.get("name", container_id), attrs.get(LABEL_POOL, ""), code, reason)
+        log.info("docker.died", member=event.instance_id, pool=event.pool, exit_code=code, reason=reason or action)
         try:
             loop.call_soon_threadsafe(self._hub.publish, event)
         except RuntimeError:  # the loop is closed: nobody is listening any more
@@ -382,6 +457,29 @@ def _create_and_start(client: docker.DockerClient, kwargs: dict[str, Any]) -> di
         except docker.errors.DockerException:
             pass  # the start error is the one worth reporting
         raise
+
+
+def _usage_from_stats(instance_id: str, stats: dict, host_config: dict, own_netns: bool) -> MemberUsage | None:
+    """The stats API's view (the fallback): the same working set (usage minus inactive file pages, v1
+    `total_inactive_file` or v2 `inactive_file`); it reports no OOM kills, and the limits come from
+    the container's HostConfig (its memory_stats.limit is the host's memory when there is none)."""
+    cpu = stats.get("cpu_stats") or {}
+    memory = stats.get("memory_stats") or {}
+    if not memory or "total_usage" not in (cpu.get("cpu_usage") or {}):
+        return None   # a container that stopped meanwhile has empty stats
+    usage = int(memory.get("usage", 0))
+    inner = memory.get("stats") or {}
+    inactive = int(inner.get("total_inactive_file", inner.get("inactive_file", 0)))
+    nets = (stats.get("networks") or {}).values()
+    nano, quota = int(host_config.get("NanoCpus") or 0), int(host_config.get("CpuQuota") or 0)
+    cpu_limit = nano / 1e9 if nano else quota / int(host_config.get("CpuPeriod") or 100_000) if quota > 0 else None
+    return MemberUsage(
+        instance_id, cpu["cpu_usage"]["total_usage"] / 1e9, max(0, usage - inactive),
+        int(memory.get("max_usage", usage)),   # cgroup v2 engines report no peak
+        sum(int(n.get("rx_bytes", 0)) for n in nets) if own_netns else None,
+        sum(int(n.get("tx_bytes", 0)) for n in nets) if own_netns else None,
+        cpu_throttled_seconds=int((cpu.get("throttling_data") or {}).get("throttled_time", 0)) / 1e9,
+        cpu_limit=cpu_limit, memory_limit=int(host_config.get("Memory") or 0) or None)
 
 
 def _nano(cpus: float) -> int:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from config.models import HealthCheck, Pool, Warmup
 from pools.backends.base import BackendError, EventHub, Instance, InstanceStatus, Subscription, member_labels
 from pools.health import Probe
+from pools.usage import MemberUsage, ResourceLimits
 
 # Medians from bench/activation.py (README "Activation"): a stopped shadow boots again, i.e. is cold.
 DEFAULT_ACTIVATION = {"running": 0.001, "paused": 0.015}
@@ -46,7 +47,9 @@ class SimulatedBackend:
     async def list(self) -> list[Instance]:
         return list(self.instances.values())
 
-    async def launch(self, pool: str, spec: Pool, port: int | None = None) -> Instance:
+    async def launch(self, pool: str, spec: Pool, port: int | None = None,
+                     limits: ResourceLimits | None = None) -> Instance:
+        """`limits` are ignored: a simulated member has no CPU or memory to limit."""
         self.launches += 1
         port = port if port is not None else self.launches
         inst = Instance(f"sim-{self.launches}", pool, HOST, port, InstanceStatus.RUNNING,
@@ -86,6 +89,10 @@ class SimulatedBackend:
 
     def events(self) -> Subscription:
         return self._hub.subscribe()
+
+    async def usage(self, instance_ids: Sequence[str]) -> dict[str, MemberUsage]:
+        """Nothing: simulated members use no resources (simulate models them from the trace)."""
+        return {}
 
     def answers_at(self, port: int) -> float:
         """When the member on `port` answers its health check (inf: never, as things stand)."""

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from config.models import Pool
 from pools.backends.base import BackendError, EventHub, Instance, InstanceStatus, Subscription
 from pools.ports import parse_hostport
+from pools.usage import MemberUsage, ResourceLimits
 
 
 class StaticBackend:
@@ -22,7 +23,8 @@ class StaticBackend:
     async def list(self) -> list[Instance]:
         return list(self._instances.values())
 
-    async def launch(self, pool: str, spec: Pool, port: int | None = None) -> Instance:
+    async def launch(self, pool: str, spec: Pool, port: int | None = None,
+                     limits: ResourceLimits | None = None) -> Instance:
         raise BackendError(f"static pool {pool!r} cannot launch members; list them in `servers`")
 
     async def start(self, instance_id: str) -> None:
@@ -49,6 +51,10 @@ class StaticBackend:
 
     def events(self) -> Subscription:
         return self._hub.subscribe()
+
+    async def usage(self, instance_ids: Sequence[str]) -> dict[str, MemberUsage]:
+        """Nothing: these servers run somewhere warmfront has no view into."""
+        return {}
 
     @staticmethod
     def _refuse(instance_id: str, op: str) -> None:

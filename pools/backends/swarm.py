@@ -13,6 +13,8 @@ task containers carry the labels, so their deaths arrive on the same stream, nam
 Pausing and resizing act on the task's container, which only the engine of the task's node can do.
 warmfront talks to one engine (`swarm.host`, a manager), so members of a pool with paused shadows or
 `shadow.cpus` are constrained to that engine's node; pause/resize of a task elsewhere is refused.
+Measuring (`usage`) likewise reads the task container's cgroup on that node only; members elsewhere
+are not measured.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import re
 import secrets
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import docker
@@ -37,6 +39,7 @@ from pools.backends.base import (LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL, Back
 from pools.backends.docker import (LABEL_CPUS, LABEL_NETWORK, LABEL_PORT, DockerBackend, _Gone, _nano,
                                    _update_nano_cpus)
 from pools.ports import free_port
+from pools.usage import MemberUsage, ResourceLimits
 
 log = structlog.get_logger()
 
@@ -97,15 +100,18 @@ class SwarmBackend(DockerBackend):
                 del self._services[name]   # removed behind our back
         return instances
 
-    async def launch(self, pool: str, spec: Pool, port: int | None = None) -> Instance:
+    async def launch(self, pool: str, spec: Pool, port: int | None = None,
+                     limits: ResourceLimits | None = None) -> Instance:
+        """`limits` override the spec's cpus and memory for this member's task (see DockerBackend.launch)."""
         sw = spec.swarm
         if sw is None:
             raise BackendError(f"pool {pool!r} has no swarm section")
+        cpus, memory = limits.over(sw.cpus, sw.memory) if limits is not None else (sw.cpus, sw.memory)
         port = port or free_port(self.host_ip)
         name = f"wf-{re.sub(r'[^A-Za-z0-9_-]', '-', pool)}-{secrets.token_hex(3)}"
         labels = {**member_labels(pool, self.owner, spec), LABEL_NETWORK: sw.network, LABEL_PORT: str(port)}
-        if sw.cpus is not None:
-            labels[LABEL_CPUS] = repr(float(sw.cpus))
+        if cpus is not None:
+            labels[LABEL_CPUS] = repr(float(cpus))
         env = {k: v.replace("{port}", str(port)) for k, v in {**sw.env, **spec.env}.items()}
         env["PORT"] = str(port)
         constraints = list(sw.constraints)
@@ -118,7 +124,7 @@ class SwarmBackend(DockerBackend):
             stop_grace_period=int(spec.stop_timeout * 1e9))
         template = TaskTemplate(
             container, restart_policy=RestartPolicy("none"),
-            resources=Resources(cpu_limit=_nano(sw.cpus) if sw.cpus is not None else None, mem_limit=sw.memory),
+            resources=Resources(cpu_limit=_nano(cpus) if cpus is not None else None, mem_limit=memory),
             placement=Placement(constraints=constraints or None,
                                 preferences=[("spread", p.split("=", 1)[1]) for p in sw.placement] or None))
         await self._call(f"launch {name}", lambda c: c.api.create_service(
@@ -207,7 +213,23 @@ class SwarmBackend(DockerBackend):
             return
         if s.container_id:
             self._expect_death(s.container_id)
+            self._pids.pop(s.container_id, None)
         await self._forget(s.name)
+
+    async def usage(self, instance_ids: Sequence[str]) -> dict[str, MemberUsage]:
+        """The task containers on our engine's node, measured as the docker backend measures containers;
+        members whose task runs elsewhere (or has no container yet) are not measured."""
+        try:
+            here = await self._engine_node()
+        except BackendError:
+            return {}
+        targets: dict[str, tuple[str, bool]] = {}
+        for instance_id in instance_ids:
+            with contextlib.suppress(BackendError):
+                s = await self._service(instance_id)
+                if s.node_id == here and s.container_id:
+                    targets[instance_id] = (s.container_id, s.network != "host")
+        return await self._containers_usage(targets)
 
     def address(self, instance_id: str) -> tuple[str, int]:
         s = self._services.get(instance_id)
@@ -244,6 +266,8 @@ class SwarmBackend(DockerBackend):
         container_id = (((task or {}).get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID") or (
             old.container_id if old else "")
         host = old.host if old else ""
+        if old is not None and old.container_id != container_id:
+            self._pids.pop(old.container_id, None)   # its task was replaced (stop and start)
         if network == "host" and node_id:
             host = await self._address_of(node_id)
         elif network != "host":

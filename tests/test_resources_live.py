@@ -1,8 +1,8 @@
 """Resource profiles end to end: real members burning known CPU per request type behind the real App.
 
 The test app's `/burn?ms=N` burns N ms of CPU per request; two request types (routed by a header)
-burn different amounts, in a mix that shifts every few seconds so the regression can tell them
-apart. After a minute and a half of traffic the per-type estimates in /admin/status are within 20 % of what
+burn different amounts, at rates that change independently every few seconds so the regression
+can tell them and the idle baseline apart. After a minute and a half of traffic the per-type estimates in /admin/status are within 20 % of what
 each type burns, on the process and the docker backends; an oversized `cpus` gets a lower
 recommendation, `rightsize: apply` launches the next member with it, and an OOM kill raises the
 memory recommendation above the limit that was hit.
@@ -27,7 +27,7 @@ from tests.proxykit import free_port
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "images" / "testapp" / "app.py"
 PAGE_MS, API_MS = 20, 60
-PHASE_S = 6.0
+PHASE_S = 7.0
 
 
 def config(pool: Pool, rightsize_window: float = 86400.0) -> Config:
@@ -67,8 +67,14 @@ def ready(app: App) -> int:
     return sum(1 for m in app.members.get("web", []) if m.state.value == "ready")
 
 
+# (page/s, api/s) per phase: the two rates move independently, and so does the total CPU (0.08 to
+# 0.42 cores), so neither type's counts are proportional to the other's or to member-seconds (the
+# idle baseline's column) — with a constant total the baseline could absorb any share of the work.
+PHASES = ((16.0, 1.5), (3.0, 6.0), (4.0, 0.5), (8.0, 4.0), (1.0, 1.0), (12.0, 0.0), (0.0, 3.0), (6.0, 2.0))
+
+
 async def mixed_traffic(app: App, seconds: float) -> dict[str, int]:
-    """Alternating phases: mostly page, then mostly api; about 0.4 cores of work in both."""
+    """Phases of PHASE_S seconds cycling through PHASES, sent in quarter-second batches."""
     url = f"http://127.0.0.1:{app.listen[1]}"
     sent = {"page": 0, "api": 0}
     end = time.monotonic() + seconds
@@ -81,16 +87,19 @@ async def mixed_traffic(app: App, seconds: float) -> dict[str, int]:
                 assert resp.status == 200, resp.status
             sent[kind] += 1
 
+        owed = {"page": 0.0, "api": 0.0}
         phase = 0
         while time.monotonic() < end:
-            page_rate, api_rate = (16.0, 1.5) if phase % 2 == 0 else (3.0, 6.0)
+            rates = dict(zip(("page", "api"), PHASES[phase % len(PHASES)]))
             phase_end = min(end, time.monotonic() + PHASE_S)
             while time.monotonic() < phase_end:
                 tick = time.monotonic()
-                batch = [one("page") for _ in range(round(page_rate / 4))] + \
-                        [one("api") for _ in range(round(api_rate / 4))]
-                if phase % 2 == 0 and int(tick * 4) % 2:
-                    batch.append(one("api"))   # 1.5/s: every other quarter second, half a request more
+                batch = []
+                for kind, rate in rates.items():
+                    owed[kind] += rate / 4
+                    while owed[kind] >= 1:
+                        owed[kind] -= 1
+                        batch.append(one(kind))
                 await asyncio.gather(*batch)
                 await asyncio.sleep(max(0.0, 0.25 - (time.monotonic() - tick)))
             phase += 1

@@ -28,7 +28,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,8 +96,12 @@ class _PoolTrack:
 
 class ResourceWatch:
     def __init__(self, cfg: Config, history: History, managers: Mapping[str, PoolManager], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 flush: Callable[[], Awaitable[None]] | None = None) -> None:
         self.cfg, self.history, self.managers, self.clock = cfg, history, managers, clock
+        # have the workers report before a round: the type counts then cover the same interval as the
+        # CPU read just after (a worker otherwise reports up to a second late)
+        self._flush = flush
         self._pools: dict[str, _PoolTrack] = {}
         self._types_at: dict[str, int] = dict(history.type_requests)
         self._sampled_at = time.monotonic()
@@ -132,6 +136,11 @@ class ResourceWatch:
 
     async def sample(self) -> None:
         """One round: every managed pool's members measured, samples and recommendations updated."""
+        if self._flush is not None:
+            try:
+                await self._flush()
+            except Exception as e:   # a round with late counts is better than none
+                log.warning("resources.flush_failed", error=repr(e))
         now = time.monotonic()
         seconds = max(now - self._sampled_at, 1e-6)
         self._sampled_at = now

@@ -48,6 +48,7 @@ from pools.ports import parse_hostport
 log = structlog.get_logger("warmfront")
 
 FIRST_PLAN_WAIT_S = 10.0   # longest start-up waits for the control loop's first plan
+FLUSH_BEFORE_SAMPLE_S = 0.5   # longest a resource sample waits for the workers' counts
 
 
 class StartupError(Exception):
@@ -309,7 +310,8 @@ class App:
         proxy serves meanwhile), and a long replay of history does not hold the managers back past
         FIRST_PLAN_WAIT_S: they start from the baseline and follow the plan when it comes."""
         assert self.control is not None
-        self.resources = ResourceWatch(self.cfg, self.history, self.managers, clock=self.clock)
+        self.resources = ResourceWatch(self.cfg, self.history, self.managers, clock=self.clock,
+                                       flush=lambda: self.workers.flush(timeout=FLUSH_BEFORE_SAMPLE_S))
         self.control.cpu_profile = self.resources.cpu_profile
         self._control_tasks.append(asyncio.create_task(self.resources.run()))
         first = asyncio.create_task(self.control.step())

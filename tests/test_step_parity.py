@@ -42,7 +42,7 @@ from pools.simulate_cli import FORECAST_BIN_S, STEP_S, build_pools
 from pools.virtual import run_virtual
 from predictor.series import Series, load_trace
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "nasa_http_jul95.csv"
+TRACE = Path(__file__).resolve().parents[1] / "traces" / "nasa_http_jul95_7d.csv"   # in the repo: never skipped
 MINUTES = 30 * 60
 COLD_S = 60.0
 
